@@ -1,0 +1,254 @@
+//! Reading items from INPUT files (or stdin): lines, NUL-separated records,
+//! or whole files, lazily and with a size cap per item.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use anyhow::{bail, Result};
+
+/// How INPUT bytes are split into items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// One item per line, without its `\n` (a `\r` stays).
+    Lines,
+    /// One item per NUL-terminated record.
+    Nul,
+    /// Each INPUT is one item.
+    Files,
+}
+
+#[derive(Debug, Clone)]
+pub enum Source {
+    Stdin,
+    File(PathBuf),
+}
+
+impl Source {
+    pub fn name(&self) -> String {
+        match self {
+            Source::Stdin => "<stdin>".into(),
+            Source::File(p) => p.display().to_string(),
+        }
+    }
+
+    fn open(&self) -> io::Result<Box<dyn Read>> {
+        Ok(match self {
+            Source::Stdin => Box::new(io::stdin()),
+            Source::File(p) => Box::new(File::open(p)?),
+        })
+    }
+}
+
+/// Parses INPUT arguments; checks that every file can be opened before any
+/// work starts (nothing runs if one cannot).
+pub fn sources(inputs: &[PathBuf]) -> Result<Vec<Source>> {
+    if inputs.is_empty() {
+        return Ok(vec![Source::Stdin]);
+    }
+    let mut out = Vec::new();
+    for p in inputs {
+        if p.as_os_str() == "-" {
+            out.push(Source::Stdin);
+            continue;
+        }
+        match File::open(p) {
+            Ok(f) => {
+                if f.metadata().is_ok_and(|m| m.is_dir()) {
+                    bail!("input {} is a directory", p.display());
+                }
+            }
+            Err(e) => bail!("cannot read input {}: {e}", p.display()),
+        }
+        out.push(Source::File(p.clone()));
+    }
+    Ok(out)
+}
+
+/// Where each source's items start, to name an item's origin in messages
+/// without remembering every item.
+#[derive(Debug, Default)]
+pub struct Origins {
+    starts: Vec<(u64, String)>,
+    split: Option<Split>,
+}
+
+impl Origins {
+    /// `file:line` (lines), `file:record N` (NUL) or `file` (whole files).
+    pub fn describe(&self, index: u64) -> String {
+        let pos = self.starts.partition_point(|(first, _)| *first <= index);
+        let Some((first, name)) = pos.checked_sub(1).map(|p| &self.starts[p]) else {
+            return format!("item {index}");
+        };
+        match self.split {
+            Some(Split::Lines) => format!("{name}:{}", index - first + 1),
+            Some(Split::Nul) => format!("{name}:record {}", index - first + 1),
+            _ => name.clone(),
+        }
+    }
+}
+
+/// The lazy item iterator. Items over `max_item` bytes are cut at
+/// `max_item + 1` bytes (the pool then fails them as `item_too_large`)
+/// while the rest of the item is skipped, so memory stays bounded.
+pub struct Items {
+    sources: std::vec::IntoIter<Source>,
+    current: Option<BufReader<Box<dyn Read>>>,
+    split: Split,
+    max_item: usize,
+    next_index: u64,
+    origins: Rc<RefCell<Origins>>,
+    error: Rc<RefCell<Option<String>>>,
+    current_name: String,
+}
+
+impl Items {
+    pub fn new(sources: Vec<Source>, split: Split, max_item: usize) -> Items {
+        Items {
+            sources: sources.into_iter(),
+            current: None,
+            split,
+            max_item,
+            next_index: 0,
+            origins: Rc::new(RefCell::new(Origins { starts: Vec::new(), split: Some(split) })),
+            error: Rc::new(RefCell::new(None)),
+            current_name: String::new(),
+        }
+    }
+
+    pub fn origins(&self) -> Rc<RefCell<Origins>> {
+        Rc::clone(&self.origins)
+    }
+
+    /// A read error that ended the input early, if any.
+    pub fn error(&self) -> Rc<RefCell<Option<String>>> {
+        Rc::clone(&self.error)
+    }
+
+    fn open_next(&mut self) -> bool {
+        let Some(source) = self.sources.next() else { return false };
+        self.current_name = source.name();
+        match source.open() {
+            Ok(r) => {
+                self.origins.borrow_mut().starts.push((self.next_index, source.name()));
+                self.current = Some(BufReader::with_capacity(256 << 10, r));
+                true
+            }
+            Err(e) => {
+                *self.error.borrow_mut() = Some(format!("cannot read input {}: {e}", source.name()));
+                false
+            }
+        }
+    }
+
+    /// Reads up to the separator (exclusive); `None` at end of source.
+    fn read_record(&mut self, sep: Option<u8>) -> io::Result<Option<Vec<u8>>> {
+        let reader = self.current.as_mut().expect("a source is open");
+        let cap = self.max_item + 1;
+        let mut item = Vec::new();
+        let mut any = false;
+        loop {
+            let buf = reader.fill_buf()?;
+            if buf.is_empty() {
+                return Ok(if any { Some(item) } else { None });
+            }
+            any = true;
+            let (take, found) = match sep.and_then(|s| buf.iter().position(|b| *b == s)) {
+                Some(pos) => (pos, true),
+                None => (buf.len(), false),
+            };
+            let room = cap.saturating_sub(item.len());
+            item.extend_from_slice(&buf[..take.min(room)]);
+            reader.consume(if found { take + 1 } else { take });
+            if found {
+                return Ok(Some(item));
+            }
+        }
+    }
+}
+
+impl Iterator for Items {
+    type Item = Vec<u8>;
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if self.current.is_none() && !self.open_next() {
+                return None;
+            }
+            let sep = match self.split {
+                Split::Lines => Some(b'\n'),
+                Split::Nul => Some(0),
+                Split::Files => None,
+            };
+            match self.read_record(sep) {
+                Ok(Some(item)) => {
+                    self.next_index += 1;
+                    if self.split == Split::Files {
+                        self.current = None;
+                    }
+                    return Some(item);
+                }
+                Ok(None) => {
+                    if self.split == Split::Files {
+                        // An empty file is still one (empty) item.
+                        self.current = None;
+                        self.next_index += 1;
+                        return Some(Vec::new());
+                    }
+                    self.current = None;
+                }
+                Err(e) => {
+                    *self.error.borrow_mut() = Some(format!("reading input {}: {e}", self.current_name));
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items_of(bytes: &[u8], split: Split, max: usize) -> Vec<Vec<u8>> {
+        let dir = tempdir();
+        let p = dir.join("in");
+        std::fs::write(&p, bytes).unwrap();
+        Items::new(vec![Source::File(p)], split, max).collect()
+    }
+
+    fn tempdir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("wpool-input-test-{}-{:?}", std::process::id(), std::thread::current().id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn lines_keep_cr_empty_lines_and_a_last_line_without_newline() {
+        let got = items_of(b"a\r\n\nb\nc", Split::Lines, 100);
+        assert_eq!(got, vec![b"a\r".to_vec(), b"".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        assert!(items_of(b"", Split::Lines, 100).is_empty());
+    }
+
+    #[test]
+    fn nul_records_and_oversized_items_are_cut_at_cap_plus_one() {
+        assert_eq!(items_of(b"x\0yy\0", Split::Nul, 100), vec![b"x".to_vec(), b"yy".to_vec()]);
+        let got = items_of(b"short\nwaytoolong\nok\n", Split::Lines, 4);
+        assert_eq!(got, vec![b"short".to_vec(), b"wayto".to_vec(), b"ok".to_vec()]);
+    }
+
+    #[test]
+    fn origins_name_file_and_line() {
+        let d = tempdir();
+        let (a, b) = (d.join("a"), d.join("b"));
+        std::fs::write(&a, "1\n2\n").unwrap();
+        std::fs::write(&b, "3\n").unwrap();
+        let items = Items::new(vec![Source::File(a.clone()), Source::File(b.clone())], Split::Lines, 10);
+        let origins = items.origins();
+        assert_eq!(items.count(), 3);
+        assert_eq!(origins.borrow().describe(1), format!("{}:2", a.display()));
+        assert_eq!(origins.borrow().describe(2), format!("{}:1", b.display()));
+    }
+}

@@ -1,0 +1,247 @@
+//! `wpool`: map a sandboxed WebAssembly kernel over lines, records or files
+//! on every core.
+//!
+//! A thin layer over the `wpool` library: argument parsing, input splitting,
+//! output formats, progress and exit codes. It never talks to workers itself.
+//!
+//! Exit codes: 0 every item succeeded; 1 at least one item failed; 2 usage,
+//! kernel-load or input errors (nothing run) and pool failures; 130
+//! interrupted.
+
+mod input;
+mod output;
+mod units;
+
+use std::io::{self, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use wpool::{Chunksize, Error, Kernel, Limits, Pool};
+
+use crate::input::{Items, Split};
+use crate::output::{Format, Printer};
+
+#[derive(Parser)]
+#[command(name = "wpool", version, about = "A sandboxed WebAssembly worker pool", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a kernel over every item of the inputs, in worker processes.
+    ///
+    /// Items are the lines of each INPUT (stdin when none, or `-`), without
+    /// their `\n`. Results are printed in input order, one per line; failed
+    /// items print nothing on stdout and one line on stderr.
+    Map(MapArgs),
+    /// Describe a kernel: format, world, imports, exports, size, and whether
+    /// wpool accepts it.
+    Inspect {
+        /// The kernel (.wasm component).
+        kernel: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct MapArgs {
+    /// The kernel: a WebAssembly component of world `wpool:kernel/kernel`.
+    kernel: PathBuf,
+    /// Input files; stdin when none is given or for `-`.
+    inputs: Vec<PathBuf>,
+    /// Worker processes [default: number of cores].
+    #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = units::parse_jobs)]
+    jobs: Option<usize>,
+    /// Items per chunk sent to a worker: a number, or `auto`.
+    #[arg(long, value_name = "N|auto", default_value = "auto", value_parser = units::parse_chunksize)]
+    chunksize: Chunksize,
+    /// Print results in completion order instead of input order.
+    #[arg(long)]
+    unordered: bool,
+    /// Items are NUL-separated, and plain output is NUL-terminated.
+    #[arg(short = '0', long = "null", conflicts_with = "files")]
+    null: bool,
+    /// Each INPUT file is one whole item.
+    #[arg(long)]
+    files: bool,
+    /// JSON Lines output: one object per item, results and errors.
+    #[arg(long)]
+    json: bool,
+    /// Times an item whose worker process died is retried on a new worker.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    retries: u32,
+    /// Stop at the first failed item (exit 1).
+    #[arg(long)]
+    fail_fast: bool,
+    /// Per-item time limit, e.g. `500ms`, `2s`, `1m`.
+    #[arg(long, value_name = "DUR", value_parser = units::parse_duration)]
+    timeout: Option<std::time::Duration>,
+    /// Per-instance memory cap, e.g. `64MiB`, `1GiB`.
+    #[arg(long, value_name = "SIZE", value_parser = units::parse_size)]
+    memory: Option<u64>,
+    /// Per-item fuel (about one unit per wasm instruction).
+    #[arg(long, value_name = "N")]
+    fuel: Option<u64>,
+    /// Largest item and largest result.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = units::parse_size)]
+    max_item_size: u64,
+    /// Show a progress bar on stderr [default: when stderr is a terminal].
+    #[arg(long, overrides_with = "no_progress")]
+    progress: bool,
+    /// Never show a progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Map(args) => map(args),
+        Command::Inspect { kernel } => inspect(&kernel),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            if is_broken_pipe(&e) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("wpool: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe))
+}
+
+fn inspect(path: &std::path::Path) -> Result<u8> {
+    let ins = Kernel::inspect(path)?;
+    let mut out = io::stdout().lock();
+    writeln!(out, "kernel:  {}", path.display())?;
+    writeln!(out, "size:    {} bytes", ins.info.size)?;
+    writeln!(out, "format:  {}", ins.info.format)?;
+    match &ins.rejection {
+        None => writeln!(out, "world:   wpool:kernel/kernel (accepted)")?,
+        Some(e) => writeln!(out, "world:   rejected: {e}")?,
+    }
+    let list = |items: &[String]| if items.is_empty() { vec!["(none)".to_string()] } else { items.to_vec() };
+    for (i, imp) in list(&ins.info.imports).iter().enumerate() {
+        writeln!(out, "{:9}{imp}", if i == 0 { "imports:" } else { "" })?;
+    }
+    for (i, exp) in list(&ins.info.exports).iter().enumerate() {
+        writeln!(out, "{:9}{exp}", if i == 0 { "exports:" } else { "" })?;
+    }
+    Ok(if ins.rejection.is_none() { 0 } else { 1 })
+}
+
+fn map(args: MapArgs) -> Result<u8> {
+    let kernel = Kernel::from_file(&args.kernel)?;
+    let sources = input::sources(&args.inputs)?;
+    let split = if args.files {
+        Split::Files
+    } else if args.null {
+        Split::Nul
+    } else {
+        Split::Lines
+    };
+    let max_item = usize::try_from(args.max_item_size).context("--max-item-size is too large")?;
+    let limits = Limits { timeout: args.timeout, memory: args.memory, fuel: args.fuel, max_item_size: max_item, ..Limits::default() };
+    let workers = args.jobs.unwrap_or_else(num_cpus::get);
+    let mut pool = Pool::builder(kernel).workers(workers).chunksize(args.chunksize).retries(args.retries).limits(limits).build()?;
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let canceller = pool.canceller();
+        let interrupted = Arc::clone(&interrupted);
+        ctrlc::set_handler(move || {
+            interrupted.store(true, Ordering::SeqCst);
+            canceller.cancel();
+        })
+        .context("installing the Ctrl-C handler")?;
+    }
+
+    let show_progress = (args.progress || io::stderr().is_terminal()) && !args.no_progress;
+    let total = if show_progress { count_items(&sources, split) } else { None };
+    let items = Items::new(sources, split, max_item);
+    let origins = items.origins();
+    let read_error = items.error();
+    let format = if args.json { Format::Json } else { Format::Plain { sep: if args.null { 0 } else { b'\n' } } };
+    let mut printer = Printer::new(format, origins, show_progress, total);
+
+    let mut failed = false;
+    let outcome: Result<(), Error> = (|| {
+        if args.unordered {
+            let mut it = pool.imap_unordered(items);
+            while let Some(r) = it.next() {
+                let (index, result) = r?;
+                failed |= result.is_err();
+                printer.item(index.get(), result, it.ready() == 0)?;
+                if failed && args.fail_fast {
+                    break;
+                }
+            }
+        } else {
+            let mut it = pool.imap(items);
+            let mut index = 0u64;
+            while let Some(r) = it.next() {
+                let result = r?;
+                failed |= result.is_err();
+                printer.item(index, result, it.ready() == 0)?;
+                index += 1;
+                if failed && args.fail_fast {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    })();
+    printer.finish()?;
+    drop(pool);
+    match outcome {
+        Ok(()) => {}
+        Err(Error::Cancelled) if interrupted.load(Ordering::SeqCst) => {
+            eprintln!("wpool: interrupted");
+            return Ok(130);
+        }
+        Err(Error::Io(e)) => return Err(e.into()),
+        Err(e) => return Err(e.into()),
+    }
+    if let Some(e) = read_error.borrow_mut().take() {
+        anyhow::bail!("{e}; results up to that point were printed");
+    }
+    Ok(if failed { 1 } else { 0 })
+}
+
+/// Total items for the progress bar, when every input is a regular file.
+fn count_items(sources: &[input::Source], split: Split) -> Option<u64> {
+    let mut total = 0u64;
+    for s in sources {
+        let input::Source::File(p) = s else { return None };
+        if split == Split::Files {
+            total += 1;
+            continue;
+        }
+        let sep = if split == Split::Nul { 0 } else { b'\n' };
+        let mut f = std::io::BufReader::new(std::fs::File::open(p).ok()?);
+        let mut count = 0u64;
+        let mut last = sep;
+        loop {
+            let buf = std::io::BufRead::fill_buf(&mut f).ok()?;
+            if buf.is_empty() {
+                break;
+            }
+            count += buf.iter().filter(|b| **b == sep).count() as u64;
+            last = *buf.last().expect("non-empty");
+            let n = buf.len();
+            std::io::BufRead::consume(&mut f, n);
+        }
+        total += count + u64::from(last != sep);
+    }
+    Some(total)
+}

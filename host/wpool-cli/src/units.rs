@@ -1,0 +1,98 @@
+//! Parsing of flag values, with errors that show the valid forms.
+
+use std::time::Duration;
+
+use wpool::Chunksize;
+
+pub fn parse_jobs(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (a number of worker processes, e.g. `-j 4`)".into()),
+        Ok(n) if n > 4096 => Err(format!("{n} workers is more than the 4096 wpool allows")),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a number of worker processes (e.g. `-j 4`)")),
+    }
+}
+
+pub fn parse_chunksize(s: &str) -> Result<Chunksize, String> {
+    if s == "auto" {
+        return Ok(Chunksize::Auto);
+    }
+    match s.parse::<usize>() {
+        Ok(0) | Err(_) => Err(format!("`{s}` is not a chunk size: use a number of items ≥ 1, or `auto`")),
+        Ok(n) => Ok(Chunksize::Fixed(n)),
+    }
+}
+
+/// `500ms`, `2s`, `1.5s`, `1m`, `1h`, `250us`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("`{s}` is not a duration: use a number with a unit, e.g. `500ms`, `2s`, `1.5s`, `1m`");
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "us" | "µs" => value / 1e6,
+        "ms" => value / 1e3,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !(secs > 0.0 && secs.is_finite()) {
+        return Err(format!("`{s}`: a duration must be greater than zero"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// `64MiB`, `1GiB`, `512KiB`, `100MB` (decimal), `4096` or `4096B`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("`{s}` is not a size: use a number with a unit, e.g. `64MiB`, `1GiB`, `512KiB`, `100MB`, or bytes");
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: u64 = num.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "KB" => 1000,
+        "MB" => 1000 * 1000,
+        "GB" => 1000 * 1000 * 1000,
+        _ => return Err(bad()),
+    };
+    match value.checked_mul(mult) {
+        Some(0) => Err(format!("`{s}`: a size must be greater than zero")),
+        Some(v) => Ok(v),
+        None => Err(format!("`{s}` is too large")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("abc").unwrap_err().contains("500ms"));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("100MB"), Ok(100_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12XB").unwrap_err().contains("64MiB"));
+    }
+
+    #[test]
+    fn jobs_and_chunks() {
+        assert!(parse_jobs("0").is_err());
+        assert_eq!(parse_jobs("3"), Ok(3));
+        assert_eq!(parse_chunksize("auto"), Ok(Chunksize::Auto));
+        assert_eq!(parse_chunksize("8"), Ok(Chunksize::Fixed(8)));
+        assert!(parse_chunksize("0").is_err());
+    }
+}

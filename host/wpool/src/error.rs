@@ -1,0 +1,274 @@
+//! Error values: per-item [`TaskError`]s and pool-level [`Error`]s.
+//!
+//! Owns the taxonomy of ARCHITECTURE §5 and its stable snake_case names. It
+//! never decides *when* something failed, only how that is described.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Position of an item in the caller's input, counted from 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ItemIndex(pub u64);
+
+impl ItemIndex {
+    /// The index as a number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ItemIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A worker slot of a pool, numbered from 1. A respawned worker keeps the
+/// slot number of the one it replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkerId(pub u32);
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "worker {}", self.0)
+    }
+}
+
+/// How a worker process ended when it was not asked to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Crash {
+    /// Killed by a signal (by the OS, by someone else, or by the host after a
+    /// protocol violation or a missed deadline).
+    Signaled {
+        /// The signal number.
+        signal: i32,
+    },
+    /// Exited on its own with this status.
+    Exited {
+        /// The exit status.
+        code: i32,
+    },
+}
+
+impl fmt::Display for Crash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Crash::Signaled { signal } => write!(f, "killed by signal {signal} ({})", signal_name(*signal)),
+            Crash::Exited { code } => write!(f, "exited with status {code}"),
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGSYS => "SIGSYS",
+        libc::SIGILL => "SIGILL",
+        libc::SIGPIPE => "SIGPIPE",
+        _ => "signal",
+    }
+}
+
+/// What went wrong with one item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TaskErrorKind {
+    /// The kernel's `map` returned `Err(message)`.
+    Kernel,
+    /// The kernel trapped (panic, `unreachable`, out-of-bounds access, …).
+    Trap,
+    /// The item ran past the configured timeout.
+    Timeout,
+    /// The item used up its fuel.
+    OutOfFuel,
+    /// The kernel tried to grow memory past the configured cap.
+    MemoryLimit,
+    /// The kernel recursed past the wasm stack limit.
+    StackOverflow,
+    /// The kernel called `exit`; WASI 0.2 carries only success (0) or failure (1).
+    KernelExit(i32),
+    /// The worker process died while running this item, on every attempt.
+    WorkerCrashed(Crash),
+    /// The item or its result is larger than the configured cap.
+    ItemTooLarge,
+    /// A worker broke the protocol while holding this item.
+    Protocol,
+}
+
+impl TaskErrorKind {
+    /// The stable snake_case name used by `--json` and in messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TaskErrorKind::Kernel => "kernel",
+            TaskErrorKind::Trap => "trap",
+            TaskErrorKind::Timeout => "timeout",
+            TaskErrorKind::OutOfFuel => "out_of_fuel",
+            TaskErrorKind::MemoryLimit => "memory_limit",
+            TaskErrorKind::StackOverflow => "stack_overflow",
+            TaskErrorKind::KernelExit(_) => "kernel_exit",
+            TaskErrorKind::WorkerCrashed(_) => "worker_crashed",
+            TaskErrorKind::ItemTooLarge => "item_too_large",
+            TaskErrorKind::Protocol => "protocol",
+        }
+    }
+}
+
+impl fmt::Display for TaskErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The failure of one item. The run goes on for the other items.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskError {
+    /// Which input item failed.
+    pub index: ItemIndex,
+    /// How it failed.
+    pub kind: TaskErrorKind,
+    /// Human-readable detail: the kernel's message, the trap with its wasm
+    /// backtrace, the limit that was hit.
+    pub message: String,
+    /// The worker that ran the final attempt, if any ran it.
+    pub worker: Option<WorkerId>,
+    /// How many times the item was started (retries after worker crashes
+    /// included); 0 when it never reached a worker.
+    pub attempts: u32,
+    /// The last bytes the kernel wrote to stderr while running the item
+    /// (bounded; empty when it wrote nothing).
+    pub stderr: Vec<u8>,
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "item {}: {}: {}", self.index, self.kind, self.message)?;
+        if let Some(w) = self.worker {
+            write!(f, " ({w}")?;
+            if self.attempts > 1 {
+                write!(f, ", {} attempts", self.attempts)?;
+            }
+            write!(f, ")")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for TaskError {}
+
+/// A failure of the pool itself: loading the kernel, starting workers,
+/// configuration. Distinct from [`TaskError`], which fails a single item.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The kernel file does not exist.
+    #[error("kernel not found: {}", path.display())]
+    KernelNotFound {
+        /// The path that was given.
+        path: PathBuf,
+    },
+    /// The kernel file exists but could not be read.
+    #[error("cannot read kernel {}", path.display())]
+    KernelRead {
+        /// The path that was given.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The bytes are not WebAssembly at all.
+    #[error("{kernel}: not a WebAssembly component ({detail})")]
+    NotWasm {
+        /// Which kernel.
+        kernel: String,
+        /// What was found instead.
+        detail: String,
+    },
+    /// A core module where a component was expected.
+    #[error(
+        "{kernel}: a core WebAssembly module, not a component; expected a component of world \
+         `wpool:kernel/kernel` (build with `--target wasm32-wasip2`, or turn the module into a \
+         component with wit-component / `wasm-tools component new`)"
+    )]
+    CoreModule {
+        /// Which kernel.
+        kernel: String,
+    },
+    /// The component is malformed (truncated, corrupt, fails validation).
+    #[error("{kernel}: invalid WebAssembly component: {message}")]
+    InvalidKernel {
+        /// Which kernel.
+        kernel: String,
+        /// The validator's message.
+        message: String,
+    },
+    /// The component does not export `map` with the contract's type.
+    #[error("{kernel}: not a component of world `wpool:kernel/kernel`: {detail}")]
+    WorldMismatch {
+        /// Which kernel.
+        kernel: String,
+        /// What differs from the contract.
+        detail: String,
+    },
+    /// The component imports interfaces the host does not provide.
+    #[error(
+        "{kernel}: imports that wpool does not provide: {}; a kernel may import only WASI 0.2 \
+         (wasi:cli, wasi:io, wasi:clocks, wasi:random, wasi:filesystem, wasi:sockets)",
+        imports.join(", ")
+    )]
+    UnsatisfiedImports {
+        /// Which kernel.
+        kernel: String,
+        /// Every import that cannot be satisfied.
+        imports: Vec<String>,
+    },
+    /// The artifact cache could not be used.
+    #[error("artifact cache {}: {message}", path.display())]
+    Cache {
+        /// The cache directory or file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A builder value is out of range.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A worker process could not be started at all.
+    #[error("cannot start worker process `{program}`")]
+    Spawn {
+        /// The program that was executed.
+        program: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// Workers keep dying before completing the handshake.
+    #[error("workers fail at start-up ({failures} in a row); last: {last}")]
+    WorkerStartup {
+        /// Consecutive start-up failures.
+        failures: u32,
+        /// What the last one said or how it ended.
+        last: String,
+    },
+    /// Workers die faster than the restart-intensity bound.
+    #[error("workers died {deaths} times within {window:?}; giving up (restart intensity)")]
+    RestartIntensity {
+        /// Deaths counted in the window.
+        deaths: u32,
+        /// The window.
+        window: Duration,
+    },
+    /// The run was cancelled through a [`crate::Canceller`].
+    #[error("cancelled")]
+    Cancelled,
+    /// An I/O error of the host itself.
+    #[error("i/o error")]
+    Io(#[from] io::Error),
+}

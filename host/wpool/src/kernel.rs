@@ -1,0 +1,426 @@
+//! Loading a kernel: recognising the bytes, validating the component against
+//! the contract (`wpool:kernel/kernel`), compiling once, and the host-private
+//! cache of precompiled artifacts that workers deserialize.
+//!
+//! Owns everything about a kernel *before* it runs. It never spawns
+//! processes and never runs an item.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::types::{ComponentFunc, ComponentItem, Type};
+use wasmtime::component::Component;
+use wasmtime::Engine;
+
+use crate::error::Error;
+use crate::limits::{EngineSettings, Limits};
+use crate::runtime::{self, MAP_EXPORT};
+
+/// The contract's type of `map`, for messages.
+const MAP_SIGNATURE: &str = "func(input: list<u8>) -> result<list<u8>, string>";
+
+/// WASI 0.2 packages the host links (deny-by-default policy inside).
+const PROVIDED_PACKAGES: [&str; 6] = ["wasi:cli", "wasi:io", "wasi:clocks", "wasi:random", "wasi:filesystem", "wasi:sockets"];
+
+/// A validated kernel: a WebAssembly component of world
+/// `wpool:kernel/kernel`, compiled once and cached.
+///
+/// ```no_run
+/// let kernel = wpool::Kernel::from_file("upper.wasm")?;
+/// println!("{} imports", kernel.info().imports.len());
+/// # Ok::<(), wpool::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Kernel {
+    name: String,
+    bytes: Arc<[u8]>,
+    info: KernelInfo,
+    cache: ArtifactCache,
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernel").field("name", &self.name).field("size", &self.bytes.len()).finish()
+    }
+}
+
+/// What a kernel is made of, as reported by `wpool inspect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KernelInfo {
+    /// Size of the wasm file in bytes.
+    pub size: usize,
+    /// What the bytes are: `component`, `core module` or `not wasm`.
+    pub format: &'static str,
+    /// Every import, by name, with its kind.
+    pub imports: Vec<String>,
+    /// Every export with its type.
+    pub exports: Vec<String>,
+}
+
+/// The outcome of inspecting a kernel: what it is, and whether it is accepted.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Inspection {
+    /// What was found.
+    pub info: KernelInfo,
+    /// `None` when the kernel is accepted, else why not.
+    pub rejection: Option<Error>,
+}
+
+impl Kernel {
+    /// Loads and validates a kernel file, using the default artifact cache.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Kernel, Error> {
+        let path = path.as_ref();
+        let bytes = read_kernel(path)?;
+        Kernel::from_bytes(path.display().to_string(), bytes)
+    }
+
+    /// Validates kernel bytes; `name` is used in messages.
+    pub fn from_bytes(name: impl Into<String>, bytes: impl Into<Arc<[u8]>>) -> Result<Kernel, Error> {
+        Kernel::new(name.into(), bytes.into(), ArtifactCache::default_location()?)
+    }
+
+    /// Like [`Kernel::from_bytes`] with an explicit cache directory (created
+    /// 0700 if missing; refused if others can write to it).
+    pub fn from_bytes_with_cache(
+        name: impl Into<String>,
+        bytes: impl Into<Arc<[u8]>>,
+        cache_dir: impl Into<PathBuf>,
+    ) -> Result<Kernel, Error> {
+        Kernel::new(name.into(), bytes.into(), ArtifactCache::open(cache_dir.into())?)
+    }
+
+    fn new(name: String, bytes: Arc<[u8]>, cache: ArtifactCache) -> Result<Kernel, Error> {
+        let settings = EngineSettings { limits: Limits::default() };
+        let (artifact, component, engine) = cache.get_or_compile(&name, &bytes, &settings)?;
+        let info = describe(&engine, &component, bytes.len());
+        check_contract(&name, &engine, &component)?;
+        drop(artifact);
+        Ok(Kernel { name, bytes, info, cache })
+    }
+
+    /// The name used in messages (the path for files).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Imports, exports and size.
+    pub fn info(&self) -> &KernelInfo {
+        &self.info
+    }
+
+    /// The precompiled artifact for these settings (compiling on a cache miss).
+    pub(crate) fn artifact(&self, settings: &EngineSettings) -> Result<Artifact, Error> {
+        self.cache.get_or_compile(&self.name, &self.bytes, settings).map(|(a, _, _)| a)
+    }
+
+    /// Describes a kernel file and says whether it would be accepted. Errors
+    /// only when the file cannot be read.
+    pub fn inspect(path: impl AsRef<Path>) -> Result<Inspection, Error> {
+        let path = path.as_ref();
+        let bytes: Arc<[u8]> = read_kernel(path)?.into();
+        let name = path.display().to_string();
+        let mut info = KernelInfo { size: bytes.len(), format: format_of(&bytes), imports: vec![], exports: vec![] };
+        let cache = ArtifactCache::default_location()?;
+        let settings = EngineSettings { limits: Limits::default() };
+        let rejection = match cache.get_or_compile(&name, &bytes, &settings) {
+            Ok((_, component, engine)) => {
+                info = describe(&engine, &component, bytes.len());
+                check_contract(&name, &engine, &component).err()
+            }
+            Err(e) => Some(e),
+        };
+        Ok(Inspection { info, rejection })
+    }
+}
+
+fn read_kernel(path: &Path) -> Result<Vec<u8>, Error> {
+    fs::read(path).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => Error::KernelNotFound { path: path.to_path_buf() },
+        _ => Error::KernelRead { path: path.to_path_buf(), source },
+    })
+}
+
+fn format_of(bytes: &[u8]) -> &'static str {
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', _, _, 0x01, 0x00]) => "component",
+        Some([0, b'a', b's', b'm', _, _, 0x00, 0x00]) => "core module",
+        _ => "not wasm",
+    }
+}
+
+/// Cheap checks that give better messages than the validator would.
+fn check_header(name: &str, bytes: &[u8]) -> Result<(), Error> {
+    if bytes.is_empty() {
+        return Err(Error::NotWasm { kernel: name.into(), detail: "the file is empty".into() });
+    }
+    if !bytes.starts_with(b"\0asm") {
+        let shown: String = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ");
+        return Err(Error::NotWasm { kernel: name.into(), detail: format!("no `\\0asm` magic; starts with {shown}") });
+    }
+    match format_of(bytes) {
+        "component" => Ok(()),
+        "core module" => Err(Error::CoreModule { kernel: name.into() }),
+        _ => Err(Error::InvalidKernel { kernel: name.into(), message: "truncated or unknown wasm header".into() }),
+    }
+}
+
+fn describe(engine: &Engine, component: &Component, size: usize) -> KernelInfo {
+    let ty = component.component_type();
+    let imports = ty.imports(engine).map(|(name, item)| format!("{name}: {}", item_kind(&item.ty))).collect();
+    let exports = ty
+        .exports(engine)
+        .map(|(name, item)| match &item.ty {
+            ComponentItem::ComponentFunc(f) => format!("{name}: {}", func_sig(f)),
+            other => format!("{name}: {}", item_kind(other)),
+        })
+        .collect();
+    KernelInfo { size, format: "component", imports, exports }
+}
+
+fn item_kind(item: &ComponentItem) -> &'static str {
+    match item {
+        ComponentItem::ComponentFunc(_) => "func",
+        ComponentItem::CoreFunc(_) => "core func",
+        ComponentItem::Module(_) => "module",
+        ComponentItem::Component(_) => "component",
+        ComponentItem::ComponentInstance(_) => "instance",
+        ComponentItem::Type(_) => "type",
+        ComponentItem::Resource(_) => "resource",
+    }
+}
+
+/// Checks the world: `map` with exactly the contract's type, and imports the
+/// host can satisfy. Extra exports are allowed (other toolchains add them).
+fn check_contract(name: &str, engine: &Engine, component: &Component) -> Result<(), Error> {
+    let ty = component.component_type();
+    match ty.get_export(engine, MAP_EXPORT).map(|e| e.ty) {
+        None => {
+            let exports: Vec<String> = ty.exports(engine).map(|(n, _)| format!("`{n}`")).collect();
+            let found = if exports.is_empty() { "no exports".to_string() } else { format!("exports {}", exports.join(", ")) };
+            return Err(Error::WorldMismatch {
+                kernel: name.into(),
+                detail: format!("no export `map` (expected `map: {MAP_SIGNATURE}`; found {found})"),
+            });
+        }
+        Some(ComponentItem::ComponentFunc(f)) => {
+            if !is_map_signature(&f) {
+                return Err(Error::WorldMismatch {
+                    kernel: name.into(),
+                    detail: format!("export `map` has type {}, expected {MAP_SIGNATURE}", func_sig(&f)),
+                });
+            }
+        }
+        Some(other) => {
+            return Err(Error::WorldMismatch {
+                kernel: name.into(),
+                detail: format!("export `map` is a {}, expected `map: {MAP_SIGNATURE}`", item_kind(&other)),
+            })
+        }
+    }
+    let unsatisfied: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).filter(|n| !is_provided(n)).collect();
+    if !unsatisfied.is_empty() {
+        return Err(Error::UnsatisfiedImports { kernel: name.into(), imports: unsatisfied });
+    }
+    // Names match; let the real linker check the types too.
+    let linker = runtime::linker(engine).map_err(|e| Error::InvalidKernel { kernel: name.into(), message: format!("{e:#}") })?;
+    if let Err(e) = linker.instantiate_pre(component) {
+        return Err(Error::UnsatisfiedImports { kernel: name.into(), imports: vec![format!("{e:#}")] });
+    }
+    Ok(())
+}
+
+fn is_provided(import: &str) -> bool {
+    let Some((package, rest)) = import.split_once('/') else { return false };
+    let version = rest.split_once('@').map(|(_, v)| v);
+    PROVIDED_PACKAGES.contains(&package) && version.is_some_and(|v| v.starts_with("0.2."))
+}
+
+fn is_map_signature(f: &ComponentFunc) -> bool {
+    let params: Vec<Type> = f.params().map(|(_, t)| t).collect();
+    let results: Vec<Type> = f.results().collect();
+    let is_bytes = |t: &Type| matches!(t, Type::List(l) if l.ty() == Type::U8);
+    matches!(&params[..], [p] if is_bytes(p))
+        && matches!(&results[..], [Type::Result(r)]
+            if r.ok().as_ref().is_some_and(is_bytes) && r.err() == Some(Type::String))
+}
+
+fn func_sig(f: &ComponentFunc) -> String {
+    let params: Vec<String> = f.params().map(|(n, t)| format!("{n}: {}", type_name(&t))).collect();
+    let results: Vec<String> = f.results().map(|t| type_name(&t)).collect();
+    let mut s = format!("func({})", params.join(", "));
+    if !results.is_empty() {
+        let _ = write!(s, " -> {}", results.join(", "));
+    }
+    s
+}
+
+fn type_name(t: &Type) -> String {
+    match t {
+        Type::Bool => "bool".into(),
+        Type::S8 => "s8".into(),
+        Type::U8 => "u8".into(),
+        Type::S16 => "s16".into(),
+        Type::U16 => "u16".into(),
+        Type::S32 => "s32".into(),
+        Type::U32 => "u32".into(),
+        Type::S64 => "s64".into(),
+        Type::U64 => "u64".into(),
+        Type::Float32 => "f32".into(),
+        Type::Float64 => "f64".into(),
+        Type::Char => "char".into(),
+        Type::String => "string".into(),
+        Type::List(l) => format!("list<{}>", type_name(&l.ty())),
+        Type::Option(o) => format!("option<{}>", type_name(&o.ty())),
+        Type::Result(r) => {
+            let part = |t: Option<Type>| t.map(|t| type_name(&t)).unwrap_or_else(|| "_".into());
+            format!("result<{}, {}>", part(r.ok()), part(r.err()))
+        }
+        Type::Tuple(t) => format!("tuple<{}>", t.types().map(|t| type_name(&t)).collect::<Vec<_>>().join(", ")),
+        Type::Record(_) => "record".into(),
+        Type::Variant(_) => "variant".into(),
+        Type::Enum(_) => "enum".into(),
+        Type::Flags(_) => "flags".into(),
+        Type::Own(_) => "own<resource>".into(),
+        Type::Borrow(_) => "borrow<resource>".into(),
+        _ => "…".into(),
+    }
+}
+
+/// A precompiled artifact in the cache, with the digest that was recorded
+/// when the host wrote it.
+#[derive(Debug, Clone)]
+pub(crate) struct Artifact {
+    pub path: PathBuf,
+    pub digest: [u8; 32],
+}
+
+/// The host-private directory of precompiled artifacts.
+#[derive(Debug, Clone)]
+pub(crate) struct ArtifactCache {
+    dir: PathBuf,
+}
+
+impl ArtifactCache {
+    /// `$WPOOL_CACHE_DIR`, else `$XDG_CACHE_HOME/wpool`, else
+    /// `$HOME/.cache/wpool`, else a per-user directory under the temp dir.
+    pub(crate) fn default_location() -> Result<ArtifactCache, Error> {
+        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let dir = env("WPOOL_CACHE_DIR")
+            .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("wpool")))
+            .or_else(|| env("HOME").map(|d| d.join(".cache").join("wpool")))
+            // SAFETY: getuid cannot fail.
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("wpool-cache-{}", unsafe { libc::getuid() })));
+        ArtifactCache::open(dir)
+    }
+
+    pub(crate) fn open(dir: PathBuf) -> Result<ArtifactCache, Error> {
+        let cache_err = |message: String| Error::Cache { path: dir.clone(), message };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| cache_err(format!("cannot create: {e}")))?;
+        let meta = fs::metadata(&dir).map_err(|e| cache_err(format!("cannot stat: {e}")))?;
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if meta.uid() != me {
+            return Err(cache_err(format!("owned by uid {}, not by this user ({me})", meta.uid())));
+        }
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(cache_err(format!(
+                "mode {:o} lets other users in; artifacts are loaded with `unsafe` deserialize, so the \
+                 directory must be private (chmod 700)",
+                meta.permissions().mode() & 0o777
+            )));
+        }
+        Ok(ArtifactCache { dir })
+    }
+
+    /// Returns the artifact for `bytes` under `settings`, compiling and
+    /// storing it on a miss or when the stored one fails its digest.
+    fn get_or_compile(&self, name: &str, bytes: &[u8], settings: &EngineSettings) -> Result<(Artifact, Component, Engine), Error> {
+        check_header(name, bytes)?;
+        let engine = Engine::new(&settings.wasmtime_config())
+            .map_err(|e| Error::InvalidKernel { kernel: name.into(), message: format!("engine: {e:#}") })?;
+        let key = cache_key(&engine, bytes, settings);
+        let path = self.dir.join(format!("{key}.cwasm"));
+        let sum_path = self.dir.join(format!("{key}.sha256"));
+        if let Some(hit) = self.load(&engine, &path, &sum_path) {
+            return Ok(hit);
+        }
+        let component = Component::new(&engine, bytes)
+            .map_err(|e| Error::InvalidKernel { kernel: name.into(), message: format!("{e:#}") })?;
+        let serialized = component
+            .serialize()
+            .map_err(|e| Error::InvalidKernel { kernel: name.into(), message: format!("serializing: {e:#}") })?;
+        let digest: [u8; 32] = Sha256::digest(&serialized).into();
+        self.write_atomic(&path, &serialized)?;
+        self.write_atomic(&sum_path, hex(&digest).as_bytes())?;
+        Ok((Artifact { path, digest }, component, engine))
+    }
+
+    /// A cache hit is used only if its recorded digest matches; anything
+    /// else (missing, truncated, tampered) is a miss and gets recompiled.
+    fn load(&self, engine: &Engine, path: &Path, sum_path: &Path) -> Option<(Artifact, Component, Engine)> {
+        let recorded = fs::read_to_string(sum_path).ok()?;
+        let bytes = fs::read(path).ok()?;
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        if hex(&digest) != recorded.trim() {
+            return None;
+        }
+        // SAFETY: these bytes were written by this host into its private
+        // (0700, owner-checked) cache and match the digest recorded then;
+        // wasmtime also checks the artifact's engine compatibility header.
+        let component = unsafe { Component::deserialize(engine, &bytes) }.ok()?;
+        Some((Artifact { path: path.to_path_buf(), digest }, component, engine.clone()))
+    }
+
+    fn write_atomic(&self, path: &Path, data: &[u8]) -> Result<(), Error> {
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let result = (|| {
+            let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            f.write_all(data)?;
+            f.sync_data()?;
+            fs::rename(&tmp, path)
+        })();
+        result.map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            Error::Cache { path: path.to_path_buf(), message: format!("cannot write: {e}") }
+        })
+    }
+}
+
+/// Hash of the wasm, the engine's compatibility fingerprint (wasmtime
+/// version, target, codegen flags) and our codegen-relevant settings.
+fn cache_key(engine: &Engine, bytes: &[u8], settings: &EngineSettings) -> String {
+    use std::hash::Hash;
+    struct ShaHasher(Sha256);
+    impl std::hash::Hasher for ShaHasher {
+        fn finish(&self) -> u64 {
+            0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+    }
+    let mut h = ShaHasher(Sha256::new());
+    std::hash::Hasher::write(&mut h, b"wpool-artifact-v1\0");
+    engine.precompile_compatibility_hash().hash(&mut h);
+    std::hash::Hasher::write(&mut h, settings.codegen_key().as_bytes());
+    std::hash::Hasher::write(&mut h, &Sha256::digest(bytes));
+    hex(&h.0.finalize())[..32].to_string()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}

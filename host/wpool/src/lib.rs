@@ -1,0 +1,78 @@
+//! # wpool — a sandboxed WebAssembly worker pool
+//!
+//! `multiprocessing.Pool` for untrusted code: map a WebAssembly kernel (a
+//! component of world `wpool:kernel/kernel`, see `wit/wpool.wit`) over many
+//! items on every core. Each worker is a separate OS process hosting
+//! wasmtime; a kernel that traps, loops or crashes its worker fails *that
+//! item* with a typed [`TaskError`], and the pool keeps going.
+//!
+//! ```no_run
+//! use wpool::{Kernel, Pool};
+//!
+//! let kernel = Kernel::from_file("target/kernels/wasip2/upper.wasm")?;
+//! let mut pool = Pool::builder(kernel).workers(2).build()?;
+//! for result in pool.imap(["hello", "world"]) {
+//!     match result? {
+//!         Ok(bytes) => println!("{}", String::from_utf8_lossy(&bytes)),
+//!         Err(task_error) => eprintln!("{task_error}"),
+//!     }
+//! }
+//! # Ok::<(), wpool::Error>(())
+//! ```
+//!
+//! ## Workers without a main guard
+//!
+//! Workers are this same executable, re-executed with a hidden argument. The
+//! library registers a process constructor that recognises that argument and
+//! turns the process into a worker *before* `main` runs, so a program using
+//! `wpool` needs no special code in `main` (unlike Python's
+//! `if __name__ == "__main__"`). [`PoolBuilder::worker_program`] points at
+//! another binary instead (any binary linking `wpool`, such as the CLI).
+//!
+//! Linux only: workers rely on `prctl(PR_SET_PDEATHSIG)` and process groups.
+
+#![deny(missing_docs)]
+#![cfg(target_os = "linux")]
+
+mod error;
+mod kernel;
+mod limits;
+mod pool;
+mod protocol;
+mod runtime;
+mod sandbox;
+mod scheduler;
+mod supervisor;
+mod worker;
+
+pub use error::{Crash, Error, ItemIndex, TaskError, TaskErrorKind, WorkerId};
+pub use kernel::{Inspection, Kernel, KernelInfo};
+pub use limits::Limits;
+pub use pool::{Canceller, Imap, ImapUnordered, Pool, PoolBuilder};
+pub use scheduler::{Chunksize, ItemResult};
+
+/// The hidden worker entry point, run by the C runtime before `main`.
+///
+/// glibc calls `.init_array` functions with `(argc, argv, envp)`. Only when
+/// the first argument is exactly the worker flag does this do anything; it
+/// then never returns. It reads `argv` directly because `std::env::args` may
+/// not be initialised yet at this point.
+extern "C" fn worker_entry(argc: libc::c_int, argv: *const *const libc::c_char, _envp: *const *const libc::c_char) {
+    if argc < 2 || argv.is_null() {
+        return;
+    }
+    // SAFETY: glibc passes the process's argv, valid for argc entries.
+    let first = unsafe { *argv.add(1) };
+    if first.is_null() {
+        return;
+    }
+    // SAFETY: argv entries are NUL-terminated C strings.
+    let first = unsafe { std::ffi::CStr::from_ptr(first) };
+    if first.to_bytes() == worker::WORKER_ARG.as_bytes() {
+        worker::main();
+    }
+}
+
+#[used]
+#[link_section = ".init_array"]
+static WORKER_ENTRY: extern "C" fn(libc::c_int, *const *const libc::c_char, *const *const libc::c_char) = worker_entry;

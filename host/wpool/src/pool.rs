@@ -1,0 +1,323 @@
+//! The public face: [`PoolBuilder`] → [`Pool`] → `map` / `imap` /
+//! `imap_unordered`.
+//!
+//! Owns the API and its guarantees (laziness, ordering, clean drop). All the
+//! work is delegated to the scheduler; this module adds no policy of its own.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+
+use crate::error::{Error, ItemIndex};
+use crate::kernel::Kernel;
+use crate::limits::{EngineSettings, Limits};
+use crate::protocol::{Hello, PROTOCOL_VERSION};
+use crate::scheduler::{Chunksize, ItemResult, SchedConfig, Scheduler};
+use crate::supervisor::{Event, WorkerCommand};
+
+/// Configures and starts a [`Pool`].
+///
+/// ```no_run
+/// use wpool::{Chunksize, Kernel, Pool};
+/// let kernel = Kernel::from_file("upper.wasm")?;
+/// let mut pool = Pool::builder(kernel).workers(2).chunksize(Chunksize::Auto).build()?;
+/// let out = pool.map(["a", "b"])?;
+/// assert_eq!(out[0].as_deref().unwrap(), b"A");
+/// # Ok::<(), wpool::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct PoolBuilder {
+    kernel: Kernel,
+    workers: usize,
+    chunksize: Chunksize,
+    retries: u32,
+    limits: Limits,
+    handshake_timeout: Duration,
+    restart_window: Duration,
+    max_restarts: Option<u32>,
+    command: WorkerCommand,
+    crash_on: Option<Vec<u8>>,
+}
+
+impl PoolBuilder {
+    /// Number of worker processes (default: the number of cores).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Items per chunk sent to a worker (default: [`Chunksize::Auto`]).
+    pub fn chunksize(mut self, c: Chunksize) -> Self {
+        self.chunksize = c;
+        self
+    }
+
+    /// How many times an item whose worker process died under it is retried
+    /// on a fresh worker (default 2). Kernel errors, traps and limits are
+    /// deterministic and never retried.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
+        self
+    }
+
+    /// Per-item limits (timeout, memory, fuel, sizes).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// How long a new worker may take to load the kernel and answer the
+    /// handshake (default 60 s).
+    pub fn handshake_timeout(mut self, t: Duration) -> Self {
+        self.handshake_timeout = t;
+        self
+    }
+
+    /// The restart-intensity bound: more than `max` worker deaths within
+    /// `window` stop the run with [`Error::RestartIntensity`] (default: 100
+    /// in 1 s, plus 10 per worker).
+    pub fn restart_intensity(mut self, max: u32, window: Duration) -> Self {
+        self.max_restarts = Some(max);
+        self.restart_window = window;
+        self
+    }
+
+    /// A command prefix for starting workers (`["srun", "-N1", "-n1"]`,
+    /// `["ssh", "host"]`); the worker binary and its hidden argument follow.
+    pub fn launcher<S: Into<String>>(mut self, prefix: impl IntoIterator<Item = S>) -> Self {
+        self.command.launcher = prefix.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The binary to run as a worker (default: the current executable). It
+    /// must link the `wpool` library, as the `wpool` CLI does.
+    pub fn worker_program(mut self, path: impl Into<PathBuf>) -> Self {
+        self.command.program = Some(path.into());
+        self
+    }
+
+    /// Test hook: a worker process aborts when handed exactly this item,
+    /// standing in for a host or wasmtime bug that kills the process.
+    #[doc(hidden)]
+    pub fn crash_worker_on(mut self, item: impl Into<Vec<u8>>) -> Self {
+        self.crash_on = Some(item.into());
+        self
+    }
+
+    /// Starts the workers. Returns once at least one is ready; fails if they
+    /// cannot start (with what the last one said).
+    pub fn build(self) -> Result<Pool, Error> {
+        if self.workers == 0 {
+            return Err(Error::Config("workers must be at least 1".into()));
+        }
+        if self.chunksize == Chunksize::Fixed(0) {
+            return Err(Error::Config("chunksize must be at least 1".into()));
+        }
+        let settings = EngineSettings { limits: self.limits.clone() };
+        let artifact = self.kernel.artifact(&settings)?;
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            worker: 0,
+            artifact: artifact.path.to_string_lossy().into_owned(),
+            digest: artifact.digest,
+            settings,
+            crash_on: self.crash_on,
+        };
+        let cfg = SchedConfig {
+            workers: self.workers,
+            chunksize: self.chunksize,
+            retries: self.retries,
+            handshake_timeout: self.handshake_timeout,
+            restart_window: self.restart_window,
+            max_restarts: self.max_restarts.unwrap_or(100 + 10 * self.workers as u32),
+            hello,
+            command: self.command,
+        };
+        Ok(Pool { sched: Scheduler::start(cfg)?, workers: self.workers })
+    }
+}
+
+/// A pool of sandboxed worker processes running one kernel.
+///
+/// Workers start with the pool and live until it is dropped; a worker that
+/// dies is replaced. Dropping the pool ends every worker process before
+/// `drop` returns.
+pub struct Pool {
+    sched: Scheduler,
+    workers: usize,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("workers", &self.workers).finish()
+    }
+}
+
+impl Pool {
+    /// A builder with the defaults: one worker per core, automatic chunks,
+    /// two retries, no limits.
+    pub fn builder(kernel: Kernel) -> PoolBuilder {
+        PoolBuilder {
+            kernel,
+            workers: num_cpus::get().max(1),
+            chunksize: Chunksize::Auto,
+            retries: 2,
+            limits: Limits::default(),
+            handshake_timeout: Duration::from_secs(60),
+            restart_window: Duration::from_secs(1),
+            max_restarts: None,
+            command: WorkerCommand { launcher: Vec::new(), program: None },
+            crash_on: None,
+        }
+    }
+
+    /// Number of worker slots.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Process ids of the worker processes alive right now.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.sched.worker_pids()
+    }
+
+    /// A handle that stops the current run from another thread (or a signal
+    /// handler thread): the run yields [`Error::Cancelled`], and so does
+    /// every later run of this pool.
+    pub fn canceller(&self) -> Canceller {
+        let (flag, wake) = self.sched.cancel_handle();
+        Canceller { flag, wake }
+    }
+
+    /// Runs every item and returns the results in input order. The outer
+    /// `Err` is a pool failure; each item has its own `Result`.
+    pub fn map<I>(&mut self, items: I) -> Result<Vec<ItemResult>, Error>
+    where
+        I: IntoIterator,
+        I::Item: Into<Vec<u8>>,
+    {
+        self.imap(items).collect()
+    }
+
+    /// Lazily runs items in input order: input is pulled only as workers
+    /// free up, and at most a bounded window of results waits for an earlier
+    /// one. Dropping the iterator early stops the run.
+    pub fn imap<I>(&mut self, items: I) -> Imap<'_, I::IntoIter>
+    where
+        I: IntoIterator,
+        I::Item: Into<Vec<u8>>,
+    {
+        self.sched.begin(true);
+        Imap { run: Run { sched: &mut self.sched, input: items.into_iter() } }
+    }
+
+    /// Like [`Pool::imap`], but yields results as they complete, each with
+    /// its input index.
+    pub fn imap_unordered<I>(&mut self, items: I) -> ImapUnordered<'_, I::IntoIter>
+    where
+        I: IntoIterator,
+        I::Item: Into<Vec<u8>>,
+    {
+        self.sched.begin(false);
+        ImapUnordered { run: Run { sched: &mut self.sched, input: items.into_iter() } }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.sched.shutdown();
+    }
+}
+
+struct Run<'p, I> {
+    sched: &'p mut Scheduler,
+    input: I,
+}
+
+impl<I> Run<'_, I>
+where
+    I: Iterator,
+    I::Item: Into<Vec<u8>>,
+{
+    fn next(&mut self) -> Option<Result<(ItemIndex, ItemResult), Error>> {
+        let mut input = (&mut self.input).map(Into::into);
+        self.sched.next(&mut input)
+    }
+}
+
+impl<I> Drop for Run<'_, I> {
+    fn drop(&mut self) {
+        self.sched.abandon();
+    }
+}
+
+/// The ordered lazy iterator of [`Pool::imap`].
+///
+/// Yields `Ok(item_result)` per item, in input order, or one `Err` for a
+/// pool failure, after which it ends.
+pub struct Imap<'p, I> {
+    run: Run<'p, I>,
+}
+
+impl<I> Imap<'_, I> {
+    /// Results available right now without waiting (useful to decide when
+    /// to flush output).
+    pub fn ready(&self) -> usize {
+        self.run.sched.ready_len()
+    }
+}
+
+impl<I> Iterator for Imap<'_, I>
+where
+    I: Iterator,
+    I::Item: Into<Vec<u8>>,
+{
+    type Item = Result<ItemResult, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.run.next().map(|r| r.map(|(_, result)| result))
+    }
+}
+
+/// The completion-order lazy iterator of [`Pool::imap_unordered`].
+pub struct ImapUnordered<'p, I> {
+    run: Run<'p, I>,
+}
+
+impl<I> ImapUnordered<'_, I> {
+    /// Results available right now without waiting.
+    pub fn ready(&self) -> usize {
+        self.run.sched.ready_len()
+    }
+}
+
+impl<I> Iterator for ImapUnordered<'_, I>
+where
+    I: Iterator,
+    I::Item: Into<Vec<u8>>,
+{
+    type Item = Result<(ItemIndex, ItemResult), Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.run.next()
+    }
+}
+
+/// Stops a pool's runs from another thread; see [`Pool::canceller`].
+#[derive(Debug, Clone)]
+pub struct Canceller {
+    flag: Arc<AtomicBool>,
+    wake: Sender<Event>,
+}
+
+impl Canceller {
+    /// Requests cancellation; returns immediately.
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        let _ = self.wake.send(Event::Wake);
+    }
+}

@@ -1,0 +1,268 @@
+//! The host ↔ worker wire protocol: length-prefixed postcard frames.
+//!
+//! Owns the frame types and their encoding, nothing else: it never touches
+//! processes or wasm. Every frame is `u32` little-endian payload length
+//! followed by a postcard-encoded message. The reader checks the announced
+//! length against a cap *before* allocating, so a compromised peer cannot make
+//! the other side allocate more than the cap (ARCHITECTURE §3).
+
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::EngineSettings;
+
+/// Bumped on every incompatible change of the frame types.
+pub(crate) const PROTOCOL_VERSION: u32 = 1;
+
+/// The cap on the very first frame (`Hello` / `Ready`), before limits are known.
+pub(crate) const HANDSHAKE_FRAME_CAP: usize = 1 << 20;
+
+/// Bytes of framing and bookkeeping a frame may carry beyond its payload data.
+pub(crate) const FRAME_OVERHEAD: usize = 1 << 20;
+
+/// A worker sends its accumulated results once they reach this many bytes,
+/// so a result frame stays within `max_item_size + FRAME_OVERHEAD`.
+pub(crate) const RESULT_BATCH_BYTES: usize = 1 << 20;
+
+/// Host → worker.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) enum HostMsg<'a> {
+    /// First frame: what to run and under which limits.
+    Hello(Hello),
+    /// A chunk of items to run in order.
+    Run {
+        /// Host-chosen chunk id, echoed in [`WorkerMsg::Results`].
+        chunk: u64,
+        /// The items, borrowed from the frame buffer when decoding.
+        #[serde(borrow)]
+        items: Vec<&'a serde_bytes::Bytes>,
+    },
+    /// Finish and exit.
+    Shutdown,
+}
+
+/// The handshake: everything a worker needs to load the kernel.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct Hello {
+    pub version: u32,
+    /// 1-based slot number of this worker, for its messages.
+    pub worker: u32,
+    /// Path of the precompiled artifact in the host-private cache.
+    pub artifact: String,
+    /// SHA-256 of the artifact, checked before the `unsafe` deserialize.
+    pub digest: [u8; 32],
+    /// Engine and per-item limits; must match what compiled the artifact.
+    pub settings: EngineSettings,
+    /// Test hook: the worker process aborts when it is handed this exact item.
+    /// Stands in for a wasmtime or host bug that kills the worker process.
+    pub crash_on: Option<Vec<u8>>,
+}
+
+/// Worker → host.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) enum WorkerMsg {
+    /// The kernel is loaded; the worker takes `Run` frames from now on.
+    Ready { version: u32, pid: u32 },
+    /// Outcomes of items `offset..offset + outcomes.len()` of `chunk`.
+    Results {
+        chunk: u64,
+        offset: u32,
+        outcomes: Vec<Outcome>,
+    },
+    /// The worker cannot start (bad artifact, version mismatch); it exits next.
+    Failed { message: String },
+}
+
+/// How one item ended inside a worker.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) enum Outcome {
+    Ok(#[serde(with = "serde_bytes")] Vec<u8>),
+    Err(WireError),
+}
+
+/// A per-item failure as it crosses the wire.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct WireError {
+    pub kind: WireKind,
+    pub message: String,
+    /// The last bytes the guest wrote to stderr during this item.
+    #[serde(with = "serde_bytes")]
+    pub stderr: Vec<u8>,
+}
+
+/// Failure kinds a worker can observe itself (crashes are seen by the host).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) enum WireKind {
+    Kernel,
+    Trap,
+    Timeout,
+    OutOfFuel,
+    MemoryLimit,
+    StackOverflow,
+    KernelExit(i32),
+    ItemTooLarge,
+}
+
+/// Why a frame could not be read.
+#[derive(Debug)]
+pub(crate) enum FrameError {
+    /// Clean end of stream before a frame started.
+    Eof,
+    /// The announced length is over the cap; nothing was allocated.
+    TooLarge { len: u64, cap: usize },
+    /// The payload did not decode.
+    Malformed(String),
+    /// The stream failed or ended inside a frame.
+    Io(io::Error),
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::Eof => write!(f, "end of stream"),
+            FrameError::TooLarge { len, cap } => {
+                write!(f, "frame of {len} bytes announced, cap is {cap}")
+            }
+            FrameError::Malformed(m) => write!(f, "malformed frame: {m}"),
+            FrameError::Io(e) => write!(f, "i/o error inside a frame: {e}"),
+        }
+    }
+}
+
+/// Encodes `msg` as one frame (length prefix included) into `out`.
+pub(crate) fn encode<T: Serialize>(msg: &T, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&[0; 4]);
+    // Serializing into a Vec cannot fail for these types.
+    let mut out_buf = std::mem::take(out);
+    out_buf = postcard::to_extend(msg, out_buf).expect("postcard encoding into a Vec");
+    let len = u32::try_from(out_buf.len() - 4).expect("frame under 4 GiB");
+    out_buf[..4].copy_from_slice(&len.to_le_bytes());
+    *out = out_buf;
+}
+
+/// Writes one frame.
+pub(crate) fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
+    let mut buf = Vec::new();
+    encode(msg, &mut buf);
+    w.write_all(&buf)?;
+    w.flush()
+}
+
+/// Reads one frame's payload into `buf` (reused between calls), refusing
+/// lengths over `cap` before allocating.
+pub(crate) fn read_frame(r: &mut impl Read, cap: usize, buf: &mut Vec<u8>) -> Result<(), FrameError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Err(FrameError::Eof),
+            Ok(0) => return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FrameError::Io(e)),
+        }
+    }
+    let len = u32::from_le_bytes(len) as u64;
+    if len > cap as u64 {
+        return Err(FrameError::TooLarge { len, cap });
+    }
+    buf.clear();
+    buf.resize(len as usize, 0);
+    r.read_exact(buf).map_err(FrameError::Io)
+}
+
+/// Decodes a payload read by [`read_frame`].
+pub(crate) fn decode<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, FrameError> {
+    match postcard::take_from_bytes::<T>(payload) {
+        Ok((msg, [])) => Ok(msg),
+        Ok((_, rest)) => Err(FrameError::Malformed(format!("{} trailing bytes", rest.len()))),
+        Err(e) => Err(FrameError::Malformed(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn roundtrip_worker(msg: &WorkerMsg) -> WorkerMsg {
+        let mut buf = Vec::new();
+        encode(msg, &mut buf);
+        let mut payload = Vec::new();
+        read_frame(&mut &buf[..], 1 << 20, &mut payload).unwrap();
+        decode(&payload).unwrap()
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let msg = WorkerMsg::Results {
+            chunk: 7,
+            offset: 3,
+            outcomes: vec![
+                Outcome::Ok(b"abc".to_vec()),
+                Outcome::Err(WireError {
+                    kind: WireKind::KernelExit(1),
+                    message: "m".into(),
+                    stderr: vec![0, 1],
+                }),
+            ],
+        };
+        assert_eq!(roundtrip_worker(&msg), msg);
+        let items = [serde_bytes::Bytes::new(b"x"), serde_bytes::Bytes::new(b"")];
+        let run = HostMsg::Run { chunk: 1, items: items.iter().collect() };
+        let mut buf = Vec::new();
+        encode(&run, &mut buf);
+        let mut payload = Vec::new();
+        read_frame(&mut &buf[..], 1 << 20, &mut payload).unwrap();
+        assert_eq!(decode::<HostMsg>(&payload).unwrap(), run);
+    }
+
+    // P2: a 4 GiB announcement is refused before any allocation.
+    #[test]
+    fn p2_huge_length_prefix_is_rejected_before_allocation() {
+        let bytes = u32::MAX.to_le_bytes();
+        let mut payload = Vec::new();
+        match read_frame(&mut &bytes[..], 1 << 20, &mut payload) {
+            Err(FrameError::TooLarge { len, cap }) => {
+                assert_eq!(len, u32::MAX as u64);
+                assert_eq!(cap, 1 << 20);
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        assert_eq!(payload.capacity(), 0, "nothing may be allocated");
+    }
+
+    #[test]
+    fn truncated_frame_is_an_io_error_and_empty_stream_is_eof() {
+        let mut payload = Vec::new();
+        assert!(matches!(read_frame(&mut &[][..], 16, &mut payload), Err(FrameError::Eof)));
+        assert!(matches!(read_frame(&mut &[5, 0][..], 16, &mut payload), Err(FrameError::Io(_))));
+        assert!(matches!(
+            read_frame(&mut &[5, 0, 0, 0, 1][..], 16, &mut payload),
+            Err(FrameError::Io(_))
+        ));
+    }
+
+    proptest! {
+        // P8: arbitrary bytes into the frame decoder never panic and never
+        // allocate past the cap.
+        #[test]
+        fn p8_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let mut payload = Vec::new();
+            let mut r = &bytes[..];
+            while let Ok(()) = read_frame(&mut r, 1024, &mut payload) {
+                prop_assert!(payload.len() <= 1024);
+                let _ = decode::<WorkerMsg>(&payload);
+                let _ = decode::<HostMsg>(&payload);
+            }
+        }
+
+        #[test]
+        fn p8_arbitrary_payloads_never_panic(payload in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<WorkerMsg>(&payload);
+            let _ = decode::<HostMsg>(&payload);
+        }
+    }
+}

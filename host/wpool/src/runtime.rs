@@ -1,0 +1,332 @@
+//! Running one kernel item inside wasmtime: store, instance, WASI policy,
+//! limits, and the classification of how a call ended.
+//!
+//! Owns everything between "here are the item's bytes" and "here is its
+//! [`Outcome`]". It knows nothing about processes, frames or scheduling.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker, ResourceTable};
+use wasmtime::{Engine, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
+use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxView, WasiView};
+
+use crate::limits::EngineSettings;
+use crate::protocol::{Outcome, WireError, WireKind};
+
+/// Bytes of guest stderr kept per item (the tail).
+pub(crate) const STDERR_TAIL: usize = 4096;
+
+/// Store data of one kernel instance.
+pub(crate) struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: Limiter,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Caps linear memory and *remembers* a refusal: a Rust guest whose
+/// `memory.grow` is refused aborts through `unreachable`, so without this the
+/// failure would look like a bare trap.
+struct Limiter {
+    memory: Option<u64>,
+    refused: Option<usize>,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        match self.memory {
+            Some(cap) if desired as u64 > cap => {
+                self.refused = Some(desired);
+                Ok(false)
+            }
+            _ => Ok(true),
+        }
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 10_000_000)
+    }
+}
+
+/// Every WASI 0.2 interface, linked so that std-built kernels load; the
+/// *policy* (in [`new_store`]) is what denies.
+pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    Ok(linker)
+}
+
+/// Deny-by-default WASI context: no preopens, env, args or stdin; network
+/// refused; stdout discarded; stderr into a bounded tail.
+fn wasi_ctx(stderr: &TailPipe) -> WasiCtx {
+    let mut b = WasiCtx::builder();
+    b.stderr(stderr.clone());
+    b.allow_tcp(false);
+    b.allow_udp(false);
+    b.allow_ip_name_lookup(false);
+    b.socket_addr_check(|_, _| Box::pin(async { false }));
+    b.build()
+}
+
+fn new_store(engine: &Engine, settings: &EngineSettings, stderr: &TailPipe) -> Store<State> {
+    let state = State {
+        wasi: wasi_ctx(stderr),
+        table: ResourceTable::new(),
+        limiter: Limiter { memory: settings.limits.memory, refused: None },
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limiter);
+    store.epoch_deadline_trap();
+    store
+}
+
+/// The kernel export the host calls.
+pub(crate) const MAP_EXPORT: &str = "map";
+
+type MapParams<'a> = (&'a [u8],);
+type MapResults = (Result<Vec<u8>, String>,);
+
+struct Live {
+    store: Store<State>,
+    instance: wasmtime::component::Instance,
+    items: u64,
+}
+
+/// A kernel ready to run items, re-instantiating as the policy requires.
+pub(crate) struct Runtime {
+    engine: Engine,
+    pre: InstancePre<State>,
+    export: ComponentExportIndex,
+    settings: EngineSettings,
+    stderr: TailPipe,
+    live: Option<Live>,
+    /// Epoch ticks that make up the timeout (see the worker's ticker).
+    timeout_ticks: Option<u64>,
+}
+
+impl Runtime {
+    pub(crate) fn new(
+        engine: Engine,
+        component: &Component,
+        settings: EngineSettings,
+        timeout_ticks: Option<u64>,
+    ) -> wasmtime::Result<Runtime> {
+        let pre = linker(&engine)?.instantiate_pre(component)?;
+        let export = component
+            .get_export_index(None, MAP_EXPORT)
+            .ok_or_else(|| wasmtime::format_err!("component has no `map` export"))?;
+        Ok(Runtime { engine, pre, export, settings, stderr: TailPipe::new(STDERR_TAIL), live: None, timeout_ticks })
+    }
+
+    /// Runs one item to completion and says how it ended. Never panics on
+    /// guest behaviour; after any trap the instance is discarded.
+    pub(crate) fn run_item(&mut self, input: &[u8]) -> Outcome {
+        let max = self.settings.limits.max_item_size;
+        if input.len() > max {
+            return err(WireKind::ItemTooLarge, format!("item of {} bytes is over the {max}-byte cap", input.len()), vec![]);
+        }
+        self.stderr.clear();
+        let live = match self.live.take() {
+            Some(live) => live,
+            None => {
+                let mut store = new_store(&self.engine, &self.settings, &self.stderr);
+                store.set_epoch_deadline(self.timeout_ticks.unwrap_or(u64::MAX / 4));
+                match self.pre.instantiate(&mut store) {
+                    Ok(instance) => Live { store, instance, items: 0 },
+                    Err(e) => return self.classify(&e, store.data().limiter.refused),
+                }
+            }
+        };
+        let mut live = live;
+        live.store.data_mut().limiter.refused = None;
+        if let Some(fuel) = self.settings.limits.fuel {
+            if let Err(e) = live.store.set_fuel(fuel) {
+                return err(WireKind::Trap, format!("cannot set fuel: {e}"), vec![]);
+            }
+        }
+        live.store.set_epoch_deadline(self.timeout_ticks.unwrap_or(u64::MAX / 4));
+        let result = live
+            .instance
+            .get_typed_func::<MapParams<'_>, MapResults>(&mut live.store, &self.export)
+            .and_then(|f| f.call(&mut live.store, (input,)));
+        let outcome = match result {
+            Ok((Ok(out),)) if out.len() > max => {
+                err(WireKind::ItemTooLarge, format!("result of {} bytes is over the {max}-byte cap", out.len()), vec![])
+            }
+            Ok((Ok(out),)) => Outcome::Ok(out),
+            Ok((Err(message),)) => err(WireKind::Kernel, message, self.stderr.take()),
+            Err(e) => {
+                // A trapped instance refuses further calls: drop it.
+                return self.classify(&e, live.store.data().limiter.refused);
+            }
+        };
+        live.items += 1;
+        let recycle = self.settings.limits.max_items_per_instance.is_some_and(|n| live.items >= n);
+        if !recycle {
+            self.live = Some(live);
+        }
+        outcome
+    }
+
+    fn classify(&self, e: &wasmtime::Error, refused: Option<usize>) -> Outcome {
+        let stderr = self.stderr.take();
+        if let Some(desired) = refused {
+            let cap = self.settings.limits.memory.unwrap_or_default();
+            return err(
+                WireKind::MemoryLimit,
+                format!("memory limit of {} exceeded: the kernel asked for {}", bytes_human(cap), bytes_human(desired as u64)),
+                stderr,
+            );
+        }
+        if let Some(exit) = e.downcast_ref::<I32Exit>() {
+            return err(WireKind::KernelExit(exit.0), format!("kernel called exit({})", exit.0), stderr);
+        }
+        let backtrace = e.downcast_ref::<wasmtime::WasmBacktrace>().map(|b| b.to_string()).unwrap_or_default();
+        let (kind, message) = match e.downcast_ref::<Trap>() {
+            Some(Trap::StackOverflow) => (WireKind::StackOverflow, "wasm stack overflow".to_string()),
+            Some(Trap::OutOfFuel) => (WireKind::OutOfFuel, "the item used up its fuel".to_string()),
+            Some(Trap::Interrupt) => (WireKind::Timeout, "the item ran past its timeout".to_string()),
+            Some(trap) => (WireKind::Trap, trap.to_string()),
+            None => (WireKind::Trap, format!("{:#}", e.root_cause())),
+        };
+        let message = match kind {
+            WireKind::Trap if !backtrace.is_empty() => format!("{message}\n{}", backtrace.trim_end()),
+            WireKind::Trap => message,
+            _ => message,
+        };
+        err(kind, message, stderr)
+    }
+}
+
+fn err(kind: WireKind, message: String, stderr: Vec<u8>) -> Outcome {
+    Outcome::Err(WireError { kind, message, stderr })
+}
+
+pub(crate) fn bytes_human(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 && (v / 1024.0).fract() == 0.0 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} bytes")
+    } else {
+        format!("{v} {}", UNITS[unit])
+    }
+}
+
+/// A guest output stream that keeps only its last `cap` bytes and never
+/// refuses a write: a full pipe would make the guest's next `eprintln!`
+/// panic and turn a diagnostic into a trap.
+#[derive(Clone)]
+pub(crate) struct TailPipe {
+    inner: Arc<Mutex<VecDeque<u8>>>,
+    cap: usize,
+}
+
+impl TailPipe {
+    pub(crate) fn new(cap: usize) -> TailPipe {
+        TailPipe { inner: Arc::new(Mutex::new(VecDeque::with_capacity(cap))), cap }
+    }
+
+    fn push(&self, bytes: &[u8]) {
+        let mut buf = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let bytes = &bytes[bytes.len().saturating_sub(self.cap)..];
+        let overflow = (buf.len() + bytes.len()).saturating_sub(self.cap);
+        buf.drain(..overflow);
+        buf.extend(bytes);
+    }
+
+    fn clear(&self) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    fn take(&self) -> Vec<u8> {
+        let mut buf = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let out = buf.iter().copied().collect();
+        buf.clear();
+        out
+    }
+}
+
+impl IsTerminal for TailPipe {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for TailPipe {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for TailPipe {
+    fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
+        self.push(&bytes);
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), StreamError> {
+        Ok(())
+    }
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        Ok(64 << 10)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for TailPipe {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for TailPipe {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.push(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_pipe_keeps_only_the_last_bytes() {
+        let t = TailPipe::new(8);
+        t.push(b"hello ");
+        t.push(b"world, this is long");
+        assert_eq!(t.take(), b" is long");
+        assert!(t.take().is_empty());
+    }
+
+    #[test]
+    fn bytes_human_prefers_exact_units() {
+        assert_eq!(bytes_human(64 << 20), "64 MiB");
+        assert_eq!(bytes_human(1000), "1000 bytes");
+    }
+}

@@ -1,0 +1,185 @@
+//! The worker process: handshake, the frame loop, and the wasm thread.
+//!
+//! Owns the life of one worker process after `exec`. It speaks the protocol on
+//! the fds that were stdin/stdout at start (moved aside so that nothing else
+//! can write into the protocol stream) and runs items through
+//! [`crate::runtime`]. It never knows about scheduling or output formats.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::Engine;
+
+use crate::protocol::{
+    self, FrameError, Hello, HostMsg, Outcome, WorkerMsg, FRAME_OVERHEAD, HANDSHAKE_FRAME_CAP, PROTOCOL_VERSION,
+    RESULT_BATCH_BYTES,
+};
+use crate::runtime::Runtime;
+use crate::sandbox;
+
+/// The hidden argument that turns a process into a worker (see `lib.rs`).
+pub(crate) const WORKER_ARG: &str = "--wpool-worker";
+
+/// How often the epoch ticker advances the engine's epoch.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// A worker sends what it has at least this often while working through a
+/// chunk, so that the host knows how far it got.
+const RESULT_FLUSH_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Entry point of a worker process. Never returns.
+pub(crate) fn main() -> ! {
+    let code = match run() {
+        Ok(()) => 0,
+        Err(message) => {
+            eprintln!("wpool worker {}: {message}", std::process::id());
+            2
+        }
+    };
+    std::process::exit(code)
+}
+
+fn run() -> Result<(), String> {
+    // SAFETY: called once at start-up, before any other thread exists, on
+    // the fds the host set up; the helpers only dup/close them.
+    let (mut input, output) = unsafe { sandbox::take_protocol_fds() }.map_err(|e| format!("protocol fds: {e}"))?;
+    sandbox::harden_worker();
+
+    let mut buf = Vec::new();
+    match protocol::read_frame(&mut input, HANDSHAKE_FRAME_CAP, &mut buf) {
+        Ok(()) => {}
+        Err(FrameError::Eof) => return Ok(()),
+        Err(e) => return Err(format!("handshake: {e}")),
+    }
+    let hello = match protocol::decode::<HostMsg>(&buf) {
+        Ok(HostMsg::Hello(hello)) => hello,
+        Ok(other) => return Err(format!("handshake: expected Hello, got {other:?}")),
+        Err(e) => return Err(format!("handshake: {e}")),
+    };
+    let output = Arc::new(std::sync::Mutex::new(output));
+    let send = |msg: &WorkerMsg| -> Result<(), String> {
+        let mut out = output.lock().unwrap_or_else(|p| p.into_inner());
+        protocol::write_frame(&mut *out, msg).map_err(|e| format!("writing to host: {e}"))
+    };
+    let runtime = match load(&hello) {
+        Ok(rt) => rt,
+        Err(message) => {
+            let _ = send(&WorkerMsg::Failed { message: message.clone() });
+            return Err(message);
+        }
+    };
+    send(&WorkerMsg::Ready { version: PROTOCOL_VERSION, pid: std::process::id() })?;
+
+    let (tx, rx) = crossbeam_channel::unbounded::<Vec<u8>>();
+    let stack = crate::limits::native_stack_for(&hello.settings.limits);
+    let crash_on = hello.crash_on.clone();
+    let out = Arc::clone(&output);
+    std::thread::Builder::new()
+        .name("wpool-wasm".into())
+        .stack_size(stack)
+        .spawn(move || wasm_loop(runtime, rx, out, crash_on))
+        .map_err(|e| format!("spawning the wasm thread: {e}"))?;
+
+    let cap = hello.settings.limits.max_item_size + FRAME_OVERHEAD;
+    loop {
+        let mut frame = Vec::new();
+        match protocol::read_frame(&mut input, cap, &mut frame) {
+            Ok(()) => {}
+            // The host closed our input: it is gone or done with us. Exit now,
+            // even mid-item: nobody is left to read the result.
+            Err(FrameError::Eof) => std::process::exit(0),
+            Err(e) => return Err(format!("reading from host: {e}")),
+        }
+        match protocol::decode::<HostMsg>(&frame) {
+            Ok(HostMsg::Run { .. }) => {}
+            Ok(HostMsg::Shutdown) => std::process::exit(0),
+            Ok(HostMsg::Hello(_)) => return Err("unexpected second Hello".into()),
+            Err(e) => return Err(format!("reading from host: {e}")),
+        }
+        if tx.send(frame).is_err() {
+            return Err("the wasm thread is gone".into());
+        }
+    }
+}
+
+/// Verifies, deserializes and prepares the kernel named in the handshake.
+fn load(hello: &Hello) -> Result<Runtime, String> {
+    if hello.version != PROTOCOL_VERSION {
+        return Err(format!("protocol version {} from host, worker speaks {PROTOCOL_VERSION}", hello.version));
+    }
+    let bytes = std::fs::read(&hello.artifact).map_err(|e| format!("reading artifact {}: {e}", hello.artifact))?;
+    let digest: [u8; 32] = Sha256::digest(&bytes).into();
+    if digest != hello.digest {
+        return Err(format!("artifact {} does not match the digest the host recorded", hello.artifact));
+    }
+    let engine = Engine::new(&hello.settings.wasmtime_config()).map_err(|e| format!("engine: {e:#}"))?;
+    // SAFETY: `deserialize` trusts its input to be a wasmtime artifact. These
+    // bytes come from the host's private (0700) cache, written by the host
+    // itself, and match the digest the host recorded when it wrote them;
+    // wasmtime further checks that the artifact fits this engine.
+    let component = unsafe { Component::deserialize(&engine, &bytes) }.map_err(|e| format!("artifact: {e:#}"))?;
+    let ticks = hello.settings.limits.timeout.map(|t| {
+        start_epoch_ticker(&engine);
+        (t.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64).max(1)
+    });
+    Runtime::new(engine, &component, hello.settings.clone(), ticks).map_err(|e| format!("preparing kernel: {e:#}"))
+}
+
+fn start_epoch_ticker(engine: &Engine) {
+    let engine = engine.weak();
+    std::thread::Builder::new()
+        .name("wpool-epoch".into())
+        .spawn(move || loop {
+            std::thread::sleep(EPOCH_TICK);
+            match engine.upgrade() {
+                Some(e) => e.increment_epoch(),
+                None => return,
+            }
+        })
+        .expect("spawning the epoch ticker");
+}
+
+fn wasm_loop(mut rt: Runtime, rx: Receiver<Vec<u8>>, out: Arc<std::sync::Mutex<File>>, crash_on: Option<Vec<u8>>) {
+    let mut frame = Vec::new();
+    for payload in rx {
+        let Ok(HostMsg::Run { chunk, items }) = protocol::decode::<HostMsg>(&payload) else {
+            std::process::exit(3);
+        };
+        let mut batch: Vec<Outcome> = Vec::new();
+        let mut batch_bytes = 0usize;
+        let mut offset = 0u32;
+        let mut last_flush = Instant::now();
+        let n = items.len();
+        for (i, item) in items.iter().enumerate() {
+            if crash_on.as_deref() == Some(&item[..]) {
+                std::process::abort();
+            }
+            let outcome = rt.run_item(item);
+            batch_bytes += match &outcome {
+                Outcome::Ok(b) => b.len(),
+                Outcome::Err(e) => e.message.len() + e.stderr.len(),
+            };
+            batch.push(outcome);
+            let last = i + 1 == n;
+            if last || batch_bytes >= RESULT_BATCH_BYTES || last_flush.elapsed() >= RESULT_FLUSH_INTERVAL {
+                let count = batch.len() as u32;
+                let msg = WorkerMsg::Results { chunk, offset, outcomes: std::mem::take(&mut batch) };
+                protocol::encode(&msg, &mut frame);
+                let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
+                if o.write_all(&frame).is_err() {
+                    // The host is gone.
+                    std::process::exit(0);
+                }
+                drop(o);
+                offset += count;
+                batch_bytes = 0;
+                last_flush = Instant::now();
+            }
+        }
+    }
+}

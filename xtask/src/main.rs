@@ -1,0 +1,82 @@
+//! Project tasks that need more than cargo: `cargo xtask kernels` builds the
+//! guest kernels for both targets and turns the `wasm32-unknown-unknown` core
+//! modules into import-free components.
+//!
+//! Output: `target/kernels/wasip2/NAME.wasm` (components that import WASI
+//! 0.2) and `target/kernels/unknown/NAME.wasm` (components without imports).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("kernels") => kernels(),
+        _ => {
+            eprintln!("usage: cargo xtask kernels");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the repository root").to_path_buf()
+}
+
+fn kernels() -> Result<()> {
+    let root = root();
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let guest_target = target_dir.join("guest");
+    let out = target_dir.join("kernels");
+    for (target, flavour) in [("wasm32-wasip2", "wasip2"), ("wasm32-unknown-unknown", "unknown")] {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(root.join("guest-kernels"))
+            .args(["build", "--release", "--workspace", "--target", target, "--target-dir"])
+            .arg(&guest_target)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .status()
+            .context("running cargo for the guest kernels")?;
+        if !status.success() {
+            bail!("building guest kernels for {target} failed (is the target installed? run scripts/setup.sh)");
+        }
+        let built = guest_target.join(target).join("release");
+        let dest = out.join(flavour);
+        std::fs::create_dir_all(&dest)?;
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&built)? {
+            let path = entry?.path();
+            if path.extension().is_none_or(|e| e != "wasm") {
+                continue;
+            }
+            let name = path.file_name().unwrap().to_string_lossy().replace('_', "-");
+            let bytes = std::fs::read(&path)?;
+            let component = if flavour == "unknown" {
+                wit_component::ComponentEncoder::default()
+                    .module(&bytes)
+                    .and_then(|e| e.validate(true).encode())
+                    .with_context(|| format!("turning {} into a component", path.display()))?
+            } else {
+                bytes
+            };
+            write_if_changed(&dest.join(&name), &component)?;
+            names.push(name);
+        }
+        names.sort();
+        println!("{}: {}", dest.display(), names.join(" "));
+    }
+    Ok(())
+}
+
+fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {
+    if std::fs::read(path).ok().as_deref() == Some(bytes) {
+        return Ok(());
+    }
+    let tmp = path.with_extension("wasm.tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
