@@ -1,1 +1,168 @@
+//! Shared helpers of the integration tests: fixture kernels, the CLI binary,
+//! and looking at real processes through `/proc`.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+}
+
+/// A fixture kernel built by `cargo xtask kernels`; `flavour` is `wasip2`
+/// or `unknown`.
+pub fn kernel_path_of(flavour: &str, name: &str) -> PathBuf {
+    let p = target_dir().join("kernels").join(flavour).join(format!("{name}.wasm"));
+    assert!(p.exists(), "fixture kernel {} is missing: run `cargo xtask kernels` (scripts/test.sh does)", p.display());
+    p
+}
+
+/// The wasm32-wasip2 build of a fixture kernel.
+pub fn kernel_path(name: &str) -> PathBuf {
+    kernel_path_of("wasip2", name)
+}
+
+/// Loads a fixture kernel with a private cache for this test process.
+pub fn kernel(name: &str) -> wpool::Kernel {
+    wpool::Kernel::from_file(kernel_path(name)).expect("fixture kernel loads")
+}
+
+/// The `wpool` CLI binary, built alongside the tests.
+pub fn wpool_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> → target/<profile>/wpool
+    let p = exe.parent().unwrap().parent().unwrap().join("wpool");
+    assert!(p.exists(), "{} is missing: build the workspace first (`cargo build --workspace`)", p.display());
+    p
+}
+
+/// A `wpool` command with a generous hang guard applied by [`run`].
+pub fn wpool() -> Command {
+    let mut c = Command::new(wpool_bin());
+    c.stdin(Stdio::null());
+    c
+}
+
+/// Runs a command with `stdin` bytes, killing it if it runs past `limit`
+/// (a hang guard, not a performance assertion).
+pub fn run_with(mut cmd: Command, stdin: &[u8], limit: Duration) -> Output {
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let pid = child.id();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let guard = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                if start.elapsed() > limit {
+                    // SAFETY: kill on a pid we spawned and have not reaped.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            false
+        })
+    };
+    let out = child.wait_with_output().expect("wait");
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = writer.join();
+    assert!(!guard.join().unwrap(), "command hung past {limit:?} and was killed");
+    out
+}
+
+/// Runs with a 120 s hang guard.
+pub fn run(cmd: Command, stdin: &[u8]) -> Output {
+    run_with(cmd, stdin, Duration::from_secs(120))
+}
+
+/// Stdout as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Direct children of `pid`, from `/proc/*/stat`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if parent_of(child) == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// The parent pid of `pid`, if it exists (zombies included).
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rfind(')').and_then(|i| stat[i + 2..].chars().next());
+            !matches!(state, Some('Z') | Some('X') | None)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Polls `cond` until it holds or `limit` passes; returns whether it held.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Resident set size of a process in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sends a signal.
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: plain kill(2).
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// A temp file with these contents.
+pub fn temp_file(contents: &[u8]) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(contents).unwrap();
+    f.flush().unwrap();
+    f
+}

@@ -1,11 +1,10 @@
 //! Reading items from INPUT files (or stdin): lines, NUL-separated records,
 //! or whole files, lazily and with a size cap per item.
 
-use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Result};
 
@@ -34,7 +33,7 @@ impl Source {
         }
     }
 
-    fn open(&self) -> io::Result<Box<dyn Read>> {
+    fn open(&self) -> io::Result<Box<dyn Read + Send>> {
         Ok(match self {
             Source::Stdin => Box::new(io::stdin()),
             Source::File(p) => Box::new(File::open(p)?),
@@ -95,12 +94,12 @@ impl Origins {
 /// while the rest of the item is skipped, so memory stays bounded.
 pub struct Items {
     sources: std::vec::IntoIter<Source>,
-    current: Option<BufReader<Box<dyn Read>>>,
+    current: Option<BufReader<Box<dyn Read + Send>>>,
     split: Split,
     max_item: usize,
     next_index: u64,
-    origins: Rc<RefCell<Origins>>,
-    error: Rc<RefCell<Option<String>>>,
+    origins: Arc<Mutex<Origins>>,
+    error: Arc<Mutex<Option<String>>>,
     current_name: String,
 }
 
@@ -112,19 +111,19 @@ impl Items {
             split,
             max_item,
             next_index: 0,
-            origins: Rc::new(RefCell::new(Origins { starts: Vec::new(), split: Some(split) })),
-            error: Rc::new(RefCell::new(None)),
+            origins: Arc::new(Mutex::new(Origins { starts: Vec::new(), split: Some(split) })),
+            error: Arc::new(Mutex::new(None)),
             current_name: String::new(),
         }
     }
 
-    pub fn origins(&self) -> Rc<RefCell<Origins>> {
-        Rc::clone(&self.origins)
+    pub fn origins(&self) -> Arc<Mutex<Origins>> {
+        Arc::clone(&self.origins)
     }
 
     /// A read error that ended the input early, if any.
-    pub fn error(&self) -> Rc<RefCell<Option<String>>> {
-        Rc::clone(&self.error)
+    pub fn error(&self) -> Arc<Mutex<Option<String>>> {
+        Arc::clone(&self.error)
     }
 
     fn open_next(&mut self) -> bool {
@@ -132,12 +131,12 @@ impl Items {
         self.current_name = source.name();
         match source.open() {
             Ok(r) => {
-                self.origins.borrow_mut().starts.push((self.next_index, source.name()));
+                self.origins.lock().unwrap().starts.push((self.next_index, source.name()));
                 self.current = Some(BufReader::with_capacity(256 << 10, r));
                 true
             }
             Err(e) => {
-                *self.error.borrow_mut() = Some(format!("cannot read input {}: {e}", source.name()));
+                *self.error.lock().unwrap() = Some(format!("cannot read input {}: {e}", source.name()));
                 false
             }
         }
@@ -200,7 +199,7 @@ impl Iterator for Items {
                     self.current = None;
                 }
                 Err(e) => {
-                    *self.error.borrow_mut() = Some(format!("reading input {}: {e}", self.current_name));
+                    *self.error.lock().unwrap() = Some(format!("reading input {}: {e}", self.current_name));
                     return None;
                 }
             }
@@ -220,7 +219,11 @@ mod tests {
     }
 
     fn tempdir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("wpool-input-test-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let d = std::env::temp_dir().join(format!(
+            "wpool-input-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         std::fs::create_dir_all(&d).unwrap();
         d
     }
@@ -248,7 +251,7 @@ mod tests {
         let items = Items::new(vec![Source::File(a.clone()), Source::File(b.clone())], Split::Lines, 10);
         let origins = items.origins();
         assert_eq!(items.count(), 3);
-        assert_eq!(origins.borrow().describe(1), format!("{}:2", a.display()));
-        assert_eq!(origins.borrow().describe(2), format!("{}:1", b.display()));
+        assert_eq!(origins.lock().unwrap().describe(1), format!("{}:2", a.display()));
+        assert_eq!(origins.lock().unwrap().describe(2), format!("{}:1", b.display()));
     }
 }

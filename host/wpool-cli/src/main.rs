@@ -151,9 +151,20 @@ fn map(args: MapArgs) -> Result<u8> {
         Split::Lines
     };
     let max_item = usize::try_from(args.max_item_size).context("--max-item-size is too large")?;
-    let limits = Limits { timeout: args.timeout, memory: args.memory, fuel: args.fuel, max_item_size: max_item, ..Limits::default() };
+    let limits = Limits {
+        timeout: args.timeout,
+        memory: args.memory,
+        fuel: args.fuel,
+        max_item_size: max_item,
+        ..Limits::default()
+    };
     let workers = args.jobs.unwrap_or_else(num_cpus::get);
-    let mut pool = Pool::builder(kernel).workers(workers).chunksize(args.chunksize).retries(args.retries).limits(limits).build()?;
+    let mut pool = Pool::builder(kernel)
+        .workers(workers)
+        .chunksize(args.chunksize)
+        .retries(args.retries)
+        .limits(limits)
+        .build()?;
 
     let interrupted = Arc::new(AtomicBool::new(false));
     {
@@ -174,10 +185,24 @@ fn map(args: MapArgs) -> Result<u8> {
     let format = if args.json { Format::Json } else { Format::Plain { sep: if args.null { 0 } else { b'\n' } } };
     let mut printer = Printer::new(format, origins, show_progress, total);
 
+    // Input is read on its own thread so that results keep flowing while a
+    // slow producer (a pipe, a terminal) has nothing to say.
+    let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(64);
+    std::thread::Builder::new()
+        .name("wpool-input".into())
+        .spawn(move || {
+            for item in items {
+                if tx.send(item).is_err() {
+                    return;
+                }
+            }
+        })
+        .context("starting the input thread")?;
+
     let mut failed = false;
     let outcome: Result<(), Error> = (|| {
         if args.unordered {
-            let mut it = pool.imap_unordered(items);
+            let mut it = pool.imap_unordered_channel(rx);
             while let Some(r) = it.next() {
                 let (index, result) = r?;
                 failed |= result.is_err();
@@ -187,7 +212,7 @@ fn map(args: MapArgs) -> Result<u8> {
                 }
             }
         } else {
-            let mut it = pool.imap(items);
+            let mut it = pool.imap_channel(rx);
             let mut index = 0u64;
             while let Some(r) = it.next() {
                 let result = r?;
@@ -212,7 +237,7 @@ fn map(args: MapArgs) -> Result<u8> {
         Err(Error::Io(e)) => return Err(e.into()),
         Err(e) => return Err(e.into()),
     }
-    if let Some(e) = read_error.borrow_mut().take() {
+    if let Some(e) = read_error.lock().unwrap().take() {
         anyhow::bail!("{e}; results up to that point were printed");
     }
     Ok(if failed { 1 } else { 0 })

@@ -1,9 +1,8 @@
 //! Writing results: plain bytes or JSON Lines on stdout, one line per failed
 //! item on stderr, and the progress bar.
 
-use std::cell::RefCell;
 use std::io::{self, BufWriter, Stdout, Write};
-use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -22,22 +21,19 @@ pub enum Format {
 pub struct Printer {
     out: BufWriter<Stdout>,
     format: Format,
-    origins: Rc<RefCell<Origins>>,
+    origins: Arc<Mutex<Origins>>,
     progress: Option<ProgressBar>,
 }
 
 impl Printer {
-    pub fn new(format: Format, origins: Rc<RefCell<Origins>>, progress: bool, total: Option<u64>) -> Printer {
-        let progress = progress.then(|| {
-            let bar = match total {
-                Some(n) => ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr()).with_style(
-                    ProgressStyle::with_template("{bar:40} {pos}/{len} items  {per_sec}  ETA {eta}")
-                        .expect("valid template"),
-                ),
-                None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
-                    .with_style(ProgressStyle::with_template("{spinner} {pos} items  {per_sec}").expect("valid template")),
-            };
-            bar
+    pub fn new(format: Format, origins: Arc<Mutex<Origins>>, progress: bool, total: Option<u64>) -> Printer {
+        let progress = progress.then(|| match total {
+            Some(n) => ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr()).with_style(
+                ProgressStyle::with_template("{bar:40} {pos}/{len} items  {per_sec}  ETA {eta}")
+                    .expect("valid template"),
+            ),
+            None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+                .with_style(ProgressStyle::with_template("{spinner} {pos} items  {per_sec}").expect("valid template")),
         });
         Printer { out: BufWriter::with_capacity(64 << 10, io::stdout()), format, origins, progress }
     }
@@ -88,7 +84,7 @@ impl Printer {
 
     /// One line on stderr: item, origin, kind, message, worker.
     fn report(&self, e: &TaskError) {
-        let origin = self.origins.borrow().describe(e.index.get());
+        let origin = self.origins.lock().unwrap().describe(e.index.get());
         let mut line = format!("wpool: item {} ({origin}): {}: {}", e.index, e.kind, first_line(&e.message));
         if let Some(panic) = panic_message(&e.stderr) {
             line.push_str(&format!(" [{panic}]"));

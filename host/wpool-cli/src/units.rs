@@ -45,7 +45,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// `64MiB`, `1GiB`, `512KiB`, `100MB` (decimal), `4096` or `4096B`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let bad = || format!("`{s}` is not a size: use a number with a unit, e.g. `64MiB`, `1GiB`, `512KiB`, `100MB`, or bytes");
+    let bad =
+        || format!("`{s}` is not a size: use a number with a unit, e.g. `64MiB`, `1GiB`, `512KiB`, `100MB`, or bytes");
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let value: u64 = num.parse().map_err(|_| bad())?;

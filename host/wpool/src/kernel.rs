@@ -25,7 +25,8 @@ use crate::runtime::{self, MAP_EXPORT};
 const MAP_SIGNATURE: &str = "func(input: list<u8>) -> result<list<u8>, string>";
 
 /// WASI 0.2 packages the host links (deny-by-default policy inside).
-const PROVIDED_PACKAGES: [&str; 6] = ["wasi:cli", "wasi:io", "wasi:clocks", "wasi:random", "wasi:filesystem", "wasi:sockets"];
+const PROVIDED_PACKAGES: [&str; 6] =
+    ["wasi:cli", "wasi:io", "wasi:clocks", "wasi:random", "wasi:filesystem", "wasi:sockets"];
 
 /// A validated kernel: a WebAssembly component of world
 /// `wpool:kernel/kernel`, compiled once and cached.
@@ -203,7 +204,8 @@ fn check_contract(name: &str, engine: &Engine, component: &Component) -> Result<
     match ty.get_export(engine, MAP_EXPORT).map(|e| e.ty) {
         None => {
             let exports: Vec<String> = ty.exports(engine).map(|(n, _)| format!("`{n}`")).collect();
-            let found = if exports.is_empty() { "no exports".to_string() } else { format!("exports {}", exports.join(", ")) };
+            let found =
+                if exports.is_empty() { "no exports".to_string() } else { format!("exports {}", exports.join(", ")) };
             return Err(Error::WorldMismatch {
                 kernel: name.into(),
                 detail: format!("no export `map` (expected `map: {MAP_SIGNATURE}`; found {found})"),
@@ -229,7 +231,8 @@ fn check_contract(name: &str, engine: &Engine, component: &Component) -> Result<
         return Err(Error::UnsatisfiedImports { kernel: name.into(), imports: unsatisfied });
     }
     // Names match; let the real linker check the types too.
-    let linker = runtime::linker(engine).map_err(|e| Error::InvalidKernel { kernel: name.into(), message: format!("{e:#}") })?;
+    let linker =
+        runtime::linker(engine).map_err(|e| Error::InvalidKernel { kernel: name.into(), message: format!("{e:#}") })?;
     if let Err(e) = linker.instantiate_pre(component) {
         return Err(Error::UnsatisfiedImports { kernel: name.into(), imports: vec![format!("{e:#}")] });
     }
@@ -345,7 +348,12 @@ impl ArtifactCache {
 
     /// Returns the artifact for `bytes` under `settings`, compiling and
     /// storing it on a miss or when the stored one fails its digest.
-    fn get_or_compile(&self, name: &str, bytes: &[u8], settings: &EngineSettings) -> Result<(Artifact, Component, Engine), Error> {
+    fn get_or_compile(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        settings: &EngineSettings,
+    ) -> Result<(Artifact, Component, Engine), Error> {
         check_header(name, bytes)?;
         let engine = Engine::new(&settings.wasmtime_config())
             .map_err(|e| Error::InvalidKernel { kernel: name.into(), message: format!("engine: {e:#}") })?;

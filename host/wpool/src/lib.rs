@@ -49,7 +49,7 @@ pub use error::{Crash, Error, ItemIndex, TaskError, TaskErrorKind, WorkerId};
 pub use kernel::{Inspection, Kernel, KernelInfo};
 pub use limits::Limits;
 pub use pool::{Canceller, Imap, ImapUnordered, Pool, PoolBuilder};
-pub use scheduler::{Chunksize, ItemResult};
+pub use scheduler::{Chunksize, ItemResult, PoolStats};
 
 /// The hidden worker entry point, run by the C runtime before `main`.
 ///

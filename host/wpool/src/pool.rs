@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::{Error, ItemIndex};
 use crate::kernel::Kernel;
 use crate::limits::{EngineSettings, Limits};
 use crate::protocol::{Hello, PROTOCOL_VERSION};
-use crate::scheduler::{Chunksize, ItemResult, SchedConfig, Scheduler};
+use crate::scheduler::{Chunksize, Input, ItemResult, PoolStats, SchedConfig, Scheduler};
 use crate::supervisor::{Event, WorkerCommand};
 
 /// Configures and starts a [`Pool`].
@@ -180,9 +180,23 @@ impl Pool {
         self.workers
     }
 
-    /// Process ids of the worker processes alive right now.
-    pub fn worker_pids(&self) -> Vec<u32> {
+    /// Process ids of the worker processes started so far (after handling
+    /// any worker events that are already waiting).
+    pub fn worker_pids(&mut self) -> Vec<u32> {
+        self.sched.poll();
         self.sched.worker_pids()
+    }
+
+    /// Waits until every worker has loaded the kernel and answered the
+    /// handshake. [`PoolBuilder::build`] returns as soon as one is ready, so
+    /// that work starts early; call this to have the full pool up front.
+    pub fn wait_ready(&mut self) -> Result<(), Error> {
+        self.sched.wait_ready()
+    }
+
+    /// Counters: workers spawned, worker deaths, retried items.
+    pub fn stats(&self) -> PoolStats {
+        self.sched.stats()
     }
 
     /// A handle that stops the current run from another thread (or a signal
@@ -206,24 +220,43 @@ impl Pool {
     /// Lazily runs items in input order: input is pulled only as workers
     /// free up, and at most a bounded window of results waits for an earlier
     /// one. Dropping the iterator early stops the run.
-    pub fn imap<I>(&mut self, items: I) -> Imap<'_, I::IntoIter>
+    ///
+    /// The iterator is pulled on the caller's thread: while it blocks (a slow
+    /// stdin, a socket), results wait too. For such inputs use
+    /// [`Pool::imap_channel`].
+    pub fn imap<'p, I>(&'p mut self, items: I) -> Imap<'p>
     where
-        I: IntoIterator,
+        I: IntoIterator + 'p,
         I::Item: Into<Vec<u8>>,
     {
-        self.sched.begin(true);
-        Imap { run: Run { sched: &mut self.sched, input: items.into_iter() } }
+        Imap { run: self.run(true, RunInput::Iter(Box::new(items.into_iter().map(Into::into)))) }
     }
 
     /// Like [`Pool::imap`], but yields results as they complete, each with
     /// its input index.
-    pub fn imap_unordered<I>(&mut self, items: I) -> ImapUnordered<'_, I::IntoIter>
+    pub fn imap_unordered<'p, I>(&'p mut self, items: I) -> ImapUnordered<'p>
     where
-        I: IntoIterator,
+        I: IntoIterator + 'p,
         I::Item: Into<Vec<u8>>,
     {
-        self.sched.begin(false);
-        ImapUnordered { run: Run { sched: &mut self.sched, input: items.into_iter() } }
+        ImapUnordered { run: self.run(false, RunInput::Iter(Box::new(items.into_iter().map(Into::into)))) }
+    }
+
+    /// Like [`Pool::imap`], with items sent by a producer thread: results
+    /// keep flowing while the channel is empty. The input ends when every
+    /// sender is dropped.
+    pub fn imap_channel(&mut self, items: Receiver<Vec<u8>>) -> Imap<'_> {
+        Imap { run: self.run(true, RunInput::Channel(items)) }
+    }
+
+    /// Like [`Pool::imap_unordered`], with items from a channel.
+    pub fn imap_unordered_channel(&mut self, items: Receiver<Vec<u8>>) -> ImapUnordered<'_> {
+        ImapUnordered { run: self.run(false, RunInput::Channel(items)) }
+    }
+
+    fn run<'p>(&'p mut self, ordered: bool, input: RunInput<'p>) -> Run<'p> {
+        self.sched.begin(ordered);
+        Run { sched: &mut self.sched, input }
     }
 }
 
@@ -233,23 +266,27 @@ impl Drop for Pool {
     }
 }
 
-struct Run<'p, I> {
-    sched: &'p mut Scheduler,
-    input: I,
+enum RunInput<'p> {
+    Iter(Box<dyn Iterator<Item = Vec<u8>> + 'p>),
+    Channel(Receiver<Vec<u8>>),
 }
 
-impl<I> Run<'_, I>
-where
-    I: Iterator,
-    I::Item: Into<Vec<u8>>,
-{
+struct Run<'p> {
+    sched: &'p mut Scheduler,
+    input: RunInput<'p>,
+}
+
+impl Run<'_> {
     fn next(&mut self) -> Option<Result<(ItemIndex, ItemResult), Error>> {
-        let mut input = (&mut self.input).map(Into::into);
-        self.sched.next(&mut input)
+        let input = match &mut self.input {
+            RunInput::Iter(it) => Input::Iter(it.as_mut()),
+            RunInput::Channel(rx) => Input::Channel(rx),
+        };
+        self.sched.next(input)
     }
 }
 
-impl<I> Drop for Run<'_, I> {
+impl Drop for Run<'_> {
     fn drop(&mut self) {
         self.sched.abandon();
     }
@@ -259,11 +296,11 @@ impl<I> Drop for Run<'_, I> {
 ///
 /// Yields `Ok(item_result)` per item, in input order, or one `Err` for a
 /// pool failure, after which it ends.
-pub struct Imap<'p, I> {
-    run: Run<'p, I>,
+pub struct Imap<'p> {
+    run: Run<'p>,
 }
 
-impl<I> Imap<'_, I> {
+impl Imap<'_> {
     /// Results available right now without waiting (useful to decide when
     /// to flush output).
     pub fn ready(&self) -> usize {
@@ -271,11 +308,7 @@ impl<I> Imap<'_, I> {
     }
 }
 
-impl<I> Iterator for Imap<'_, I>
-where
-    I: Iterator,
-    I::Item: Into<Vec<u8>>,
-{
+impl Iterator for Imap<'_> {
     type Item = Result<ItemResult, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -284,22 +317,18 @@ where
 }
 
 /// The completion-order lazy iterator of [`Pool::imap_unordered`].
-pub struct ImapUnordered<'p, I> {
-    run: Run<'p, I>,
+pub struct ImapUnordered<'p> {
+    run: Run<'p>,
 }
 
-impl<I> ImapUnordered<'_, I> {
+impl ImapUnordered<'_> {
     /// Results available right now without waiting.
     pub fn ready(&self) -> usize {
         self.run.sched.ready_len()
     }
 }
 
-impl<I> Iterator for ImapUnordered<'_, I>
-where
-    I: Iterator,
-    I::Item: Into<Vec<u8>>,
-{
+impl Iterator for ImapUnordered<'_> {
     type Item = Result<(ItemIndex, ItemResult), Error>;
 
     fn next(&mut self) -> Option<Self::Item> {

@@ -65,11 +65,7 @@ pub(crate) enum WorkerMsg {
     /// The kernel is loaded; the worker takes `Run` frames from now on.
     Ready { version: u32, pid: u32 },
     /// Outcomes of items `offset..offset + outcomes.len()` of `chunk`.
-    Results {
-        chunk: u64,
-        offset: u32,
-        outcomes: Vec<Outcome>,
-    },
+    Results { chunk: u64, offset: u32, outcomes: Vec<Outcome> },
     /// The worker cannot start (bad artifact, version mismatch); it exits next.
     Failed { message: String },
 }
@@ -202,16 +198,12 @@ mod tests {
             offset: 3,
             outcomes: vec![
                 Outcome::Ok(b"abc".to_vec()),
-                Outcome::Err(WireError {
-                    kind: WireKind::KernelExit(1),
-                    message: "m".into(),
-                    stderr: vec![0, 1],
-                }),
+                Outcome::Err(WireError { kind: WireKind::KernelExit(1), message: "m".into(), stderr: vec![0, 1] }),
             ],
         };
         assert_eq!(roundtrip_worker(&msg), msg);
         let items = [serde_bytes::Bytes::new(b"x"), serde_bytes::Bytes::new(b"")];
-        let run = HostMsg::Run { chunk: 1, items: items.iter().collect() };
+        let run = HostMsg::Run { chunk: 1, items: items.to_vec() };
         let mut buf = Vec::new();
         encode(&run, &mut buf);
         let mut payload = Vec::new();
@@ -239,10 +231,7 @@ mod tests {
         let mut payload = Vec::new();
         assert!(matches!(read_frame(&mut &[][..], 16, &mut payload), Err(FrameError::Eof)));
         assert!(matches!(read_frame(&mut &[5, 0][..], 16, &mut payload), Err(FrameError::Io(_))));
-        assert!(matches!(
-            read_frame(&mut &[5, 0, 0, 0, 1][..], 16, &mut payload),
-            Err(FrameError::Io(_))
-        ));
+        assert!(matches!(read_frame(&mut &[5, 0, 0, 0, 1][..], 16, &mut payload), Err(FrameError::Io(_))));
     }
 
     proptest! {

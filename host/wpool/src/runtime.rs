@@ -135,13 +135,22 @@ impl Runtime {
     pub(crate) fn run_item(&mut self, input: &[u8]) -> Outcome {
         let max = self.settings.limits.max_item_size;
         if input.len() > max {
-            return err(WireKind::ItemTooLarge, format!("item of {} bytes is over the {max}-byte cap", input.len()), vec![]);
+            return err(
+                WireKind::ItemTooLarge,
+                format!("item of {} bytes is over the {max}-byte cap", input.len()),
+                vec![],
+            );
         }
         self.stderr.clear();
         let live = match self.live.take() {
             Some(live) => live,
             None => {
                 let mut store = new_store(&self.engine, &self.settings, &self.stderr);
+                // Instantiation runs guest code too (initialisers): it needs
+                // fuel and a deadline like the call itself.
+                if let Some(fuel) = self.settings.limits.fuel {
+                    let _ = store.set_fuel(fuel);
+                }
                 store.set_epoch_deadline(self.timeout_ticks.unwrap_or(u64::MAX / 4));
                 match self.pre.instantiate(&mut store) {
                     Ok(instance) => Live { store, instance, items: 0 },
@@ -186,7 +195,11 @@ impl Runtime {
             let cap = self.settings.limits.memory.unwrap_or_default();
             return err(
                 WireKind::MemoryLimit,
-                format!("memory limit of {} exceeded: the kernel asked for {}", bytes_human(cap), bytes_human(desired as u64)),
+                format!(
+                    "memory limit of {} exceeded: the kernel asked for {}",
+                    bytes_human(cap),
+                    bytes_human(desired as u64)
+                ),
                 stderr,
             );
         }

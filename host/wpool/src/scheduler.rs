@@ -97,11 +97,42 @@ struct Chunk {
     received: usize,
 }
 
+/// Where a run's items come from.
+pub(crate) enum Input<'a> {
+    /// Pulled in the caller's thread when a worker has room; a blocking
+    /// iterator blocks the run while it blocks.
+    Iter(&'a mut dyn Iterator<Item = Vec<u8>>),
+    /// Fed by another thread; the run keeps delivering results while the
+    /// channel is empty, and ends when it is disconnected and drained.
+    Channel(&'a Receiver<Vec<u8>>),
+}
+
+enum Pull {
+    Item(Vec<u8>),
+    Empty,
+    Done,
+}
+
+impl Input<'_> {
+    fn pull(&mut self) -> Pull {
+        match self {
+            Input::Iter(it) => it.next().map_or(Pull::Done, Pull::Item),
+            Input::Channel(rx) => match rx.try_recv() {
+                Ok(item) => Pull::Item(item),
+                Err(crossbeam_channel::TryRecvError::Empty) => Pull::Empty,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => Pull::Done,
+            },
+        }
+    }
+}
+
 /// The state of the current `map`/`imap` run.
 #[derive(Debug, Default)]
 struct Job {
     ordered: bool,
     input_done: bool,
+    /// An item received while waiting on a channel input, not yet dispatched.
+    stash: Option<Vec<u8>>,
     next_index: u64,
     retry: VecDeque<Pending>,
     /// Ordered: results by index, waiting for their turn.
@@ -132,6 +163,20 @@ pub(crate) struct Scheduler {
     last_startup_failure: String,
     job: Job,
     frame: Vec<u8>,
+    stats: PoolStats,
+}
+
+/// Counters over the life of a pool, for monitoring and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// Worker processes started (initial ones and replacements).
+    pub spawned: u64,
+    /// Worker processes that died without being asked to (crashes, kills by
+    /// others, deadline kills, protocol violations).
+    pub worker_deaths: u64,
+    /// Items put back in the queue because their worker died under them.
+    pub retried_items: u64,
 }
 
 impl Scheduler {
@@ -142,7 +187,14 @@ impl Scheduler {
         let now = Instant::now();
         let mut s = Scheduler {
             slots: (0..cfg.workers)
-                .map(|_| Slot { gen: 0, state: SlotState::Dead, proc: None, queue: VecDeque::new(), progress_at: now, killed: None })
+                .map(|_| Slot {
+                    gen: 0,
+                    state: SlotState::Dead,
+                    proc: None,
+                    queue: VecDeque::new(),
+                    progress_at: now,
+                    killed: None,
+                })
                 .collect(),
             cfg,
             spawner: Some(spawner),
@@ -157,6 +209,7 @@ impl Scheduler {
             last_startup_failure: String::new(),
             job: Job::default(),
             frame: Vec::new(),
+            stats: PoolStats::default(),
         };
         for slot in 0..s.slots.len() {
             s.respawn(slot);
@@ -177,6 +230,36 @@ impl Scheduler {
         (Arc::clone(&self.cancelled), self.wake.clone())
     }
 
+    pub(crate) fn stats(&self) -> PoolStats {
+        self.stats
+    }
+
+    /// Handles events that are already waiting, without blocking.
+    pub(crate) fn poll(&mut self) {
+        while let Ok(event) = self.events.try_recv() {
+            self.handle(event);
+        }
+    }
+
+    /// Waits until every worker slot has a ready worker.
+    pub(crate) fn wait_ready(&mut self) -> Result<(), Error> {
+        self.job.fatal = None;
+        while !self.slots.iter().all(|w| w.state == SlotState::Ready) {
+            if let Some(e) = self.job.fatal.take() {
+                return Err(e);
+            }
+            for slot in 0..self.slots.len() {
+                if self.slots[slot].state == SlotState::Dead {
+                    self.respawn(slot);
+                }
+            }
+            let deadline = self.next_deadline();
+            self.wait(deadline);
+            self.check_deadlines();
+        }
+        Ok(())
+    }
+
     pub(crate) fn worker_pids(&self) -> Vec<u32> {
         self.slots.iter().filter_map(|s| s.proc.as_ref().map(|p| p.pid)).collect()
     }
@@ -195,7 +278,7 @@ impl Scheduler {
 
     /// Produces the next result of the run, pulling input as workers free up.
     /// `None` when the run is complete.
-    pub(crate) fn next(&mut self, input: &mut dyn Iterator<Item = Vec<u8>>) -> Option<Result<(ItemIndex, ItemResult), Error>> {
+    pub(crate) fn next(&mut self, mut input: Input<'_>) -> Option<Result<(ItemIndex, ItemResult), Error>> {
         loop {
             if self.job.finished {
                 return None;
@@ -211,18 +294,30 @@ impl Scheduler {
                 self.abandon();
                 return Some(Err(e));
             }
-            if self.job.input_done && self.job.retry.is_empty() && self.chunks.is_empty() {
+            if self.is_complete() {
                 self.job.finished = true;
                 return None;
             }
-            self.dispatch(input);
-            if self.ready_len() > 0 {
+            self.dispatch(&mut input);
+            if self.ready_len() > 0 || self.is_complete() {
                 continue;
             }
             let deadline = self.next_deadline();
-            self.wait(deadline);
+            let feed = match &input {
+                Input::Channel(rx) if self.has_room() && self.may_pull() => Some(*rx),
+                _ => None,
+            };
+            self.wait_with_input(deadline, feed);
             self.check_deadlines();
         }
+    }
+
+    fn is_complete(&self) -> bool {
+        self.job.input_done && self.job.stash.is_none() && self.job.retry.is_empty() && self.chunks.is_empty()
+    }
+
+    fn has_room(&self) -> bool {
+        self.slots.iter().any(|w| w.state == SlotState::Ready && w.queue.len() < DEPTH)
     }
 
     /// Results that `next` can return without waiting.
@@ -288,7 +383,7 @@ impl Scheduler {
     }
 
     /// Fills every ready worker up to `DEPTH` chunks.
-    fn dispatch(&mut self, input: &mut dyn Iterator<Item = Vec<u8>>) {
+    fn dispatch(&mut self, input: &mut Input<'_>) {
         let max_item = self.cfg.hello.settings.limits.max_item_size;
         for slot in 0..self.slots.len() {
             while self.slots[slot].state == SlotState::Ready && self.slots[slot].queue.len() < DEPTH {
@@ -311,14 +406,24 @@ impl Scheduler {
                 } else {
                     let limit = self.chunk_limit();
                     while items.len() < limit && bytes < CHUNK_BYTES && self.may_pull() {
-                        let Some(data) = input.next() else {
-                            self.job.input_done = true;
-                            break;
+                        let data = match self.job.stash.take().map_or_else(|| input.pull(), Pull::Item) {
+                            Pull::Item(data) => data,
+                            Pull::Empty => break,
+                            Pull::Done => {
+                                self.job.input_done = true;
+                                break;
+                            }
                         };
                         let index = self.job.next_index;
                         self.job.next_index += 1;
                         if data.len() > max_item {
-                            let e = task_error(index, TaskErrorKind::ItemTooLarge, format!("item of {} bytes is over the {max_item}-byte cap", data.len()), None, 0);
+                            let e = task_error(
+                                index,
+                                TaskErrorKind::ItemTooLarge,
+                                format!("item of {} bytes is over the {max_item}-byte cap", data.len()),
+                                None,
+                                0,
+                            );
                             self.complete(index, Err(e));
                             continue;
                         }
@@ -350,6 +455,34 @@ impl Scheduler {
         self.job.in_flight_items += items.len();
         self.job.buffered_bytes += items.iter().map(|p| p.data.len()).sum::<usize>();
         self.chunks.insert(id, Chunk { items, received: 0 });
+    }
+
+    /// Waits for a worker event or, when `feed` is given, an input item.
+    fn wait_with_input(&mut self, deadline: Option<Instant>, feed: Option<&Receiver<Vec<u8>>>) {
+        let Some(rx) = feed else { return self.wait(deadline) };
+        let mut sel = crossbeam_channel::Select::new();
+        let ev = sel.recv(&self.events);
+        let inp = sel.recv(rx);
+        let op = match deadline {
+            Some(d) => match sel.select_deadline(d) {
+                Ok(op) => op,
+                Err(_) => return,
+            },
+            None => sel.select(),
+        };
+        if op.index() == ev {
+            let event = op.recv(&self.events).expect("the scheduler holds a sender");
+            self.handle(event);
+            while let Ok(event) = self.events.try_recv() {
+                self.handle(event);
+            }
+        } else {
+            debug_assert_eq!(op.index(), inp);
+            match op.recv(rx) {
+                Ok(item) => self.job.stash = Some(item),
+                Err(_) => self.job.input_done = true,
+            }
+        }
     }
 
     fn wait(&mut self, deadline: Option<Instant>) {
@@ -426,7 +559,12 @@ impl Scheduler {
         }
         let chunk = self.chunks.get_mut(&id).expect("queued chunks are in the ledger");
         if offset as usize != chunk.received || chunk.received + outcomes.len() > chunk.items.len() {
-            return Err(format!("results {offset}..+{} for a chunk of {} with {} received", outcomes.len(), chunk.items.len(), chunk.received));
+            return Err(format!(
+                "results {offset}..+{} for a chunk of {} with {} received",
+                outcomes.len(),
+                chunk.items.len(),
+                chunk.received
+            ));
         }
         let now = Instant::now();
         let started = w.progress_at;
@@ -475,11 +613,16 @@ impl Scheduler {
         let queue = std::mem::take(&mut w.queue);
         let crash = end.crash.clone().unwrap_or(Crash::Exited { code: 0 });
         if killed != Some(KillReason::Abandoned) {
+            self.stats.worker_deaths += 1;
             if let SlotState::Starting(_) = was {
                 self.startup_failures += 1;
                 let mut last = format!("worker {} {crash}", slot + 1);
                 if killed == Some(KillReason::Handshake) {
-                    last = format!("worker {} did not complete the handshake within {:?}", slot + 1, self.cfg.handshake_timeout);
+                    last = format!(
+                        "worker {} did not complete the handshake within {:?}",
+                        slot + 1,
+                        self.cfg.handshake_timeout
+                    );
                 }
                 if !self.last_startup_failure.is_empty() {
                     last = format!("{last}: {}", std::mem::take(&mut self.last_startup_failure));
@@ -497,7 +640,10 @@ impl Scheduler {
                 self.deaths.pop_front();
             }
             if self.deaths.len() as u32 > self.cfg.max_restarts {
-                self.job.fatal.get_or_insert(Error::RestartIntensity { deaths: self.deaths.len() as u32, window: self.cfg.restart_window });
+                self.job.fatal.get_or_insert(Error::RestartIntensity {
+                    deaths: self.deaths.len() as u32,
+                    window: self.cfg.restart_window,
+                });
             }
         }
         self.requeue(slot, queue, &crash, killed, &end);
@@ -509,7 +655,14 @@ impl Scheduler {
     /// Puts a dead worker's chunks back. Only the oldest chunk was running:
     /// its unanswered items count an attempt and are retried alone, so an item
     /// is blamed for a crash only when it crashed a worker while alone.
-    fn requeue(&mut self, slot: usize, queue: VecDeque<u64>, crash: &Crash, killed: Option<KillReason>, end: &WorkerEnd) {
+    fn requeue(
+        &mut self,
+        slot: usize,
+        queue: VecDeque<u64>,
+        crash: &Crash,
+        killed: Option<KillReason>,
+        end: &WorkerEnd,
+    ) {
         let worker = Some(WorkerId(slot as u32 + 1));
         let mut back = Vec::new();
         for (pos, id) in queue.into_iter().enumerate() {
@@ -533,7 +686,10 @@ impl Scheduler {
                         ),
                         Some(KillReason::Violation) => (
                             TaskErrorKind::Protocol,
-                            format!("the worker broke the protocol and was killed: {}", end.violation.clone().unwrap_or_default()),
+                            format!(
+                                "the worker broke the protocol and was killed: {}",
+                                end.violation.clone().unwrap_or_default()
+                            ),
                         ),
                         _ => (TaskErrorKind::WorkerCrashed(crash.clone()), worker_crash_message(crash, end)),
                     };
@@ -541,6 +697,7 @@ impl Scheduler {
                     self.complete(p.index, Err(e));
                 } else {
                     p.isolate = true;
+                    self.stats.retried_items += 1;
                     back.push(p);
                 }
             }
@@ -560,6 +717,7 @@ impl Scheduler {
         w.state = SlotState::Starting(Instant::now());
         w.proc = None;
         w.killed = None;
+        self.stats.spawned += 1;
         let mut hello = self.cfg.hello.clone();
         hello.worker = slot as u32 + 1;
         if let Some(spawner) = &self.spawner {

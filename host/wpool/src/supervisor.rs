@@ -202,9 +202,13 @@ fn spawn_one(command: &WorkerCommand, req: &SpawnRequest, events: &Sender<Event>
     let tail = Arc::new(Mutex::new(VecDeque::<u8>::new()));
     let stderr_thread = {
         let tail = Arc::clone(&tail);
-        thread::Builder::new().name(format!("wpool-w{}-stderr", req.slot + 1)).spawn(move || drain_stderr(stderr, &tail))?
+        thread::Builder::new()
+            .name(format!("wpool-w{}-stderr", req.slot + 1))
+            .spawn(move || drain_stderr(stderr, &tail))?
     };
-    thread::Builder::new().name(format!("wpool-w{}-write", req.slot + 1)).spawn(move || write_frames(stdin, frames_rx))?;
+    thread::Builder::new()
+        .name(format!("wpool-w{}-write", req.slot + 1))
+        .spawn(move || write_frames(stdin, frames_rx))?;
     {
         let (slot, gen, events, child) = (req.slot, req.gen, events.clone(), Arc::clone(&child));
         thread::Builder::new()

@@ -1,0 +1,229 @@
+//! Fault matrix, group B: bad input through the `wpool` CLI. Every case
+//! gets a clear message naming the thing and the right exit code.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use wpool_tests::*;
+
+fn map_cmd(kernel: &std::path::Path) -> std::process::Command {
+    let mut c = wpool();
+    c.arg("map").arg(kernel);
+    c
+}
+
+#[test]
+fn b01_missing_kernel_path_exits_2_naming_it() {
+    let o = run(map_cmd(std::path::Path::new("/no/such/kernel.wasm")), b"x\n");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("kernel not found: /no/such/kernel.wasm"), "{}", stderr(&o));
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn b02_text_or_empty_kernel_is_not_a_component() {
+    for contents in [&b"hello, I am text\n"[..], &b""[..]] {
+        let f = temp_file(contents);
+        let o = run(map_cmd(f.path()), b"x\n");
+        assert_eq!(o.status.code(), Some(2));
+        let err = stderr(&o);
+        assert!(err.contains("not a WebAssembly component"), "{err}");
+        assert!(err.contains(&f.path().display().to_string()), "{err}");
+    }
+}
+
+#[test]
+fn b03_truncated_or_corrupt_wasm_is_a_validation_error() {
+    let good = std::fs::read(kernel_path("upper")).unwrap();
+    let truncated = temp_file(&good[..good.len() / 2]);
+    let o = run(map_cmd(truncated.path()), b"x\n");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("invalid WebAssembly component"), "{}", stderr(&o));
+
+    let mut corrupt = good.clone();
+    for b in corrupt.iter_mut().skip(200).step_by(97) {
+        *b ^= 0x5a;
+    }
+    let corrupt = temp_file(&corrupt);
+    let o = run(map_cmd(corrupt.path()), b"x\n");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("invalid WebAssembly component"), "{}", stderr(&o));
+}
+
+#[test]
+fn b04_core_module_or_other_world_names_the_expected_world() {
+    // The smallest valid core module: magic and version 1.
+    let core = temp_file(b"\0asm\x01\0\0\0");
+    let o = run(map_cmd(core.path()), b"x\n");
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("core WebAssembly module, not a component"), "{err}");
+    assert!(err.contains("wpool:kernel/kernel"), "{err}");
+
+    let o = run(map_cmd(&kernel_path("wrong-world")), b"x\n");
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("not a component of world `wpool:kernel/kernel`"), "{err}");
+    assert!(err.contains("func(x: u32) -> u32"), "says what differs: {err}");
+    assert!(err.contains("func(input: list<u8>) -> result<list<u8>, string>"), "{err}");
+}
+
+#[test]
+fn b05_unsatisfied_imports_are_listed() {
+    for flavour in ["wasip2", "unknown"] {
+        let o = run(map_cmd(&kernel_path_of(flavour, "needs-import")), b"x\n");
+        assert_eq!(o.status.code(), Some(2));
+        let err = stderr(&o);
+        assert!(err.contains("imports that wpool does not provide: wpool-test:needs/secrets@0.1.0"), "{err}");
+    }
+}
+
+#[test]
+fn b06_empty_input_exits_0_with_no_output() {
+    let o = run(map_cmd(&kernel_path("upper")), b"");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(o.stdout.is_empty());
+    let empty = temp_file(b"");
+    let mut c = map_cmd(&kernel_path("upper"));
+    c.arg(empty.path());
+    let o = run(c, b"");
+    assert_eq!(o.status.code(), Some(0));
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn b07_missing_input_file_exits_2_before_any_work() {
+    let good = temp_file(b"a\nb\n");
+    let mut c = map_cmd(&kernel_path("upper"));
+    c.arg(good.path()).arg("/no/such/input.txt");
+    let o = run(c, b"");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("cannot read input /no/such/input.txt"), "{}", stderr(&o));
+    assert!(o.stdout.is_empty(), "nothing runs when an input is missing");
+}
+
+#[test]
+fn b08_item_over_the_size_cap_fails_alone() {
+    let mut input = b"small\n".to_vec();
+    input.extend(vec![b'x'; 4096]);
+    input.extend(b"\nafter\n");
+    let mut c = map_cmd(&kernel_path("upper"));
+    c.args(["--max-item-size", "1KiB", "--json"]);
+    let o = run(c, &input);
+    assert_eq!(o.status.code(), Some(1));
+    let lines: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0]["ok"]["text"], "SMALL");
+    assert_eq!(lines[1]["error"]["kind"], "item_too_large");
+    assert_eq!(lines[1]["index"], 1);
+    assert_eq!(lines[2]["ok"]["text"], "AFTER");
+}
+
+#[test]
+fn b09_bad_flag_values_exit_2_with_the_valid_forms() {
+    for (flag, value, hint) in [
+        ("-j", "0", "at least 1"),
+        ("--timeout", "abc", "500ms"),
+        ("--memory", "12XB", "64MiB"),
+        ("--chunksize", "0", "auto"),
+        ("--jobs", "many", "-j 4"),
+    ] {
+        let mut c = map_cmd(&kernel_path("upper"));
+        c.args([flag, value]);
+        let o = run(c, b"x\n");
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}");
+        let err = stderr(&o);
+        assert!(err.contains(hint), "{flag} {value}: {err}");
+        assert!(o.stdout.is_empty());
+    }
+}
+
+#[test]
+fn b10_non_utf8_results_are_base64_in_json() {
+    let mut c = map_cmd(&kernel_path("echo"));
+    c.args(["--json", "-0"]);
+    let o = run(c, b"\xff\xfe\x00plain\x00");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0], serde_json::json!({"index": 0, "ok": {"bytes": "//4="}}));
+    assert_eq!(lines[1], serde_json::json!({"index": 1, "ok": {"text": "plain"}}));
+}
+
+#[test]
+fn b11_stdout_closed_early_is_a_quiet_exit() {
+    let big: Vec<u8> = (0..200_000).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
+    let input = temp_file(&big);
+    let mut c = map_cmd(&kernel_path("upper"));
+    c.arg(input.path()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let pid = child.id();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert_eq!(first, "LINE 0\n");
+    let workers = children_of(pid);
+    drop(out); // like `| head -1`
+    let status = {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "wpool hung after its stdout closed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.is_empty(), "quiet: {err}");
+    assert!(workers.iter().all(|w| !alive(*w)), "workers cleaned up");
+}
+
+#[test]
+fn b12_crlf_empty_lines_and_no_final_newline_are_preserved() {
+    let o = run(map_cmd(&kernel_path("echo")), b"a\r\n\nb\r\n\nlast");
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(o.stdout, b"a\r\n\nb\r\n\nlast\n");
+}
+
+#[test]
+fn files_mode_makes_each_input_one_item_and_names_it_on_error() {
+    let a = temp_file(b"multi\nline\n");
+    let b = temp_file(b"err:broken");
+    let mut c = wpool();
+    c.args(["map", "--files"]).arg(kernel_path("hostile")).arg(a.path()).arg(b.path());
+    let o = run(c, b"");
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.stdout, b"multi\nline\n\n");
+    assert!(stderr(&o).contains(&format!("item 1 ({}): kernel: broken", b.path().display())), "{}", stderr(&o));
+}
+
+#[test]
+fn inspect_describes_accepted_and_rejected_kernels() {
+    let mut c = wpool();
+    c.arg("inspect").arg(kernel_path("upper"));
+    let o = run(c, b"");
+    assert_eq!(o.status.code(), Some(0));
+    let text = stdout(&o);
+    assert!(text.contains("wpool:kernel/kernel (accepted)"), "{text}");
+    assert!(text.contains("map: func(input: list<u8>) -> result<list<u8>, string>"), "{text}");
+    assert!(text.contains("wasi:"), "lists the WASI imports: {text}");
+
+    let mut c = wpool();
+    c.arg("inspect").arg(kernel_path("wrong-world"));
+    let o = run(c, b"");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("rejected"), "{}", stdout(&o));
+}
+
+#[test]
+fn fail_fast_stops_at_the_first_failure() {
+    let mut c = map_cmd(&kernel_path("hostile"));
+    c.args(["--fail-fast", "-j", "1", "--chunksize", "1"]);
+    let o = run(c, b"a\nerr:stop\nb\nc\n");
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stdout(&o), "a\n");
+    assert!(stderr(&o).contains("kernel: stop"));
+}

@@ -1,0 +1,415 @@
+//! Fault matrix, group R: runtime faults, with real worker processes running
+//! the real `hostile` fixture kernel. Plus the correctness properties of
+//! map / imap / imap_unordered.
+
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use wpool::{Chunksize, Crash, ItemIndex, Limits, Pool, TaskErrorKind};
+use wpool_tests::*;
+
+fn pool(name: &str, workers: usize) -> Pool {
+    Pool::builder(kernel(name)).workers(workers).build().expect("pool starts")
+}
+
+fn pool_with(name: &str, workers: usize, limits: Limits) -> Pool {
+    Pool::builder(kernel(name)).workers(workers).limits(limits).build().expect("pool starts")
+}
+
+#[test]
+fn r01_kernel_err_fails_that_item_with_its_message() {
+    let mut p = pool("hostile", 2);
+    let out = p.map(["a", "err:bad input", "b"]).unwrap();
+    assert_eq!(out[0].as_deref().unwrap(), b"a");
+    assert_eq!(out[2].as_deref().unwrap(), b"b");
+    let e = out[1].as_ref().unwrap_err();
+    assert_eq!(e.index, ItemIndex(1));
+    assert_eq!(e.kind, TaskErrorKind::Kernel);
+    assert_eq!(e.message, "bad input");
+    assert_eq!(e.attempts, 1);
+    assert!(e.worker.is_some());
+
+    // The CLI: the others are printed, exit 1, one line on stderr.
+    let mut cmd = wpool();
+    cmd.args(["map", "-j", "2"]).arg(kernel_path("hostile"));
+    let o = run(cmd, b"a\nerr:bad input\nb\n");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "a\nb\n");
+    let err = stderr(&o);
+    assert!(err.contains("item 1 (<stdin>:2): kernel: bad input (worker "), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn r02_panic_and_unreachable_are_traps_and_the_worker_goes_on() {
+    let mut p = pool("hostile", 1);
+    let pids = p.worker_pids();
+    let out = p.map(["panic:boom", "x", "unreachable", "y"]).unwrap();
+    let panic = out[0].as_ref().unwrap_err();
+    assert_eq!(panic.kind, TaskErrorKind::Trap);
+    assert!(panic.message.contains("unreachable"), "{}", panic.message);
+    // The wasm backtrace names the kernel's functions.
+    assert!(panic.message.contains("hostile.wasm!map"), "{}", panic.message);
+    // The panic message itself comes through the captured stderr.
+    let stderr = String::from_utf8_lossy(&panic.stderr);
+    assert!(stderr.contains("panicked at") && stderr.contains("boom"), "{stderr}");
+    let unreachable = out[2].as_ref().unwrap_err();
+    assert_eq!(unreachable.kind, TaskErrorKind::Trap);
+    assert_eq!(out[1].as_deref().unwrap(), b"x");
+    assert_eq!(out[3].as_deref().unwrap(), b"y");
+    assert_eq!(p.worker_pids(), pids, "a trap must not cost the worker process");
+    assert_eq!(p.stats().worker_deaths, 0);
+}
+
+#[test]
+fn r03_infinite_loop_times_out_and_the_worker_survives() {
+    let limits = Limits { timeout: Some(Duration::from_millis(200)), ..Limits::default() };
+    let mut p = pool_with("hostile", 1, limits);
+    let pids = p.worker_pids();
+    let start = Instant::now();
+    let out = p.map(["spin", "after"]).unwrap();
+    let elapsed = start.elapsed();
+    let e = out[0].as_ref().unwrap_err();
+    assert_eq!(e.kind, TaskErrorKind::Timeout, "{e}");
+    assert_eq!(out[1].as_deref().unwrap(), b"after");
+    assert_eq!(p.worker_pids(), pids, "epoch interruption, not a kill");
+    // Hang guard only; the precise latency is measured by the benches.
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+}
+
+#[test]
+fn r05_memory_bomb_is_memory_limit_and_the_worker_survives() {
+    let limits = Limits { memory: Some(64 << 20), ..Limits::default() };
+    let mut p = pool_with("hostile", 1, limits);
+    let pids = p.worker_pids();
+    let out = p.map(["oom", "alloc:8", "oom"]).unwrap();
+    for i in [0, 2] {
+        let e = out[i].as_ref().unwrap_err();
+        assert_eq!(e.kind, TaskErrorKind::MemoryLimit, "{e}");
+        assert!(e.message.contains("64 MiB"), "{}", e.message);
+    }
+    assert_eq!(out[1].as_deref().unwrap(), b"8388608");
+    assert_eq!(p.worker_pids(), pids);
+}
+
+#[test]
+fn r06_unbounded_recursion_is_stack_overflow_not_a_crash() {
+    let mut p = pool("hostile", 1);
+    let pids = p.worker_pids();
+    let out = p.map(["recurse", "fine"]).unwrap();
+    assert_eq!(out[0].as_ref().unwrap_err().kind, TaskErrorKind::StackOverflow);
+    assert_eq!(out[1].as_deref().unwrap(), b"fine");
+    assert_eq!(p.worker_pids(), pids);
+    assert_eq!(p.stats().worker_deaths, 0);
+}
+
+#[test]
+fn r07_fuel_exhaustion_is_out_of_fuel() {
+    let limits = Limits { fuel: Some(5_000_000), ..Limits::default() };
+    let mut p = pool_with("hostile", 1, limits);
+    let out = p.map(["spin:100", "cheap"]).unwrap();
+    assert_eq!(out[0].as_ref().unwrap_err().kind, TaskErrorKind::OutOfFuel);
+    assert_eq!(out[1].as_deref().unwrap(), b"cheap", "fuel is per item");
+}
+
+#[test]
+fn r08_guest_exit_is_kernel_exit_for_that_item_only() {
+    let mut p = pool("hostile", 1);
+    let pids = p.worker_pids();
+    let out = p.map(["exit:3", "next", "exit:0"]).unwrap();
+    // WASI 0.2 carries only success or failure: exit(3) arrives as 1.
+    assert_eq!(out[0].as_ref().unwrap_err().kind, TaskErrorKind::KernelExit(1));
+    assert_eq!(out[1].as_deref().unwrap(), b"next");
+    // exit(0) is not a result either.
+    assert_eq!(out[2].as_ref().unwrap_err().kind, TaskErrorKind::KernelExit(0));
+    assert_eq!(p.worker_pids(), pids);
+}
+
+#[test]
+fn r09_worker_sigkilled_mid_item_is_retried() {
+    let mut p = Pool::builder(kernel("hostile")).workers(2).chunksize(Chunksize::Fixed(1)).build().unwrap();
+    p.wait_ready().unwrap();
+    let victim = p.worker_pids()[0];
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        signal(victim, libc::SIGKILL);
+    });
+    let items: Vec<String> = (0..4).map(|i| format!("spin:6000:{i}")).collect();
+    let out = p.map(items.clone()).unwrap();
+    killer.join().unwrap();
+    for (i, r) in out.iter().enumerate() {
+        assert_eq!(r.as_deref().unwrap(), items[i].as_bytes(), "item {i}: {r:?}");
+    }
+    let stats = p.stats();
+    assert_eq!(stats.worker_deaths, 1);
+    assert!(stats.retried_items >= 1, "{stats:?}");
+    p.wait_ready().unwrap();
+    assert_eq!(p.worker_pids().len(), 2, "back to two workers");
+    assert!(!p.worker_pids().contains(&victim));
+
+    // With no retries the item fails, typed, with its attempt count and worker.
+    let mut p = Pool::builder(kernel("hostile")).workers(1).retries(0).build().unwrap();
+    let victim = p.worker_pids()[0];
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        signal(victim, libc::SIGKILL);
+    });
+    let out = p.map(["spin:2000"]).unwrap();
+    killer.join().unwrap();
+    let e = out[0].as_ref().unwrap_err();
+    assert_eq!(e.kind, TaskErrorKind::WorkerCrashed(Crash::Signaled { signal: libc::SIGKILL }), "{e}");
+    assert_eq!(e.attempts, 1);
+}
+
+#[test]
+fn r10_poison_item_fails_as_worker_crashed_and_the_rest_complete() {
+    let mut p = Pool::builder(kernel("hostile"))
+        .workers(2)
+        .retries(2)
+        .chunksize(Chunksize::Fixed(4))
+        .crash_worker_on("poison")
+        .build()
+        .unwrap();
+    let items: Vec<String> = (0..40).map(|i| if i == 17 { "poison".into() } else { format!("ok{i}") }).collect();
+    let out = p.map(items.clone()).unwrap();
+    for (i, r) in out.iter().enumerate() {
+        if i == 17 {
+            let e = r.as_ref().unwrap_err();
+            assert_eq!(e.kind, TaskErrorKind::WorkerCrashed(Crash::Signaled { signal: libc::SIGABRT }), "{e}");
+            assert_eq!(e.attempts, 3, "first try plus two retries");
+            assert_eq!(e.index, ItemIndex(17));
+        } else {
+            assert_eq!(r.as_deref().unwrap(), items[i].as_bytes());
+        }
+    }
+    assert_eq!(p.stats().worker_deaths, 3);
+}
+
+#[test]
+fn r11_workers_dying_at_startup_fail_fast_without_a_fork_storm() {
+    let start = Instant::now();
+    let err = Pool::builder(kernel("echo")).workers(2).launcher(["false"]).build().unwrap_err();
+    match &err {
+        wpool::Error::WorkerStartup { failures, last } => {
+            assert_eq!(*failures, 3, "stops at the bound, no storm");
+            assert!(last.contains("exited with status 1"), "{last}");
+        }
+        other => panic!("expected WorkerStartup, got {other:?}"),
+    }
+    assert!(start.elapsed() < Duration::from_secs(60));
+
+    // A launcher that cannot be executed at all is a spawn error naming it.
+    let err = Pool::builder(kernel("echo")).workers(1).launcher(["/nonexistent/launcher"]).build().unwrap_err();
+    assert!(matches!(err, wpool::Error::Spawn { .. }), "{err:?}");
+    assert!(err.to_string().contains("/nonexistent/launcher"), "{err}");
+}
+
+#[test]
+fn r12_host_sigkilled_mid_run_leaves_no_orphans() {
+    let mut cmd = wpool();
+    cmd.args(["map", "-j", "2", "--chunksize", "1"]).arg(kernel_path("hostile"));
+    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let mut host = cmd.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = host.stdin.take().unwrap();
+        for _ in 0..8 {
+            writeln!(stdin, "spin:100000").unwrap();
+        }
+        // Keep stdin open: the host stays mid-run.
+        std::mem::forget(stdin);
+    }
+    let host_pid = host.id();
+    assert!(eventually(Duration::from_secs(30), || children_of(host_pid).iter().filter(|p| alive(**p)).count() == 2));
+    let workers = children_of(host_pid);
+    signal(host_pid, libc::SIGKILL);
+    let _ = host.wait();
+    assert!(
+        eventually(Duration::from_secs(1), || workers.iter().all(|w| !alive(*w))),
+        "workers {workers:?} outlived their host by more than 1 s"
+    );
+}
+
+#[test]
+fn r13_ctrl_c_flushes_results_so_far_in_order_and_exits_130() {
+    let mut cmd = wpool();
+    cmd.args(["map", "-j", "2", "--chunksize", "1"]).arg(kernel_path("hostile"));
+    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut host = cmd.spawn().unwrap();
+    let mut stdin = host.stdin.take().unwrap();
+    {
+        use std::io::Write;
+        for i in 0..4 {
+            writeln!(stdin, "fast{i}").unwrap();
+        }
+        writeln!(stdin, "spin").unwrap();
+        for i in 5..8 {
+            writeln!(stdin, "late{i}").unwrap();
+        }
+    }
+    let host_pid = host.id();
+    assert!(eventually(Duration::from_secs(30), || children_of(host_pid).len() == 2));
+    let workers = children_of(host_pid);
+    std::thread::sleep(Duration::from_millis(500));
+    signal(host_pid, libc::SIGINT);
+    let guard = Instant::now();
+    let out = host.wait_with_output().unwrap();
+    drop(stdin);
+    assert!(guard.elapsed() < Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "fast0\nfast1\nfast2\nfast3\n", "the in-order prefix before the stuck item");
+    assert!(workers.iter().all(|w| !alive(*w)), "workers terminated");
+}
+
+#[test]
+fn r14_dropping_imap_early_or_the_pool_leaves_no_worker() {
+    let mut p = pool("hostile", 2);
+    let first_pids = p.worker_pids();
+    {
+        let mut it = p.imap(std::iter::repeat("spin:20"));
+        assert_eq!(it.next().unwrap().unwrap().unwrap(), b"spin:20");
+        // Dropped here with work in flight on an endless input.
+    }
+    // The pool is still usable afterwards.
+    let out = p.map(["a", "b", "c"]).unwrap();
+    assert_eq!(
+        out.iter().map(|r| r.as_deref().unwrap().to_vec()).collect::<Vec<_>>(),
+        vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+    );
+    let second_pids = p.worker_pids();
+    drop(p);
+    for pid in first_pids.iter().chain(&second_pids) {
+        assert!(!alive(*pid), "worker {pid} survived its pool");
+    }
+}
+
+#[test]
+fn r16_kernel_stderr_is_captured_bounded_and_never_on_stdout() {
+    let mut p = pool("hostile", 1);
+    let out = p.map(["stderr:100000"]).unwrap();
+    let e = out[0].as_ref().unwrap_err();
+    assert_eq!(e.kind, TaskErrorKind::Trap);
+    assert!(e.stderr.len() <= 4096, "bounded tail, got {} bytes", e.stderr.len());
+    let tail = String::from_utf8_lossy(&e.stderr);
+    assert!(tail.contains("diagnostic line 99999 of 100000"), "the tail is the end: {tail}");
+    assert!(tail.contains("after 100000 lines of stderr"), "{tail}");
+
+    let mut cmd = wpool();
+    cmd.args(["map", "--json"]).arg(kernel_path("hostile"));
+    let o = run(cmd, b"stderr:1000\nok\n");
+    let lines: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["error"]["kind"], "trap");
+    assert!(lines[0]["error"]["stderr"].as_str().unwrap().contains("diagnostic line 999 of 1000"));
+    assert_eq!(lines[1]["ok"]["text"], "ok");
+    assert!(!stdout(&o).contains("diagnostic line 5 "), "guest stderr never reaches stdout as output");
+}
+
+#[test]
+fn r18_legal_large_memory_under_the_cap_succeeds() {
+    let limits = Limits { memory: Some(256 << 20), ..Limits::default() };
+    let mut p = pool_with("hostile", 1, limits);
+    let out = p.map(["alloc:200"]).unwrap();
+    assert_eq!(out[0].as_deref().unwrap(), (200u64 << 20).to_string().as_bytes());
+}
+
+fn upper_reference(items: &[String]) -> Vec<Vec<u8>> {
+    items.iter().map(|s| s.to_ascii_uppercase().into_bytes()).collect()
+}
+
+#[test]
+fn map_imap_and_unordered_equal_a_serial_reference_for_several_chunk_sizes() {
+    let items: Vec<String> = (0..10_000).map(|i| format!("item-{i}-{}", "x".repeat(i % 13))).collect();
+    let reference = upper_reference(&items);
+    for chunksize in [Chunksize::Fixed(1), Chunksize::Fixed(7), Chunksize::Fixed(256), Chunksize::Auto] {
+        let mut p = Pool::builder(kernel("upper")).workers(2).chunksize(chunksize).build().unwrap();
+        let mapped: Vec<Vec<u8>> = p.map(items.iter().cloned()).unwrap().into_iter().map(Result::unwrap).collect();
+        assert_eq!(mapped, reference, "map, {chunksize:?}");
+        let lazy: Vec<Vec<u8>> = p.imap(items.iter().cloned()).map(|r| r.unwrap().unwrap()).collect();
+        assert_eq!(lazy, reference, "imap, {chunksize:?}");
+        let mut seen = HashSet::new();
+        let mut unordered = vec![Vec::new(); items.len()];
+        for r in p.imap_unordered(items.iter().cloned()) {
+            let (index, result) = r.unwrap();
+            assert!(seen.insert(index), "index {index} twice");
+            unordered[index.get() as usize] = result.unwrap();
+        }
+        assert_eq!(seen.len(), items.len(), "unordered, {chunksize:?}: every index once");
+        assert_eq!(unordered, reference, "unordered, {chunksize:?}");
+    }
+}
+
+#[test]
+fn imap_of_a_million_items_is_lazy_with_flat_memory() {
+    let mut p = pool("echo", 2);
+    let pulled = Rc::new(Cell::new(0u64));
+    let counter = Rc::clone(&pulled);
+    let input = (0..1_000_000u64).map(move |i| {
+        counter.set(counter.get() + 1);
+        i.to_string()
+    });
+    let rss_before = rss_kib(std::process::id());
+    let mut it = p.imap(input);
+    assert_eq!(it.next().unwrap().unwrap().unwrap(), b"0");
+    drop(it);
+    assert!(pulled.get() < 10_000, "input must be pulled lazily, {} items were", pulled.get());
+    let grown = rss_kib(std::process::id()).saturating_sub(rss_before);
+    assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
+
+    // Streaming the whole million keeps memory flat too.
+    let rss_before = rss_kib(std::process::id());
+    let mut count = 0u64;
+    for r in p.imap((0..1_000_000u64).map(|i| i.to_string())) {
+        let bytes = r.unwrap().unwrap();
+        if count.is_multiple_of(250_000) {
+            assert_eq!(bytes, count.to_string().as_bytes());
+        }
+        count += 1;
+    }
+    assert_eq!(count, 1_000_000);
+    let grown = rss_kib(std::process::id()).saturating_sub(rss_before);
+    assert!(grown < 64 * 1024, "RSS grew by {grown} KiB over a million items");
+}
+
+#[test]
+fn workers_are_separate_processes_with_a_cleared_environment() {
+    let mut p = pool("echo", 2);
+    p.wait_ready().unwrap();
+    assert_eq!(p.worker_pids().len(), 2);
+    for pid in p.worker_pids() {
+        assert_eq!(parent_of(pid), Some(std::process::id()));
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        assert!(String::from_utf8_lossy(&cmdline).contains("--wpool-worker"));
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        assert!(environ.is_empty(), "worker environment must be empty: {}", String::from_utf8_lossy(&environ));
+    }
+}
+
+#[test]
+fn import_free_components_from_wasm32_unknown_unknown_run_too() {
+    let k = wpool::Kernel::from_file(kernel_path_of("unknown", "upper")).unwrap();
+    assert!(k.info().imports.is_empty(), "{:?}", k.info().imports);
+    let mut p = Pool::builder(k).workers(1).build().unwrap();
+    assert_eq!(p.map(["abc"]).unwrap()[0].as_deref().unwrap(), b"ABC");
+    let wasi = wpool::Kernel::from_file(kernel_path_of("wasip2", "upper")).unwrap();
+    assert!(wasi.info().imports.iter().any(|i| i.starts_with("wasi:")), "{:?}", wasi.info().imports);
+}
+
+#[test]
+fn example_kernels_compute_what_they_promise() {
+    let mut primes = pool("primes", 2);
+    let out = primes.map(["10", "100", "1000", "abc"]).unwrap();
+    assert_eq!(out[0].as_deref().unwrap(), b"4");
+    assert_eq!(out[1].as_deref().unwrap(), b"25");
+    assert_eq!(out[2].as_deref().unwrap(), b"168");
+    assert_eq!(out[3].as_ref().unwrap_err().kind, TaskErrorKind::Kernel);
+    let mut wc = pool("wordcount", 1);
+    assert_eq!(wc.map(["the cat and The dog"]).unwrap()[0].as_deref().unwrap(), b"and\t1\ncat\t1\ndog\t1\nthe\t2\n");
+    let mut sha = pool("sha256", 1);
+    assert_eq!(
+        sha.map(["abc"]).unwrap()[0].as_deref().unwrap(),
+        b"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+}
