@@ -1,1 +1,11 @@
+//! Shared helpers of the benches.
 
+use std::path::PathBuf;
+
+/// A kernel built by `cargo xtask kernels`.
+pub fn kernel(name: &str) -> wpool::Kernel {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let path = target.join("kernels").join("wasip2").join(format!("{name}.wasm"));
+    wpool::Kernel::from_file(&path).unwrap_or_else(|e| panic!("{e} (run `cargo xtask kernels`)"))
+}

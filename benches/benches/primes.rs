@@ -1,0 +1,34 @@
+//! The seed article's CPU-bound table: count primes below 200 000 by trial
+//! division, 16 items, on 1 and 2 worker processes (timeouts on, as a user
+//! would run untrusted code).
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use wpool::{Chunksize, Limits, Pool};
+
+fn primes(c: &mut Criterion) {
+    let items: Vec<String> = vec!["200000".to_string(); 16];
+    let mut group = c.benchmark_group("primes_16x200k");
+    group.sample_size(10).measurement_time(Duration::from_secs(20));
+    for workers in [1, 2] {
+        let limits = Limits { timeout: Some(Duration::from_secs(30)), ..Limits::default() };
+        let mut pool = Pool::builder(wpool_benches::kernel("primes"))
+            .workers(workers)
+            .chunksize(Chunksize::Fixed(1))
+            .limits(limits)
+            .build()
+            .unwrap();
+        pool.wait_ready().unwrap();
+        group.bench_function(format!("workers_{workers}"), |b| {
+            b.iter(|| {
+                let out = pool.map(items.iter().cloned()).unwrap();
+                assert_eq!(out[0].as_deref().unwrap(), b"17984");
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, primes);
+criterion_main!(benches);

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, and every test (unit, doc,
+# integration with real worker processes and real wasm).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+scripts/setup.sh
+
+echo "== fmt" >&2
+cargo fmt --all -- --check
+(cd guest-kernels && cargo fmt --all -- --check)
+
+echo "== clippy" >&2
+cargo clippy --workspace --all-targets --locked -- -D warnings
+(cd guest-kernels && cargo clippy --workspace --target wasm32-wasip2 --target-dir ../target/guest --locked -- -D warnings)
+
+echo "== build" >&2
+cargo build --workspace --examples --bins --locked
+
+echo "== tests" >&2
+profile=default
+[ "${CI:-}" = "true" ] && profile=ci
+cargo test -p wpool --doc --locked
+# Last, so that its summary line closes the run.
+cargo nextest run --workspace --locked --profile "$profile" --no-fail-fast
