@@ -18,5 +18,13 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
-# The fixture and example kernels, for both build paths.
+# componentize-py, for the Python example kernel (a private venv under target/).
+target_dir=${CARGO_TARGET_DIR:-target}
+if [ ! -x "$target_dir/pyenv/bin/componentize-py" ]; then
+  echo "setup: installing componentize-py into $target_dir/pyenv" >&2
+  python3 -m venv "$target_dir/pyenv"
+  "$target_dir/pyenv/bin/pip" install --quiet --disable-pip-version-check componentize-py==0.25.1
+fi
+
+# The fixture and example kernels: Rust for both build paths, and Python.
 cargo xtask kernels >&2

@@ -413,3 +413,49 @@ fn example_kernels_compute_what_they_promise() {
         b"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     );
 }
+
+#[test]
+fn python_kernels_from_componentize_py_load_and_run() {
+    // 18 MB, imports WASI @0.2.9, pre-initialised interpreter.
+    let k = wpool::Kernel::from_file(kernel_path_of("python", "reverse")).unwrap();
+    assert!(k.info().imports.iter().any(|i| i.contains("@0.2.9")), "{:?}", k.info().imports);
+    let mut p = Pool::builder(k).workers(2).build().unwrap();
+    let out = p.map(["hello big world", "raise", "after the trap"]).unwrap();
+    assert_eq!(out[0].as_deref().unwrap(), b"world big hello");
+    // An uncaught Python exception aborts the instance: a trap, then a fresh
+    // instance for the next item.
+    assert_eq!(out[1].as_ref().unwrap_err().kind, TaskErrorKind::Trap);
+    assert_eq!(out[2].as_deref().unwrap(), b"trap the after");
+    let bad = p.map([&b"\xff"[..]]).unwrap();
+    let e = bad[0].as_ref().unwrap_err();
+    assert_eq!(e.kind, TaskErrorKind::Kernel);
+    assert!(e.message.starts_with("not UTF-8"), "{}", e.message);
+}
+
+#[test]
+fn project_wit_is_the_shared_contract() {
+    let ours = std::fs::read_to_string(root().join("wit/wpool.wit")).unwrap();
+    let shared = root().join("../shared/wit/wpool.wit");
+    if shared.exists() {
+        assert_eq!(ours, std::fs::read_to_string(shared).unwrap(), "wit/wpool.wit must stay a copy of the contract");
+    }
+    for world in [
+        "world kernel {",
+        "world kernel-with-init {",
+        "world reducer {",
+        "export %map: func(input: list<u8>) -> result<list<u8>, string>;",
+    ] {
+        assert!(ours.contains(world), "{world}");
+    }
+}
+
+#[test]
+fn a_kernel_built_with_plain_wit_bindgen_against_the_contract_runs() {
+    for flavour in ["wasip2", "unknown"] {
+        let mut p = Pool::builder(wpool::Kernel::from_file(kernel_path_of(flavour, "plain")).unwrap())
+            .workers(1)
+            .build()
+            .unwrap();
+        assert_eq!(p.map(["abc"]).unwrap()[0].as_deref().unwrap(), b"cba", "{flavour}");
+    }
+}

@@ -68,6 +68,40 @@ fn kernels() -> Result<()> {
         names.sort();
         println!("{}: {}", dest.display(), names.join(" "));
     }
+    python_kernel(&root, &target_dir, &out.join("python"))
+}
+
+/// The Python example kernel, built with componentize-py from the venv that
+/// `scripts/setup.sh` makes. Rebuilt only when its source or the WIT changed.
+fn python_kernel(root: &Path, target_dir: &Path, dest: &Path) -> Result<()> {
+    let tool = target_dir.join("pyenv").join("bin").join("componentize-py");
+    if !tool.exists() {
+        bail!("{} is missing: run scripts/setup.sh", tool.display());
+    }
+    let src = root.join("guest-kernels").join("python");
+    let wit = root.join("wit");
+    let out = dest.join("reverse.wasm");
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let newest_input = [src.join("app.py"), wit.join("wpool.wit")].iter().filter_map(|p| modified(p)).max();
+    if modified(&out).is_some() && modified(&out) >= newest_input {
+        println!("{}: reverse.wasm (up to date)", dest.display());
+        return Ok(());
+    }
+    std::fs::create_dir_all(dest)?;
+    let tmp = dest.join("reverse.wasm.tmp");
+    let status = Command::new(&tool)
+        .current_dir(&src)
+        .arg("-d")
+        .arg(&wit)
+        .args(["-w", "kernel", "componentize", "app", "-o"])
+        .arg(&tmp)
+        .status()
+        .context("running componentize-py")?;
+    if !status.success() {
+        bail!("componentize-py failed on {}", src.display());
+    }
+    std::fs::rename(&tmp, &out)?;
+    println!("{}: reverse.wasm", dest.display());
     Ok(())
 }
 
