@@ -459,3 +459,25 @@ fn a_kernel_built_with_plain_wit_bindgen_against_the_contract_runs() {
         assert_eq!(p.map(["abc"]).unwrap()[0].as_deref().unwrap(), b"cba", "{flavour}");
     }
 }
+
+#[test]
+fn items_at_the_size_cap_travel_with_small_ones_and_errors_are_bounded() {
+    let limits = Limits { max_item_size: 2 << 20, ..Limits::default() };
+    let mut p =
+        Pool::builder(kernel("hostile")).workers(1).chunksize(Chunksize::Fixed(1000)).limits(limits).build().unwrap();
+    let mut items: Vec<Vec<u8>> = (0..100).map(|i| vec![b'a' + (i % 26) as u8; 20_000]).collect();
+    items.push(vec![b'z'; 2 << 20]);
+    items.push(vec![b'z'; (2 << 20) + 1]);
+    let mut huge_err = b"err:".to_vec();
+    huge_err.extend(vec![b'e'; 1 << 20]);
+    items.push(huge_err);
+    let out = p.map(items.clone()).unwrap();
+    for i in 0..=100 {
+        assert_eq!(out[i].as_deref().unwrap(), &items[i][..], "item {i}");
+    }
+    assert_eq!(out[101].as_ref().unwrap_err().kind, TaskErrorKind::ItemTooLarge);
+    let e = out[102].as_ref().unwrap_err();
+    assert_eq!(e.kind, TaskErrorKind::Kernel);
+    assert!(e.message.len() < 70_000 && e.message.ends_with("[…cut]"), "{}", e.message.len());
+    assert_eq!(p.stats().worker_deaths, 0);
+}

@@ -206,7 +206,7 @@ fn map(args: MapArgs) -> Result<u8> {
             while let Some(r) = it.next() {
                 let (index, result) = r?;
                 failed |= result.is_err();
-                printer.item(index.get(), result, it.ready() == 0)?;
+                printer.item(index.get(), result, !it.has_ready())?;
                 if failed && args.fail_fast {
                     break;
                 }
@@ -217,7 +217,7 @@ fn map(args: MapArgs) -> Result<u8> {
             while let Some(r) = it.next() {
                 let result = r?;
                 failed |= result.is_err();
-                printer.item(index, result, it.ready() == 0)?;
+                printer.item(index, result, !it.has_ready())?;
                 index += 1;
                 if failed && args.fail_fast {
                     break;

@@ -301,10 +301,10 @@ pub struct Imap<'p> {
 }
 
 impl Imap<'_> {
-    /// Results available right now without waiting (useful to decide when
-    /// to flush output).
-    pub fn ready(&self) -> usize {
-        self.run.sched.ready_len()
+    /// Whether the next result is available without waiting (useful to
+    /// decide when to flush output).
+    pub fn has_ready(&self) -> bool {
+        self.run.sched.has_ready()
     }
 }
 
@@ -322,9 +322,9 @@ pub struct ImapUnordered<'p> {
 }
 
 impl ImapUnordered<'_> {
-    /// Results available right now without waiting.
-    pub fn ready(&self) -> usize {
-        self.run.sched.ready_len()
+    /// Whether a result is available without waiting.
+    pub fn has_ready(&self) -> bool {
+        self.run.sched.has_ready()
     }
 }
 

@@ -22,8 +22,19 @@ pub(crate) const HANDSHAKE_FRAME_CAP: usize = 1 << 20;
 pub(crate) const FRAME_OVERHEAD: usize = 1 << 20;
 
 /// A worker sends its accumulated results once they reach this many bytes,
-/// so a result frame stays within `max_item_size + FRAME_OVERHEAD`.
-pub(crate) const RESULT_BATCH_BYTES: usize = 1 << 20;
+/// and the host closes a chunk once its items do: a frame then holds at most
+/// this much plus one item.
+pub(crate) const BATCH_BYTES: usize = 1 << 20;
+
+/// Longest message a worker sends about one item (kernel error strings are
+/// the guest's to choose); longer ones are cut.
+pub(crate) const MAX_MESSAGE: usize = 64 << 10;
+
+/// The cap on frames after the handshake, both directions: one batch, one
+/// item (or result) of the largest size, and bookkeeping.
+pub(crate) fn frame_cap(max_item_size: usize) -> usize {
+    max_item_size.saturating_add(BATCH_BYTES).saturating_add(FRAME_OVERHEAD)
+}
 
 /// Host → worker.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]

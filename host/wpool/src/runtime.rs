@@ -18,7 +18,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxView, WasiView};
 
 use crate::limits::EngineSettings;
-use crate::protocol::{Outcome, WireError, WireKind};
+use crate::protocol::{Outcome, WireError, WireKind, MAX_MESSAGE};
 
 /// Bytes of guest stderr kept per item (the tail).
 pub(crate) const STDERR_TAIL: usize = 4096;
@@ -223,7 +223,15 @@ impl Runtime {
     }
 }
 
-fn err(kind: WireKind, message: String, stderr: Vec<u8>) -> Outcome {
+fn err(kind: WireKind, mut message: String, stderr: Vec<u8>) -> Outcome {
+    if message.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str(" […cut]");
+    }
     Outcome::Err(WireError { kind, message, stderr })
 }
 

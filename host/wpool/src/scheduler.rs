@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::error::{Crash, Error, ItemIndex, TaskError, TaskErrorKind, WorkerId};
-use crate::protocol::{self, Hello, HostMsg, Outcome, WireError, WireKind, WorkerMsg, PROTOCOL_VERSION};
+use crate::protocol::{self, Hello, HostMsg, Outcome, WireError, WireKind, WorkerMsg, BATCH_BYTES, PROTOCOL_VERSION};
 use crate::supervisor::{Event, Spawner, WorkerCommand, WorkerEnd, WorkerProc};
 
 /// The result of one item.
@@ -22,8 +22,6 @@ pub type ItemResult = Result<Vec<u8>, TaskError>;
 /// Chunks a worker holds at once: one running, one queued behind it so the
 /// worker never waits for the host between chunks.
 const DEPTH: usize = 2;
-/// A chunk is closed once its items reach this many bytes.
-const CHUNK_BYTES: usize = 1 << 20;
 /// Largest automatic chunk.
 const MAX_AUTO_CHUNK: usize = 1024;
 /// Automatic chunks aim at about this much work each.
@@ -299,7 +297,7 @@ impl Scheduler {
                 return None;
             }
             self.dispatch(&mut input);
-            if self.ready_len() > 0 || self.is_complete() {
+            if self.has_ready() || self.is_complete() {
                 continue;
             }
             let deadline = self.next_deadline();
@@ -320,17 +318,12 @@ impl Scheduler {
         self.slots.iter().any(|w| w.state == SlotState::Ready && w.queue.len() < DEPTH)
     }
 
-    /// Results that `next` can return without waiting.
-    pub(crate) fn ready_len(&self) -> usize {
+    /// Whether `next` can return a result without waiting.
+    pub(crate) fn has_ready(&self) -> bool {
         if self.job.ordered {
-            // Only a contiguous run from `next_emit` counts.
-            let mut n = 0;
-            while self.job.reorder.contains_key(&(self.job.next_emit + n as u64)) {
-                n += 1;
-            }
-            n
+            self.job.reorder.contains_key(&self.job.next_emit)
         } else {
-            self.job.done.len()
+            !self.job.done.is_empty()
         }
     }
 
@@ -393,7 +386,7 @@ impl Scheduler {
                     let alone = p.isolate;
                     bytes += p.data.len();
                     items.push(p);
-                    while !alone && items.len() < self.chunk_limit() && bytes < CHUNK_BYTES {
+                    while !alone && items.len() < self.chunk_limit() && bytes < BATCH_BYTES {
                         match self.job.retry.front() {
                             Some(p) if !p.isolate => {
                                 let p = self.job.retry.pop_front().expect("front exists");
@@ -405,7 +398,7 @@ impl Scheduler {
                     }
                 } else {
                     let limit = self.chunk_limit();
-                    while items.len() < limit && bytes < CHUNK_BYTES && self.may_pull() {
+                    while items.len() < limit && bytes < BATCH_BYTES && self.may_pull() {
                         let data = match self.job.stash.take().map_or_else(|| input.pull(), Pull::Item) {
                             Pull::Item(data) => data,
                             Pull::Empty => break,
@@ -540,6 +533,9 @@ impl Scheduler {
             (SlotState::Starting(_), WorkerMsg::Failed { message }) => {
                 self.last_startup_failure = message;
             }
+            // Late results of a worker being killed (after an abandoned run):
+            // nobody wants them.
+            (SlotState::Ready, WorkerMsg::Results { .. }) if self.slots[slot].killed.is_some() => {}
             (SlotState::Ready, WorkerMsg::Results { chunk, offset, outcomes }) => {
                 if let Err(violation) = self.on_results(slot, chunk, offset, outcomes) {
                     self.kill(slot, KillReason::Violation);

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::Crash;
-use crate::protocol::{self, FrameError, Hello, HostMsg, WorkerMsg, FRAME_OVERHEAD, HANDSHAKE_FRAME_CAP};
+use crate::protocol::{self, frame_cap, FrameError, Hello, HostMsg, WorkerMsg, HANDSHAKE_FRAME_CAP};
 use crate::worker::WORKER_ARG;
 
 /// Bytes of a worker's own stderr kept for error messages.
@@ -195,7 +195,7 @@ fn spawn_one(command: &WorkerCommand, req: &SpawnRequest, events: &Sender<Event>
     let (frames_tx, frames_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
 
     let mut hello_frame = Vec::new();
-    let cap = req.hello.settings.limits.max_item_size + FRAME_OVERHEAD;
+    let cap = frame_cap(req.hello.settings.limits.max_item_size);
     protocol::encode(&HostMsg::Hello(req.hello.clone()), &mut hello_frame);
     let _ = frames_tx.send(hello_frame);
 

@@ -16,8 +16,7 @@ use wasmtime::component::Component;
 use wasmtime::Engine;
 
 use crate::protocol::{
-    self, FrameError, Hello, HostMsg, Outcome, WorkerMsg, FRAME_OVERHEAD, HANDSHAKE_FRAME_CAP, PROTOCOL_VERSION,
-    RESULT_BATCH_BYTES,
+    self, frame_cap, FrameError, Hello, HostMsg, Outcome, WorkerMsg, BATCH_BYTES, HANDSHAKE_FRAME_CAP, PROTOCOL_VERSION,
 };
 use crate::runtime::Runtime;
 use crate::sandbox;
@@ -85,7 +84,7 @@ fn run() -> Result<(), String> {
         .spawn(move || wasm_loop(runtime, rx, out, crash_on))
         .map_err(|e| format!("spawning the wasm thread: {e}"))?;
 
-    let cap = hello.settings.limits.max_item_size + FRAME_OVERHEAD;
+    let cap = frame_cap(hello.settings.limits.max_item_size);
     loop {
         let mut frame = Vec::new();
         match protocol::read_frame(&mut input, cap, &mut frame) {
@@ -166,7 +165,7 @@ fn wasm_loop(mut rt: Runtime, rx: Receiver<Vec<u8>>, out: Arc<std::sync::Mutex<F
             };
             batch.push(outcome);
             let last = i + 1 == n;
-            if last || batch_bytes >= RESULT_BATCH_BYTES || last_flush.elapsed() >= RESULT_FLUSH_INTERVAL {
+            if last || batch_bytes >= BATCH_BYTES || last_flush.elapsed() >= RESULT_FLUSH_INTERVAL {
                 let count = batch.len() as u32;
                 let msg = WorkerMsg::Results { chunk, offset, outcomes: std::mem::take(&mut batch) };
                 protocol::encode(&msg, &mut frame);
