@@ -21,6 +21,6 @@ cargo build --workspace --examples --bins --locked
 echo "== tests" >&2
 profile=default
 [ "${CI:-}" = "true" ] && profile=ci
-cargo test -p wpool --doc --locked
+cargo test --workspace --doc --locked
 # Last, so that its summary line closes the run.
 cargo nextest run --workspace --locked --profile "$profile" --no-fail-fast

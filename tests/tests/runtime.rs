@@ -481,3 +481,100 @@ fn items_at_the_size_cap_travel_with_small_ones_and_errors_are_bounded() {
     assert!(e.message.len() < 70_000 && e.message.ends_with("[…cut]"), "{}", e.message.len());
     assert_eq!(p.stats().worker_deaths, 0);
 }
+
+#[test]
+fn r04_a_worker_that_stops_answering_is_killed_at_the_hard_deadline() {
+    let limits = Limits { timeout: Some(Duration::from_millis(200)), ..Limits::default() };
+    let mut p = Pool::builder(kernel("hostile")).workers(1).chunksize(Chunksize::Fixed(1)).limits(limits).build().unwrap();
+    let stuck = p.worker_pids()[0];
+    // Stopped by a signal, the worker cannot even be interrupted by its own
+    // epoch ticker: only the host's deadline can get the item back.
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        signal(stuck, libc::SIGSTOP);
+    });
+    let out = p.map(["spin:300", "after"]).unwrap();
+    stopper.join().unwrap();
+    let e = out[0].as_ref().unwrap_err();
+    assert_eq!(e.kind, TaskErrorKind::Timeout, "{e}");
+    assert!(e.message.contains("stopped answering"), "{}", e.message);
+    assert_eq!(out[1].as_deref().unwrap(), b"after", "the next item runs on a respawned worker");
+    assert!(!alive(stuck));
+    assert!(!p.worker_pids().contains(&stuck));
+}
+
+#[test]
+fn r15_chaos_random_worker_kills_lose_and_duplicate_nothing() {
+    let n = 100_000;
+    let input: String = (0..n).map(|i| format!("chaos item {i}\n")).collect();
+    let expected = input.to_ascii_uppercase();
+    let file = temp_file(input.as_bytes());
+    let mut cmd = wpool();
+    cmd.args(["map", "-j", "2", "--chunksize", "64"]).arg(kernel_path("upper")).arg(file.path());
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let host = child.id();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killer = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut kills = 0u32;
+            let mut rng: u64 = 0x2545f4914f6cdd1d;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+                let workers: Vec<u32> = children_of(host).into_iter().filter(|p| alive(*p)).collect();
+                if workers.is_empty() {
+                    continue;
+                }
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                signal(workers[(rng % workers.len() as u64) as usize], libc::SIGKILL);
+                kills += 1;
+            }
+            kills
+        })
+    };
+    let out = child.wait_with_output().unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let kills = killer.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(kills >= 3, "only {kills} kills happened: the run was too short to mean anything");
+    let got = stdout(&out);
+    assert_eq!(got.len(), expected.len(), "{kills} kills");
+    assert!(got == expected, "output differs from the reference after {kills} kills");
+}
+
+#[test]
+fn r17_soak_with_instance_recycling_keeps_memory_flat() {
+    let limits = Limits { max_items_per_instance: Some(1000), ..Limits::default() };
+    let mut p = Pool::builder(kernel("sha256")).workers(2).limits(limits).build().unwrap();
+    p.wait_ready().unwrap();
+    let workers = p.worker_pids();
+    let me = std::process::id();
+    let mut samples = Vec::new();
+    let total = 1_000_000u64;
+    for (i, r) in p.imap((0..total).map(|i| i.to_le_bytes().to_vec())).enumerate() {
+        assert_eq!(r.unwrap().unwrap().len(), 64);
+        if i == 200_000 || i as u64 == total - 1 {
+            samples.push((rss_kib(me), workers.iter().map(|w| rss_kib(*w)).sum::<u64>()));
+        }
+    }
+    let (host0, workers0) = samples[0];
+    let (host1, workers1) = samples[1];
+    assert!(host1 <= host0 + 16 * 1024, "host RSS grew from {host0} to {host1} KiB");
+    assert!(workers1 <= workers0 + 16 * 1024, "worker RSS grew from {workers0} to {workers1} KiB");
+    assert_eq!(p.stats().worker_deaths, 0);
+}
+
+#[test]
+fn isolation_gives_every_item_a_fresh_instance() {
+    let mut cmd = wpool();
+    cmd.args(["map", "-j", "1", "--isolate"]).arg(kernel_path("hostile"));
+    let o = run(cmd, b"count\ncount\ncount\n");
+    assert_eq!(stdout(&o), "1\n1\n1\n", "{}", stderr(&o));
+    let mut cmd = wpool();
+    cmd.args(["map", "-j", "1", "--chunksize", "3"]).arg(kernel_path("hostile"));
+    let o = run(cmd, b"count\ncount\ncount\n");
+    assert_eq!(stdout(&o), "1\n2\n3\n", "instances are reused by default");
+}

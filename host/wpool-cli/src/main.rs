@@ -87,6 +87,13 @@ struct MapArgs {
     /// Per-item fuel (about one unit per wasm instruction).
     #[arg(long, value_name = "N")]
     fuel: Option<u64>,
+    /// Replace the kernel instance after this many items (like
+    /// `maxtasksperchild`); it is always replaced after a trap.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_items_per_instance: Option<u64>,
+    /// A fresh kernel instance for every item (no state carries over).
+    #[arg(long, conflicts_with = "max_items_per_instance")]
+    isolate: bool,
     /// Largest item and largest result.
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = units::parse_size)]
     max_item_size: u64,
@@ -156,6 +163,7 @@ fn map(args: MapArgs) -> Result<u8> {
         memory: args.memory,
         fuel: args.fuel,
         max_item_size: max_item,
+        max_items_per_instance: if args.isolate { Some(1) } else { args.max_items_per_instance },
         ..Limits::default()
     };
     let workers = args.jobs.unwrap_or_else(num_cpus::get);

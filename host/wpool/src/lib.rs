@@ -38,7 +38,8 @@ mod error;
 mod kernel;
 mod limits;
 mod pool;
-mod protocol;
+#[doc(hidden)]
+pub mod protocol;
 mod runtime;
 mod sandbox;
 mod scheduler;

@@ -54,7 +54,8 @@ impl Default for Limits {
 /// What a worker needs to rebuild the engine that compiled the artifact, plus
 /// the limits it enforces. Crosses the wire in the handshake.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct EngineSettings {
+pub struct EngineSettings {
+    /// The per-item limits.
     pub limits: Limits,
 }
 

@@ -5,6 +5,9 @@
 //! followed by a postcard-encoded message. The reader checks the announced
 //! length against a cap *before* allocating, so a compromised peer cannot make
 //! the other side allocate more than the cap (ARCHITECTURE §3).
+//!
+//! Public only so that the compromised-worker tests can speak (and break)
+//! the protocol; not a stable API.
 
 use std::io::{self, Read, Write};
 
@@ -13,32 +16,32 @@ use serde::{Deserialize, Serialize};
 use crate::limits::EngineSettings;
 
 /// Bumped on every incompatible change of the frame types.
-pub(crate) const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 1;
 
 /// The cap on the very first frame (`Hello` / `Ready`), before limits are known.
-pub(crate) const HANDSHAKE_FRAME_CAP: usize = 1 << 20;
+pub const HANDSHAKE_FRAME_CAP: usize = 1 << 20;
 
 /// Bytes of framing and bookkeeping a frame may carry beyond its payload data.
-pub(crate) const FRAME_OVERHEAD: usize = 1 << 20;
+pub const FRAME_OVERHEAD: usize = 1 << 20;
 
 /// A worker sends its accumulated results once they reach this many bytes,
 /// and the host closes a chunk once its items do: a frame then holds at most
 /// this much plus one item.
-pub(crate) const BATCH_BYTES: usize = 1 << 20;
+pub const BATCH_BYTES: usize = 1 << 20;
 
 /// Longest message a worker sends about one item (kernel error strings are
 /// the guest's to choose); longer ones are cut.
-pub(crate) const MAX_MESSAGE: usize = 64 << 10;
+pub const MAX_MESSAGE: usize = 64 << 10;
 
 /// The cap on frames after the handshake, both directions: one batch, one
 /// item (or result) of the largest size, and bookkeeping.
-pub(crate) fn frame_cap(max_item_size: usize) -> usize {
+pub fn frame_cap(max_item_size: usize) -> usize {
     max_item_size.saturating_add(BATCH_BYTES).saturating_add(FRAME_OVERHEAD)
 }
 
 /// Host → worker.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
-pub(crate) enum HostMsg<'a> {
+pub enum HostMsg<'a> {
     /// First frame: what to run and under which limits.
     Hello(Hello),
     /// A chunk of items to run in order.
@@ -55,7 +58,7 @@ pub(crate) enum HostMsg<'a> {
 
 /// The handshake: everything a worker needs to load the kernel.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub(crate) struct Hello {
+pub struct Hello {
     pub version: u32,
     /// 1-based slot number of this worker, for its messages.
     pub worker: u32,
@@ -72,7 +75,7 @@ pub(crate) struct Hello {
 
 /// Worker → host.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
-pub(crate) enum WorkerMsg {
+pub enum WorkerMsg {
     /// The kernel is loaded; the worker takes `Run` frames from now on.
     Ready { version: u32, pid: u32 },
     /// Outcomes of items `offset..offset + outcomes.len()` of `chunk`.
@@ -83,14 +86,14 @@ pub(crate) enum WorkerMsg {
 
 /// How one item ended inside a worker.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub(crate) enum Outcome {
+pub enum Outcome {
     Ok(#[serde(with = "serde_bytes")] Vec<u8>),
     Err(WireError),
 }
 
 /// A per-item failure as it crosses the wire.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub(crate) struct WireError {
+pub struct WireError {
     pub kind: WireKind,
     pub message: String,
     /// The last bytes the guest wrote to stderr during this item.
@@ -100,7 +103,7 @@ pub(crate) struct WireError {
 
 /// Failure kinds a worker can observe itself (crashes are seen by the host).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub(crate) enum WireKind {
+pub enum WireKind {
     Kernel,
     Trap,
     Timeout,
@@ -113,7 +116,7 @@ pub(crate) enum WireKind {
 
 /// Why a frame could not be read.
 #[derive(Debug)]
-pub(crate) enum FrameError {
+pub enum FrameError {
     /// Clean end of stream before a frame started.
     Eof,
     /// The announced length is over the cap; nothing was allocated.
@@ -138,7 +141,7 @@ impl std::fmt::Display for FrameError {
 }
 
 /// Encodes `msg` as one frame (length prefix included) into `out`.
-pub(crate) fn encode<T: Serialize>(msg: &T, out: &mut Vec<u8>) {
+pub fn encode<T: Serialize>(msg: &T, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(&[0; 4]);
     // Serializing into a Vec cannot fail for these types.
@@ -150,7 +153,7 @@ pub(crate) fn encode<T: Serialize>(msg: &T, out: &mut Vec<u8>) {
 }
 
 /// Writes one frame.
-pub(crate) fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
+pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
     let mut buf = Vec::new();
     encode(msg, &mut buf);
     w.write_all(&buf)?;
@@ -159,7 +162,7 @@ pub(crate) fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Resu
 
 /// Reads one frame's payload into `buf` (reused between calls), refusing
 /// lengths over `cap` before allocating.
-pub(crate) fn read_frame(r: &mut impl Read, cap: usize, buf: &mut Vec<u8>) -> Result<(), FrameError> {
+pub fn read_frame(r: &mut impl Read, cap: usize, buf: &mut Vec<u8>) -> Result<(), FrameError> {
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -181,7 +184,7 @@ pub(crate) fn read_frame(r: &mut impl Read, cap: usize, buf: &mut Vec<u8>) -> Re
 }
 
 /// Decodes a payload read by [`read_frame`].
-pub(crate) fn decode<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, FrameError> {
+pub fn decode<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, FrameError> {
     match postcard::take_from_bytes::<T>(payload) {
         Ok((msg, [])) => Ok(msg),
         Ok((_, rest)) => Err(FrameError::Malformed(format!("{} trailing bytes", rest.len()))),

@@ -1,0 +1,94 @@
+//! A compromised worker for the P rows of the fault matrix: it speaks the
+//! wpool protocol, echoes items like an honest worker, and misbehaves in the
+//! way `EVIL_MODE` says (set through the pool's launcher, `env EVIL_MODE=…`,
+//! since workers get an empty environment).
+//!
+//! With `EVIL_ONCE=PATH` it misbehaves only while PATH does not exist (and
+//! creates it), so that a retry on the next worker succeeds.
+//!
+//! | mode | behaviour |
+//! |---|---|
+//! | `garbage` | answers a chunk with random bytes |
+//! | `huge-frame` | announces a 4 GiB frame, then stalls |
+//! | `wrong-chunk` | answers for a chunk id it was never given |
+//! | `duplicate` | answers every chunk twice |
+//! | `exit-after-handshake` | sends `Ready`, then exits |
+//! | `no-handshake` | never answers the `Hello` |
+//! | `stderr-flood` | writes 64 MiB to stderr before each answer |
+
+use std::io::{Read, Write};
+
+use wpool::protocol::{self, HostMsg, Outcome, WorkerMsg, HANDSHAKE_FRAME_CAP, PROTOCOL_VERSION};
+
+fn main() {
+    let mode = std::env::var("EVIL_MODE").unwrap_or_default();
+    let evil = match std::env::var_os("EVIL_ONCE") {
+        Some(marker) => std::fs::OpenOptions::new().write(true).create_new(true).open(marker).is_ok(),
+        None => true,
+    };
+    let mode = if evil { mode.as_str() } else { "honest" };
+    let mut input = std::io::stdin().lock();
+    let mut output = std::io::stdout().lock();
+    let mut buf = Vec::new();
+    if protocol::read_frame(&mut input, HANDSHAKE_FRAME_CAP, &mut buf).is_err() {
+        return;
+    }
+    let Ok(HostMsg::Hello(hello)) = protocol::decode::<HostMsg>(&buf) else { return };
+    if mode == "no-handshake" {
+        // Hold the pipe open and say nothing.
+        let _ = input.read_to_end(&mut Vec::new());
+        return;
+    }
+    protocol::write_frame(&mut output, &WorkerMsg::Ready { version: PROTOCOL_VERSION, pid: std::process::id() })
+        .unwrap();
+    if mode == "exit-after-handshake" {
+        std::process::exit(0);
+    }
+    let cap = protocol::frame_cap(hello.settings.limits.max_item_size);
+    let mut seed: u64 = 0x9e3779b97f4a7c15;
+    loop {
+        if protocol::read_frame(&mut input, cap, &mut buf).is_err() {
+            return;
+        }
+        let Ok(HostMsg::Run { chunk, items }) = protocol::decode::<HostMsg>(&buf) else { return };
+        let outcomes: Vec<Outcome> = items.iter().map(|i| Outcome::Ok(i.to_vec())).collect();
+        let answer = |chunk| WorkerMsg::Results { chunk, offset: 0, outcomes: outcomes.clone() };
+        match mode {
+            "garbage" => {
+                let junk: Vec<u8> = (0..64)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        seed as u8
+                    })
+                    .collect();
+                let _ = output.write_all(&junk);
+                let _ = output.flush();
+            }
+            "huge-frame" => {
+                let _ = output.write_all(&u32::MAX.to_le_bytes());
+                let _ = output.flush();
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+            "wrong-chunk" => {
+                let _ = protocol::write_frame(&mut output, &answer(chunk + 1000));
+            }
+            "duplicate" => {
+                let _ = protocol::write_frame(&mut output, &answer(chunk));
+                let _ = protocol::write_frame(&mut output, &answer(chunk));
+            }
+            "stderr-flood" => {
+                let line = vec![b'!'; 1 << 20];
+                let mut err = std::io::stderr().lock();
+                for _ in 0..64 {
+                    let _ = err.write_all(&line);
+                }
+                let _ = protocol::write_frame(&mut output, &answer(chunk));
+            }
+            _ => {
+                let _ = protocol::write_frame(&mut output, &answer(chunk));
+            }
+        }
+    }
+}

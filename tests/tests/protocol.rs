@@ -1,0 +1,131 @@
+//! Fault matrix, group P: a compromised worker. The pool runs the
+//! `evil-worker` binary of this crate (it speaks the protocol, then breaks
+//! it as `EVIL_MODE` says); the host must survive each, with typed errors,
+//! retries and bounded memory. P8 (fuzzing the decoder) is a proptest in
+//! `host/wpool/src/protocol.rs`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use wpool::{Chunksize, Error, Pool, PoolBuilder, TaskErrorKind};
+use wpool_tests::*;
+
+fn evil_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let p = exe.parent().unwrap().parent().unwrap().join("evil-worker");
+    assert!(p.exists(), "{} is missing: build with `cargo build --workspace --bins`", p.display());
+    p
+}
+
+/// A pool whose workers are all evil (`once: None`) or only the first one.
+fn evil_pool(mode: &str, once: Option<&std::path::Path>) -> PoolBuilder {
+    let mut launcher = vec!["env".to_string(), format!("EVIL_MODE={mode}")];
+    if let Some(marker) = once {
+        launcher.push(format!("EVIL_ONCE={}", marker.display()));
+    }
+    Pool::builder(kernel("echo")).workers(1).chunksize(Chunksize::Fixed(1)).worker_program(evil_binary()).launcher(launcher)
+}
+
+fn items(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("item {i}")).collect()
+}
+
+fn assert_all_echoed(out: &[wpool::ItemResult], items: &[String]) {
+    assert_eq!(out.len(), items.len());
+    for (r, item) in out.iter().zip(items) {
+        assert_eq!(r.as_deref().unwrap(), item.as_bytes());
+    }
+}
+
+#[test]
+fn p01_garbage_bytes_get_the_worker_killed_and_the_items_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = evil_pool("garbage", Some(&dir.path().join("once"))).build().unwrap();
+    let items = items(5);
+    let out = p.map(items.clone()).unwrap();
+    assert_all_echoed(&out, &items);
+    assert_eq!(p.stats().worker_deaths, 1);
+
+    // A worker that always sends garbage: typed `protocol` errors, no panic.
+    let mut p = evil_pool("garbage", None).retries(1).build().unwrap();
+    let out = p.map(items.clone()).unwrap();
+    for r in &out {
+        let e = r.as_ref().unwrap_err();
+        assert_eq!(e.kind, TaskErrorKind::Protocol, "{e}");
+        assert!(e.message.contains("malformed frame"), "{}", e.message);
+    }
+}
+
+#[test]
+fn p02_a_4_gib_frame_is_refused_without_allocating() {
+    let before = rss_kib(std::process::id());
+    let mut p = evil_pool("huge-frame", None).retries(0).build().unwrap();
+    let out = p.map(["x"]).unwrap();
+    let e = out[0].as_ref().unwrap_err();
+    assert_eq!(e.kind, TaskErrorKind::Protocol);
+    assert!(e.message.contains("frame of 4294967295 bytes announced"), "{}", e.message);
+    let grown = rss_kib(std::process::id()).saturating_sub(before);
+    assert!(grown < 64 * 1024, "host RSS grew by {grown} KiB");
+}
+
+#[test]
+fn p03_answers_for_a_chunk_never_given_are_a_violation() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = evil_pool("wrong-chunk", Some(&dir.path().join("once"))).build().unwrap();
+    let items = items(6);
+    let out = p.map(items.clone()).unwrap();
+    assert_all_echoed(&out, &items);
+    assert_eq!(p.stats().worker_deaths, 1, "the liar was killed");
+
+    let mut p = evil_pool("wrong-chunk", None).retries(0).build().unwrap();
+    let out = p.map(["x"]).unwrap();
+    let e = out[0].as_ref().unwrap_err();
+    assert_eq!(e.kind, TaskErrorKind::Protocol, "no bogus result reaches the caller: {e}");
+    assert!(e.message.contains("not running"), "{}", e.message);
+}
+
+#[test]
+fn p04_answering_a_chunk_twice_duplicates_nothing() {
+    let mut p = evil_pool("duplicate", None).build().unwrap();
+    let items = items(8);
+    let mut seen = Vec::new();
+    for r in p.imap_unordered(items.clone()) {
+        let (index, result) = r.unwrap();
+        seen.push(index.get());
+        assert_eq!(result.unwrap(), items[index.get() as usize].as_bytes());
+    }
+    seen.sort();
+    assert_eq!(seen, (0..8).collect::<Vec<u64>>(), "each item exactly once");
+}
+
+#[test]
+fn p05_exiting_right_after_the_handshake_respawns_under_restart_intensity() {
+    let mut p = evil_pool("exit-after-handshake", None).restart_intensity(5, Duration::from_secs(30)).build().unwrap();
+    match p.map(items(3)) {
+        Err(Error::RestartIntensity { deaths, .. }) => assert_eq!(deaths, 6),
+        other => panic!("expected RestartIntensity, got {other:?}"),
+    }
+}
+
+#[test]
+fn p06_a_worker_that_never_completes_the_handshake_times_out() {
+    let err = evil_pool("no-handshake", None).handshake_timeout(Duration::from_millis(300)).build().unwrap_err();
+    match err {
+        Error::WorkerStartup { failures, last } => {
+            assert_eq!(failures, 3);
+            assert!(last.contains("did not complete the handshake"), "{last}");
+        }
+        other => panic!("expected WorkerStartup, got {other:?}"),
+    }
+}
+
+#[test]
+fn p07_a_stderr_flood_is_captured_bounded() {
+    let before = rss_kib(std::process::id());
+    let mut p = evil_pool("stderr-flood", None).build().unwrap();
+    let items = items(4);
+    let out = p.map(items.clone()).unwrap();
+    assert_all_echoed(&out, &items);
+    let grown = rss_kib(std::process::id()).saturating_sub(before);
+    assert!(grown < 64 * 1024, "256 MiB of worker stderr grew the host by {grown} KiB");
+}
