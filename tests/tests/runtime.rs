@@ -485,7 +485,8 @@ fn items_at_the_size_cap_travel_with_small_ones_and_errors_are_bounded() {
 #[test]
 fn r04_a_worker_that_stops_answering_is_killed_at_the_hard_deadline() {
     let limits = Limits { timeout: Some(Duration::from_millis(200)), ..Limits::default() };
-    let mut p = Pool::builder(kernel("hostile")).workers(1).chunksize(Chunksize::Fixed(1)).limits(limits).build().unwrap();
+    let mut p =
+        Pool::builder(kernel("hostile")).workers(1).chunksize(Chunksize::Fixed(1)).limits(limits).build().unwrap();
     let stuck = p.worker_pids()[0];
     // Stopped by a signal, the worker cannot even be interrupted by its own
     // epoch ticker: only the host's deadline can get the item back.

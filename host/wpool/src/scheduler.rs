@@ -70,6 +70,8 @@ struct Slot {
     progress_at: Instant,
     /// Why the host killed it, if it did.
     killed: Option<KillReason>,
+    /// The protocol violation the scheduler saw, if that is why.
+    violation: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +194,7 @@ impl Scheduler {
                     queue: VecDeque::new(),
                     progress_at: now,
                     killed: None,
+                    violation: None,
                 })
                 .collect(),
             cfg,
@@ -538,11 +541,14 @@ impl Scheduler {
             (SlotState::Ready, WorkerMsg::Results { .. }) if self.slots[slot].killed.is_some() => {}
             (SlotState::Ready, WorkerMsg::Results { chunk, offset, outcomes }) => {
                 if let Err(violation) = self.on_results(slot, chunk, offset, outcomes) {
+                    self.slots[slot].violation = Some(violation);
                     self.kill(slot, KillReason::Violation);
-                    self.last_startup_failure = violation;
                 }
             }
-            (_, _) => self.kill(slot, KillReason::Violation),
+            (state, msg) => {
+                self.slots[slot].violation = Some(format!("unexpected {} while {state:?}", msg_name(&msg)));
+                self.kill(slot, KillReason::Violation);
+            }
         }
     }
 
@@ -600,10 +606,15 @@ impl Scheduler {
         Ok(())
     }
 
-    fn on_exit(&mut self, slot: usize, end: WorkerEnd) {
+    fn on_exit(&mut self, slot: usize, mut end: WorkerEnd) {
         let w = &mut self.slots[slot];
         let was = w.state;
-        let killed = w.killed.take();
+        // A frame the reader refused is a violation too, whoever killed it.
+        end.violation = end.violation.take().or(w.violation.take());
+        let killed = match w.killed.take() {
+            None if end.violation.is_some() => Some(KillReason::Violation),
+            k => k,
+        };
         w.state = SlotState::Dead;
         w.proc = None;
         let queue = std::mem::take(&mut w.queue);
@@ -713,6 +724,7 @@ impl Scheduler {
         w.state = SlotState::Starting(Instant::now());
         w.proc = None;
         w.killed = None;
+        w.violation = None;
         self.stats.spawned += 1;
         let mut hello = self.cfg.hello.clone();
         hello.worker = slot as u32 + 1;
@@ -828,6 +840,14 @@ impl Scheduler {
             }
         }
         self.spawner.take();
+    }
+}
+
+fn msg_name(msg: &WorkerMsg) -> &'static str {
+    match msg {
+        WorkerMsg::Ready { .. } => "Ready",
+        WorkerMsg::Results { .. } => "Results",
+        WorkerMsg::Failed { .. } => "Failed",
     }
 }
 
