@@ -579,3 +579,40 @@ fn isolation_gives_every_item_a_fresh_instance() {
     let o = run(cmd, b"count\ncount\ncount\n");
     assert_eq!(stdout(&o), "1\n2\n3\n", "instances are reused by default");
 }
+
+#[test]
+fn cli_hostile_kernel_over_mixed_inputs_prints_good_results_and_a_typed_error_per_bad_item() {
+    let mut cmd = wpool();
+    cmd.args(["map", "-j", "2", "--timeout", "300ms", "--memory", "64MiB", "--json"]).arg(kernel_path("hostile"));
+    let input = b"good0\nspin\ngood1\noom\ngood2\nrecurse\ngood3\npanic:bad\ngood4\nexit:2\ngood5\n";
+    let o = run_with(cmd, input, Duration::from_secs(60));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kinds: Vec<String> = lines
+        .iter()
+        .map(|l| match l.get("ok") {
+            Some(ok) => ok["text"].as_str().unwrap().to_string(),
+            None => l["error"]["kind"].as_str().unwrap().to_string(),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "good0",
+            "timeout",
+            "good1",
+            "memory_limit",
+            "good2",
+            "stack_overflow",
+            "good3",
+            "trap",
+            "good4",
+            "kernel_exit",
+            "good5"
+        ]
+    );
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["index"], i);
+    }
+    assert_eq!(stderr(&o).lines().count(), 5, "one stderr line per failed item: {}", stderr(&o));
+}
