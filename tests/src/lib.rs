@@ -49,6 +49,24 @@ pub fn wpool() -> Command {
     c
 }
 
+/// Starts `wpool map ARGS KERNEL` with `lines` written to its stdin, which
+/// stays open (the host stays mid-run); stdout and stderr are piped.
+pub fn spawn_map_with_open_stdin(
+    args: &[&str],
+    kernel: &Path,
+    lines: &[String],
+) -> (std::process::Child, std::process::ChildStdin) {
+    let mut cmd = wpool();
+    cmd.arg("map").args(args).arg(kernel);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn wpool");
+    let mut stdin = child.stdin.take().unwrap();
+    for line in lines {
+        writeln!(stdin, "{line}").unwrap();
+    }
+    (child, stdin)
+}
+
 /// Runs a command with `stdin` bytes, killing it if it runs past `limit`
 /// (a hang guard, not a performance assertion).
 pub fn run_with(mut cmd: Command, stdin: &[u8], limit: Duration) -> Output {

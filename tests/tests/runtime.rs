@@ -208,19 +208,9 @@ fn r11_workers_dying_at_startup_fail_fast_without_a_fork_storm() {
 
 #[test]
 fn r12_host_sigkilled_mid_run_leaves_no_orphans() {
-    let mut cmd = wpool();
-    cmd.args(["map", "-j", "2", "--chunksize", "1"]).arg(kernel_path("hostile"));
-    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
-    let mut host = cmd.spawn().unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = host.stdin.take().unwrap();
-        for _ in 0..8 {
-            writeln!(stdin, "spin:100000").unwrap();
-        }
-        // Keep stdin open: the host stays mid-run.
-        std::mem::forget(stdin);
-    }
+    let lines = vec!["spin:100000".to_string(); 8];
+    let (mut host, _stdin) =
+        spawn_map_with_open_stdin(&["-j", "2", "--chunksize", "1"], &kernel_path("hostile"), &lines);
     let host_pid = host.id();
     assert!(eventually(Duration::from_secs(30), || children_of(host_pid).iter().filter(|p| alive(**p)).count() == 2));
     let workers = children_of(host_pid);
@@ -234,21 +224,10 @@ fn r12_host_sigkilled_mid_run_leaves_no_orphans() {
 
 #[test]
 fn r13_ctrl_c_flushes_results_so_far_in_order_and_exits_130() {
-    let mut cmd = wpool();
-    cmd.args(["map", "-j", "2", "--chunksize", "1"]).arg(kernel_path("hostile"));
-    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    let mut host = cmd.spawn().unwrap();
-    let mut stdin = host.stdin.take().unwrap();
-    {
-        use std::io::Write;
-        for i in 0..4 {
-            writeln!(stdin, "fast{i}").unwrap();
-        }
-        writeln!(stdin, "spin").unwrap();
-        for i in 5..8 {
-            writeln!(stdin, "late{i}").unwrap();
-        }
-    }
+    let mut lines: Vec<String> = (0..4).map(|i| format!("fast{i}")).collect();
+    lines.push("spin".into());
+    lines.extend((5..8).map(|i| format!("late{i}")));
+    let (host, stdin) = spawn_map_with_open_stdin(&["-j", "2", "--chunksize", "1"], &kernel_path("hostile"), &lines);
     let host_pid = host.id();
     assert!(eventually(Duration::from_secs(30), || children_of(host_pid).len() == 2));
     let workers = children_of(host_pid);

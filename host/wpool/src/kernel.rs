@@ -99,10 +99,10 @@ impl Kernel {
 
     fn new(name: String, bytes: Arc<[u8]>, cache: ArtifactCache) -> Result<Kernel, Error> {
         let settings = EngineSettings { limits: Limits::default() };
-        let (artifact, component, engine) = cache.get_or_compile(&name, &bytes, &settings)?;
+        // Compiling here also fills the cache for pools with default settings.
+        let (_, component, engine) = cache.get_or_compile(&name, &bytes, &settings)?;
         let info = describe(&engine, &component, bytes.len());
         check_contract(&name, &engine, &component)?;
-        drop(artifact);
         Ok(Kernel { name, bytes, info, cache })
     }
 
