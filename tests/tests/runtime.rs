@@ -353,20 +353,6 @@ fn imap_of_a_million_items_is_lazy_with_flat_memory() {
 }
 
 #[test]
-fn workers_are_separate_processes_with_a_cleared_environment() {
-    let mut p = pool("echo", 2);
-    p.wait_ready().unwrap();
-    assert_eq!(p.worker_pids().len(), 2);
-    for pid in p.worker_pids() {
-        assert_eq!(parent_of(pid), Some(std::process::id()));
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-        assert!(String::from_utf8_lossy(&cmdline).contains("--wpool-worker"));
-        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-        assert!(environ.is_empty(), "worker environment must be empty: {}", String::from_utf8_lossy(&environ));
-    }
-}
-
-#[test]
 fn import_free_components_from_wasm32_unknown_unknown_run_too() {
     let k = wpool::Kernel::from_file(kernel_path_of("unknown", "upper")).unwrap();
     assert!(k.info().imports.is_empty(), "{:?}", k.info().imports);
@@ -545,18 +531,6 @@ fn r17_soak_with_instance_recycling_keeps_memory_flat() {
     assert!(host1 <= host0 + 16 * 1024, "host RSS grew from {host0} to {host1} KiB");
     assert!(workers1 <= workers0 + 16 * 1024, "worker RSS grew from {workers0} to {workers1} KiB");
     assert_eq!(p.stats().worker_deaths, 0);
-}
-
-#[test]
-fn isolation_gives_every_item_a_fresh_instance() {
-    let mut cmd = wpool();
-    cmd.args(["map", "-j", "1", "--isolate"]).arg(kernel_path("hostile"));
-    let o = run(cmd, b"count\ncount\ncount\n");
-    assert_eq!(stdout(&o), "1\n1\n1\n", "{}", stderr(&o));
-    let mut cmd = wpool();
-    cmd.args(["map", "-j", "1", "--chunksize", "3"]).arg(kernel_path("hostile"));
-    let o = run(cmd, b"count\ncount\ncount\n");
-    assert_eq!(stdout(&o), "1\n2\n3\n", "instances are reused by default");
 }
 
 #[test]
