@@ -83,3 +83,68 @@ fn s12_item_isolation_gives_every_item_a_fresh_instance() {
     let o = run(cmd, b"count\ncount\ncount\n");
     assert_eq!(stdout(&o), "1\n2\n3\n", "instances are reused by default");
 }
+
+fn cli_probe(args: &[&str], input: &[u8]) -> std::process::Output {
+    let mut cmd = wpool();
+    cmd.arg("map").args(args).arg(kernel_path("probe"));
+    run(cmd, input)
+}
+
+#[test]
+fn s02_allow_dir_shows_only_that_directory_read_only_unless_rw() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("f.txt"), "twelve bytes").unwrap();
+    std::fs::write(root.path().join("outside.txt"), "secret").unwrap();
+    std::os::unix::fs::symlink(root.path().join("outside.txt"), data.join("link")).unwrap();
+    let grant = format!("{}:/data", data.display());
+    let input = b"read:/data/f.txt\nread:/data/../outside.txt\nread:/data/link\nwrite:/data/new.txt\nlist:/\n";
+    let o = cli_probe(&["-j", "1", "--allow-dir", &grant], input);
+    let lines: Vec<&str> = std::str::from_utf8(&o.stdout).unwrap().lines().collect();
+    assert_eq!(lines[0], "ALLOWED: 12", "{}", stderr(&o));
+    assert!(lines[1].starts_with("DENIED"), "`..` escape: {}", lines[1]);
+    assert!(lines[2].starts_with("DENIED"), "symlink escape: {}", lines[2]);
+    assert!(lines[3].starts_with("DENIED"), "read-only: {}", lines[3]);
+    assert!(lines[4].starts_with("DENIED"), "nothing else: {}", lines[4]);
+    assert!(!data.join("new.txt").exists());
+
+    let rw = format!("{}:/data:rw", data.display());
+    let o = cli_probe(&["-j", "1", "--allow-dir", &rw], b"write:/data/new.txt\n");
+    assert_eq!(stdout(&o), "ALLOWED: ()\n", "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(data.join("new.txt")).unwrap(), "written by a kernel");
+
+    let o = cli_probe(&["--allow-dir", "/no/such/dir"], b"env\n");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("/no/such/dir"), "{}", stderr(&o));
+}
+
+#[test]
+fn s03_env_grants_pass_exactly_the_named_variables() {
+    let mut cmd = wpool();
+    cmd.args(["map", "--env", "WPOOL_GRANTED", "--env", "EXPLICIT=value"]).arg(kernel_path("probe"));
+    cmd.env("WPOOL_GRANTED", "from-host").env("WPOOL_NOT_GRANTED", "hidden");
+    let o = run(cmd, b"env\n");
+    assert_eq!(stdout(&o), "[(\"WPOOL_GRANTED\", \"from-host\"), (\"EXPLICIT\", \"value\")]\n", "{}", stderr(&o));
+    let o = cli_probe(&["--env", "WPOOL_SURELY_UNSET_VARIABLE"], b"env\n");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("WPOOL_SURELY_UNSET_VARIABLE"), "{}", stderr(&o));
+}
+
+#[test]
+fn s05_deterministic_clocks_and_random_give_identical_output_across_runs() {
+    let input: Vec<u8> =
+        (0..40).flat_map(|i| if i % 2 == 0 { b"time\n".to_vec() } else { b"random\n".to_vec() }).collect();
+    let first = cli_probe(&["-j", "2", "--chunksize", "3", "--deterministic", "--seed", "5"], &input);
+    let second = cli_probe(&["-j", "2", "--chunksize", "7", "--deterministic", "--seed", "5"], &input);
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    assert_eq!(first.stdout, second.stdout, "same input, same output, whatever the workers did");
+    let text = stdout(&first);
+    assert!(text.lines().next().unwrap().starts_with("wall=Ok(946684800) mono_step=1ms"), "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("hash=")).collect::<std::collections::HashSet<_>>().len(), 1);
+    let other_seed = cli_probe(&["-j", "1", "--deterministic", "--seed", "6"], b"random\n");
+    assert_ne!(stdout(&other_seed).lines().next(), text.lines().nth(1), "the seed matters");
+    // Granting the real clock gives real time.
+    let real = cli_probe(&["--allow-clock"], b"time\n");
+    assert!(!stdout(&real).starts_with("wall=Ok(946684800)"), "{}", stdout(&real));
+}

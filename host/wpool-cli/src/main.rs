@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use wpool::{Chunksize, Error, Kernel, Limits, Pool};
+use wpool::{Chunksize, DirGrant, Error, Grants, Kernel, Limits, Pool};
 
 use crate::input::{Items, Split};
 use crate::output::{Format, Printer};
@@ -97,6 +97,30 @@ struct MapArgs {
     /// Largest item and largest result.
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = units::parse_size)]
     max_item_size: u64,
+    /// Make a host directory visible to the kernel: `HOST[:GUEST][:rw]`
+    /// (read-only unless `:rw`; GUEST defaults to HOST as written).
+    #[arg(long = "allow-dir", value_name = "HOST[:GUEST][:rw]")]
+    allow_dir: Vec<String>,
+    /// Pass an environment variable to the kernel: `NAME` (its value here) or
+    /// `NAME=VALUE`. The kernel sees exactly these.
+    #[arg(long = "env", value_name = "NAME[=VALUE]")]
+    env: Vec<String>,
+    /// Reproducible runs: fixed wall clock, stepping monotonic clock and
+    /// seeded randomness, reset for every item (the clocks and randomness
+    /// are the default anyway), plus a fresh instance per item so that no
+    /// kernel state carries over. The same input gives the same output on
+    /// every run and every worker.
+    #[arg(long, conflicts_with_all = ["allow_clock", "allow_random", "max_items_per_instance"])]
+    deterministic: bool,
+    /// Seed of the deterministic randomness.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    seed: u64,
+    /// Give kernels the real wall and monotonic clocks.
+    #[arg(long)]
+    allow_clock: bool,
+    /// Give kernels real entropy.
+    #[arg(long)]
+    allow_random: bool,
     /// Show a progress bar on stderr [default: when stderr is a terminal].
     #[arg(long, overrides_with = "no_progress")]
     progress: bool,
@@ -163,15 +187,17 @@ fn map(args: MapArgs) -> Result<u8> {
         memory: args.memory,
         fuel: args.fuel,
         max_item_size: max_item,
-        max_items_per_instance: if args.isolate { Some(1) } else { args.max_items_per_instance },
+        max_items_per_instance: if args.isolate || args.deterministic { Some(1) } else { args.max_items_per_instance },
         ..Limits::default()
     };
+    let grants = grants(&args)?;
     let workers = args.jobs.unwrap_or_else(num_cpus::get);
     let mut pool = Pool::builder(kernel)
         .workers(workers)
         .chunksize(args.chunksize)
         .retries(args.retries)
         .limits(limits)
+        .grants(grants)
         .build()?;
 
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -249,6 +275,36 @@ fn map(args: MapArgs) -> Result<u8> {
         anyhow::bail!("{e}; results up to that point were printed");
     }
     Ok(if failed { 1 } else { 0 })
+}
+
+fn grants(args: &MapArgs) -> Result<Grants> {
+    let mut dirs = Vec::new();
+    for spec in &args.allow_dir {
+        let (rest, writable) = match spec.strip_suffix(":rw") {
+            Some(rest) => (rest, true),
+            None => (spec.strip_suffix(":ro").unwrap_or(spec), false),
+        };
+        let (host, guest) = rest.split_once(':').unwrap_or((rest, rest));
+        if host.is_empty() || guest.is_empty() {
+            anyhow::bail!("--allow-dir {spec}: expected HOST[:GUEST][:rw]");
+        }
+        let abs = std::fs::canonicalize(host).with_context(|| format!("--allow-dir {spec}: {host}"))?;
+        if !abs.is_dir() {
+            anyhow::bail!("--allow-dir {spec}: {host} is not a directory");
+        }
+        dirs.push(DirGrant { host: abs, guest: guest.to_string(), writable });
+    }
+    let mut env = Vec::new();
+    for spec in &args.env {
+        match spec.split_once('=') {
+            Some((name, value)) => env.push((name.to_string(), value.to_string())),
+            None => match std::env::var(spec) {
+                Ok(value) => env.push((spec.clone(), value)),
+                Err(_) => anyhow::bail!("--env {spec}: no such variable in this environment (use NAME=VALUE)"),
+            },
+        }
+    }
+    Ok(Grants { dirs, env, real_clock: args.allow_clock, real_random: args.allow_random, seed: args.seed })
 }
 
 /// Total items for the progress bar, when every input is a regular file.

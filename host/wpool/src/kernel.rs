@@ -98,7 +98,7 @@ impl Kernel {
     }
 
     fn new(name: String, bytes: Arc<[u8]>, cache: ArtifactCache) -> Result<Kernel, Error> {
-        let settings = EngineSettings { limits: Limits::default() };
+        let settings = EngineSettings { limits: Limits::default(), grants: Default::default() };
         // Compiling here also fills the cache for pools with default settings.
         let (_, component, engine) = cache.get_or_compile(&name, &bytes, &settings)?;
         let info = describe(&engine, &component, bytes.len());
@@ -129,7 +129,7 @@ impl Kernel {
         let name = path.display().to_string();
         let mut info = KernelInfo { size: bytes.len(), format: format_of(&bytes), imports: vec![], exports: vec![] };
         let cache = ArtifactCache::default_location()?;
-        let settings = EngineSettings { limits: Limits::default() };
+        let settings = EngineSettings { limits: Limits::default(), grants: Default::default() };
         let rejection = match cache.get_or_compile(&name, &bytes, &settings) {
             Ok((_, component, engine)) => {
                 info = describe(&engine, &component, bytes.len());

@@ -35,6 +35,7 @@
 #![cfg(target_os = "linux")]
 
 mod error;
+mod grants;
 mod kernel;
 mod limits;
 mod pool;
@@ -47,6 +48,7 @@ mod supervisor;
 mod worker;
 
 pub use error::{Crash, Error, ItemIndex, TaskError, TaskErrorKind, WorkerId};
+pub use grants::{DirGrant, Grants};
 pub use kernel::{Inspection, Kernel, KernelInfo};
 pub use limits::Limits;
 pub use pool::{Canceller, Imap, ImapUnordered, Pool, PoolBuilder};

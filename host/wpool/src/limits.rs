@@ -57,6 +57,8 @@ impl Default for Limits {
 pub struct EngineSettings {
     /// The per-item limits.
     pub limits: Limits,
+    /// What kernels may reach.
+    pub grants: crate::grants::Grants,
 }
 
 impl EngineSettings {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::{Error, ItemIndex};
+use crate::grants::Grants;
 use crate::kernel::Kernel;
 use crate::limits::{EngineSettings, Limits};
 use crate::protocol::{Hello, PROTOCOL_VERSION};
@@ -36,6 +37,7 @@ pub struct PoolBuilder {
     chunksize: Chunksize,
     retries: u32,
     limits: Limits,
+    grants: Grants,
     handshake_timeout: Duration,
     restart_window: Duration,
     max_restarts: Option<u32>,
@@ -67,6 +69,13 @@ impl PoolBuilder {
     /// Per-item limits (timeout, memory, fuel, sizes).
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// What kernels may reach beyond the deny-by-default policy
+    /// (directories, environment, real clocks and randomness).
+    pub fn grants(mut self, grants: Grants) -> Self {
+        self.grants = grants;
         self
     }
 
@@ -117,7 +126,15 @@ impl PoolBuilder {
         if self.chunksize == Chunksize::Fixed(0) {
             return Err(Error::Config("chunksize must be at least 1".into()));
         }
-        let settings = EngineSettings { limits: self.limits.clone() };
+        for dir in &self.grants.dirs {
+            if !dir.host.is_absolute() || !dir.host.is_dir() {
+                return Err(Error::Config(format!(
+                    "granted directory {} is not an absolute path to a directory",
+                    dir.host.display()
+                )));
+            }
+        }
+        let settings = EngineSettings { limits: self.limits.clone(), grants: self.grants.clone() };
         let artifact = self.kernel.artifact(&settings)?;
         let hello = Hello {
             version: PROTOCOL_VERSION,
@@ -167,6 +184,7 @@ impl Pool {
             chunksize: Chunksize::Auto,
             retries: 2,
             limits: Limits::default(),
+            grants: Grants::default(),
             handshake_timeout: Duration::from_secs(60),
             restart_window: Duration::from_secs(1),
             max_restarts: None,

@@ -15,7 +15,9 @@ use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker, 
 use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
-use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxView, WasiView};
+
+use crate::grants::{Determinism, Grants};
 
 use crate::limits::EngineSettings;
 use crate::protocol::{Outcome, WireError, WireKind, MAX_MESSAGE};
@@ -69,27 +71,48 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
 }
 
 /// Deny-by-default WASI context: no preopens, env, args or stdin; network
-/// refused; stdout discarded; stderr into a bounded tail.
-fn wasi_ctx(stderr: &TailPipe) -> WasiCtx {
+/// refused; stdout discarded; stderr into a bounded tail; deterministic
+/// clocks and randomness. Then exactly what the grants add.
+fn wasi_ctx(stderr: &TailPipe, grants: &Grants, det: &Determinism) -> wasmtime::Result<WasiCtx> {
     let mut b = WasiCtx::builder();
     b.stderr(stderr.clone());
     b.allow_tcp(false);
     b.allow_udp(false);
     b.allow_ip_name_lookup(false);
     b.socket_addr_check(|_, _| Box::pin(async { false }));
-    b.build()
+    if !grants.real_clock {
+        b.wall_clock(det.wall_clock());
+        b.monotonic_clock(det.monotonic_clock());
+    }
+    if !grants.real_random {
+        b.secure_random(det.rng());
+        b.insecure_random(det.rng());
+        b.insecure_random_seed(u128::from(grants.seed));
+    }
+    b.envs(&grants.env);
+    for dir in &grants.dirs {
+        let perms = if dir.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+        b.preopened_dir(&dir.host, &dir.guest, perms)
+            .map_err(|e| wasmtime::format_err!("granting {}: {e}", dir.host.display()))?;
+    }
+    Ok(b.build())
 }
 
-fn new_store(engine: &Engine, settings: &EngineSettings, stderr: &TailPipe) -> Store<State> {
+fn new_store(
+    engine: &Engine,
+    settings: &EngineSettings,
+    stderr: &TailPipe,
+    det: &Determinism,
+) -> wasmtime::Result<Store<State>> {
     let state = State {
-        wasi: wasi_ctx(stderr),
+        wasi: wasi_ctx(stderr, &settings.grants, det)?,
         table: ResourceTable::new(),
         limiter: Limiter { memory: settings.limits.memory, refused: None },
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
     store.epoch_deadline_trap();
-    store
+    Ok(store)
 }
 
 /// The kernel export the host calls.
@@ -111,6 +134,7 @@ pub(crate) struct Runtime {
     export: ComponentExportIndex,
     settings: EngineSettings,
     stderr: TailPipe,
+    determinism: Determinism,
     live: Option<Live>,
     /// Epoch ticks that make up the timeout (see the worker's ticker).
     timeout_ticks: Option<u64>,
@@ -127,7 +151,17 @@ impl Runtime {
         let export = component
             .get_export_index(None, MAP_EXPORT)
             .ok_or_else(|| wasmtime::format_err!("component has no `map` export"))?;
-        Ok(Runtime { engine, pre, export, settings, stderr: TailPipe::new(STDERR_TAIL), live: None, timeout_ticks })
+        let determinism = Determinism::new(settings.grants.seed);
+        Ok(Runtime {
+            engine,
+            pre,
+            export,
+            settings,
+            stderr: TailPipe::new(STDERR_TAIL),
+            determinism,
+            live: None,
+            timeout_ticks,
+        })
     }
 
     /// Runs one item to completion and says how it ended. Never panics on
@@ -142,10 +176,14 @@ impl Runtime {
             );
         }
         self.stderr.clear();
+        self.determinism.reset();
         let live = match self.live.take() {
             Some(live) => live,
             None => {
-                let mut store = new_store(&self.engine, &self.settings, &self.stderr);
+                let mut store = match new_store(&self.engine, &self.settings, &self.stderr, &self.determinism) {
+                    Ok(store) => store,
+                    Err(e) => return err(WireKind::Trap, format!("cannot set up the instance: {e:#}"), vec![]),
+                };
                 // Instantiation runs guest code too (initialisers): it needs
                 // fuel and a deadline like the call itself.
                 if let Some(fuel) = self.settings.limits.fuel {
