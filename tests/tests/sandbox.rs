@@ -148,3 +148,43 @@ fn s05_deterministic_clocks_and_random_give_identical_output_across_runs() {
     let real = cli_probe(&["--allow-clock"], b"time\n");
     assert!(!stdout(&real).starts_with("wall=Ok(946684800)"), "{}", stdout(&real));
 }
+
+#[test]
+fn s07_s08_confined_workers_are_denied_forbidden_syscalls_and_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let grants = wpool::Grants {
+        dirs: vec![wpool::DirGrant { host: dir.path().to_path_buf(), guest: "/data".into(), writable: false }],
+        ..wpool::Grants::default()
+    };
+    let mut p = Pool::builder(kernel("probe")).workers(1).grants(grants).probe_sandbox().build().unwrap();
+    let status = p.sandbox_status().unwrap().clone();
+    assert!(status.no_new_privs && status.seccomp, "{status}");
+    assert_eq!(status.landlock, wpool::Enforcement::Full, "{status}");
+    // Inside the real worker, after confinement (the self-test hook):
+    assert_eq!(status.probes, ["socket=EPERM", "execve=EPERM", "ptrace=EPERM", "open_etc_passwd=EACCES"]);
+    // The granted directory still works through WASI under Landlock.
+    std::fs::write(dir.path().join("f"), "abc").unwrap();
+    assert_eq!(p.map(["read:/data/f"]).unwrap()[0].as_deref().unwrap(), b"ALLOWED: 3");
+    let pid = p.worker_pids()[0];
+    let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(proc_status.contains("NoNewPrivs:\t1"), "{proc_status}");
+    assert!(proc_status.contains("Seccomp:\t2"), "filter mode: {proc_status}");
+}
+
+#[test]
+fn s10_handshake_reports_the_sandbox_and_require_sandbox_runs_where_it_is_complete() {
+    let mut cmd = wpool();
+    cmd.args(["inspect", "--sandbox"]).arg(kernel_path("echo"));
+    let o = run(cmd, b"");
+    let text = stdout(&o);
+    assert!(text.contains("seccomp:      true") && text.contains("landlock:     Full"), "{text}");
+    let mut cmd = wpool();
+    cmd.args(["map", "--require-sandbox"]).arg(kernel_path("upper"));
+    let o = run(cmd, b"ok\n");
+    assert_eq!(stdout(&o), "OK\n", "{}", stderr(&o));
+    // Where it is not complete, the refusal names what is missing.
+    let missing =
+        wpool::Error::SandboxUnavailable { status: wpool::SandboxStatus::unconfined("no landlock here").to_string() };
+    let message = missing.to_string();
+    assert!(message.contains("landlock=Unavailable") && message.contains("--require-sandbox"), "{message}");
+}

@@ -45,6 +45,10 @@ enum Command {
     Inspect {
         /// The kernel (.wasm component).
         kernel: PathBuf,
+        /// Also start a worker with this kernel and report how it confined
+        /// itself on this machine (seccomp, Landlock, no_new_privs).
+        #[arg(long)]
+        sandbox: bool,
     },
 }
 
@@ -121,6 +125,10 @@ struct MapArgs {
     /// Give kernels real entropy.
     #[arg(long)]
     allow_random: bool,
+    /// Refuse to run unless every worker confines itself fully (seccomp,
+    /// Landlock, no_new_privs); exit 2 naming what is missing.
+    #[arg(long)]
+    require_sandbox: bool,
     /// Show a progress bar on stderr [default: when stderr is a terminal].
     #[arg(long, overrides_with = "no_progress")]
     progress: bool,
@@ -133,7 +141,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Map(args) => map(args),
-        Command::Inspect { kernel } => inspect(&kernel),
+        Command::Inspect { kernel, sandbox } => inspect(&kernel, sandbox),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -151,7 +159,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe))
 }
 
-fn inspect(path: &std::path::Path) -> Result<u8> {
+fn inspect(path: &std::path::Path, sandbox: bool) -> Result<u8> {
     let ins = Kernel::inspect(path)?;
     let mut out = io::stdout().lock();
     writeln!(out, "kernel:  {}", path.display())?;
@@ -167,6 +175,16 @@ fn inspect(path: &std::path::Path) -> Result<u8> {
     }
     for (i, exp) in list(&ins.info.exports).iter().enumerate() {
         writeln!(out, "{:9}{exp}", if i == 0 { "exports:" } else { "" })?;
+    }
+    if sandbox && ins.rejection.is_none() {
+        let pool = Pool::builder(Kernel::from_file(path)?).workers(1).build()?;
+        let status = pool.sandbox_status().context("the worker reported no sandbox status")?;
+        writeln!(out, "sandbox: no_new_privs: {}", status.no_new_privs)?;
+        writeln!(out, "         seccomp:      {}", status.seccomp)?;
+        writeln!(out, "         landlock:     {:?}", status.landlock)?;
+        if !status.detail.is_empty() {
+            writeln!(out, "         detail:       {}", status.detail)?;
+        }
     }
     Ok(if ins.rejection.is_none() { 0 } else { 1 })
 }
@@ -198,6 +216,7 @@ fn map(args: MapArgs) -> Result<u8> {
         .retries(args.retries)
         .limits(limits)
         .grants(grants)
+        .require_sandbox(args.require_sandbox)
         .build()?;
 
     let interrupted = Arc::new(AtomicBool::new(false));

@@ -265,6 +265,12 @@ pub enum Error {
         /// The window.
         window: Duration,
     },
+    /// `require_sandbox` is set and a worker could not confine itself fully.
+    #[error("the worker sandbox is not fully available on this machine ({status}); run without --require-sandbox to accept that")]
+    SandboxUnavailable {
+        /// What the worker reported.
+        status: String,
+    },
     /// The run was cancelled through a [`crate::Canceller`].
     #[error("cancelled")]
     Cancelled,

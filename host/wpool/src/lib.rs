@@ -52,6 +52,7 @@ pub use grants::{DirGrant, Grants};
 pub use kernel::{Inspection, Kernel, KernelInfo};
 pub use limits::Limits;
 pub use pool::{Canceller, Imap, ImapUnordered, Pool, PoolBuilder};
+pub use sandbox::{Enforcement, SandboxStatus};
 pub use scheduler::{Chunksize, ItemResult, PoolStats};
 
 /// The hidden worker entry point, run by the C runtime before `main`.

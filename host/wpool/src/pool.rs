@@ -16,6 +16,7 @@ use crate::grants::Grants;
 use crate::kernel::Kernel;
 use crate::limits::{EngineSettings, Limits};
 use crate::protocol::{Hello, PROTOCOL_VERSION};
+use crate::sandbox::SandboxStatus;
 use crate::scheduler::{Chunksize, Input, ItemResult, PoolStats, SchedConfig, Scheduler};
 use crate::supervisor::{Event, WorkerCommand};
 
@@ -43,6 +44,8 @@ pub struct PoolBuilder {
     max_restarts: Option<u32>,
     command: WorkerCommand,
     crash_on: Option<Vec<u8>>,
+    require_sandbox: bool,
+    probe_sandbox: bool,
 }
 
 impl PoolBuilder {
@@ -109,6 +112,21 @@ impl PoolBuilder {
         self
     }
 
+    /// Refuse to run unless every worker confines itself fully
+    /// (`no_new_privs`, seccomp and Landlock); see [`Pool::sandbox_status`].
+    pub fn require_sandbox(mut self, yes: bool) -> Self {
+        self.require_sandbox = yes;
+        self
+    }
+
+    /// Test hook: workers try forbidden syscalls after confining themselves
+    /// and report the outcomes in [`SandboxStatus::probes`].
+    #[doc(hidden)]
+    pub fn probe_sandbox(mut self) -> Self {
+        self.probe_sandbox = true;
+        self
+    }
+
     /// Test hook: a worker process aborts when handed exactly this item,
     /// standing in for a host or wasmtime bug that kills the process.
     #[doc(hidden)]
@@ -143,6 +161,7 @@ impl PoolBuilder {
             digest: artifact.digest,
             settings,
             crash_on: self.crash_on,
+            probe_sandbox: self.probe_sandbox,
         };
         let cfg = SchedConfig {
             workers: self.workers,
@@ -151,6 +170,7 @@ impl PoolBuilder {
             handshake_timeout: self.handshake_timeout,
             restart_window: self.restart_window,
             max_restarts: self.max_restarts.unwrap_or(100 + 10 * self.workers as u32),
+            require_sandbox: self.require_sandbox,
             hello,
             command: self.command,
         };
@@ -190,6 +210,8 @@ impl Pool {
             max_restarts: None,
             command: WorkerCommand { launcher: Vec::new(), program: None },
             crash_on: None,
+            require_sandbox: false,
+            probe_sandbox: false,
         }
     }
 
@@ -210,6 +232,12 @@ impl Pool {
     /// that work starts early; call this to have the full pool up front.
     pub fn wait_ready(&mut self) -> Result<(), Error> {
         self.sched.wait_ready()
+    }
+
+    /// How the workers confined themselves, as the latest one reported in
+    /// its handshake.
+    pub fn sandbox_status(&self) -> Option<&SandboxStatus> {
+        self.sched.sandbox_status()
     }
 
     /// Counters: workers spawned, worker deaths, retried items.

@@ -14,9 +14,10 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::limits::EngineSettings;
+use crate::sandbox::SandboxStatus;
 
 /// Bumped on every incompatible change of the frame types.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The cap on the very first frame (`Hello` / `Ready`), before limits are known.
 pub const HANDSHAKE_FRAME_CAP: usize = 1 << 20;
@@ -43,7 +44,7 @@ pub fn frame_cap(max_item_size: usize) -> usize {
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub enum HostMsg<'a> {
     /// First frame: what to run and under which limits.
-    Hello(Hello),
+    Hello(Box<Hello>),
     /// A chunk of items to run in order.
     Run {
         /// Host-chosen chunk id, echoed in [`WorkerMsg::Results`].
@@ -71,13 +72,16 @@ pub struct Hello {
     /// Test hook: the worker process aborts when it is handed this exact item.
     /// Stands in for a wasmtime or host bug that kills the worker process.
     pub crash_on: Option<Vec<u8>>,
+    /// Test hook: after confining itself, the worker tries forbidden
+    /// syscalls and reports the outcomes in its sandbox status.
+    pub probe_sandbox: bool,
 }
 
 /// Worker → host.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub enum WorkerMsg {
     /// The kernel is loaded; the worker takes `Run` frames from now on.
-    Ready { version: u32, pid: u32 },
+    Ready { version: u32, pid: u32, sandbox: SandboxStatus },
     /// Outcomes of items `offset..offset + outcomes.len()` of `chunk`.
     Results { chunk: u64, offset: u32, outcomes: Vec<Outcome> },
     /// The worker cannot start (bad artifact, version mismatch); it exits next.

@@ -164,6 +164,10 @@ impl Runtime {
         })
     }
 
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// Runs one item to completion and says how it ended. Never panics on
     /// guest behaviour; after any trap the instance is discarded.
     pub(crate) fn run_item(&mut self, input: &[u8]) -> Outcome {

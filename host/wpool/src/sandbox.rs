@@ -8,6 +8,8 @@ use std::fs::File;
 use std::io;
 use std::os::fd::FromRawFd;
 
+use serde::{Deserialize, Serialize};
+
 /// Runs in the forked child between `fork` and `exec` (async-signal-safe
 /// calls only).
 ///
@@ -70,5 +72,201 @@ pub(crate) fn harden_worker() {
         libc::setrlimit(libc::RLIMIT_CORE, &core);
         let files = libc::rlimit { rlim_cur: 256, rlim_max: 256 };
         libc::setrlimit(libc::RLIMIT_NOFILE, &files);
+    }
+}
+
+/// How far a protection is in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Enforcement {
+    /// Fully enforced.
+    Full,
+    /// Enforced as far as this kernel supports (an older Landlock ABI).
+    Partial,
+    /// Not available on this machine.
+    Unavailable,
+}
+
+/// What a worker process locked down about itself, reported in the
+/// handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SandboxStatus {
+    /// `PR_SET_NO_NEW_PRIVS`: no privilege gain through `exec`.
+    pub no_new_privs: bool,
+    /// The seccomp filter denying sockets, `exec`, `ptrace`, mounts, … is
+    /// installed on every thread.
+    pub seccomp: bool,
+    /// Landlock: no filesystem access beyond the granted directories.
+    pub landlock: Enforcement,
+    /// Errors met while confining, if any.
+    pub detail: String,
+    /// Results of the self-test hook (empty unless asked for).
+    pub probes: Vec<String>,
+}
+
+impl SandboxStatus {
+    /// Nothing in force (what a worker that did not confine itself reports).
+    pub fn unconfined(detail: impl Into<String>) -> SandboxStatus {
+        SandboxStatus {
+            no_new_privs: false,
+            seccomp: false,
+            landlock: Enforcement::Unavailable,
+            detail: detail.into(),
+            probes: Vec::new(),
+        }
+    }
+
+    /// Whether every protection is fully in force.
+    pub fn is_complete(&self) -> bool {
+        self.no_new_privs && self.seccomp && self.landlock == Enforcement::Full
+    }
+}
+
+impl std::fmt::Display for SandboxStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no_new_privs={} seccomp={} landlock={:?}", self.no_new_privs, self.seccomp, self.landlock)?;
+        if !self.detail.is_empty() {
+            write!(f, " ({})", self.detail)?;
+        }
+        Ok(())
+    }
+}
+
+/// Syscalls a wasm worker never needs once the kernel is loaded. A
+/// deny-list, so that wasmtime's own needs (mmap, mprotect, signals,
+/// threads, futexes) stay untouched; each is refused with `EPERM`.
+const DENIED_SYSCALLS: &[libc::c_long] = &[
+    libc::SYS_socket,
+    libc::SYS_connect,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_accept,
+    libc::SYS_accept4,
+    libc::SYS_execve,
+    libc::SYS_execveat,
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_chroot,
+    libc::SYS_unshare,
+    libc::SYS_setns,
+    libc::SYS_kexec_load,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_userfaultfd,
+    libc::SYS_personality,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_reboot,
+    libc::SYS_sethostname,
+    libc::SYS_setdomainname,
+    libc::SYS_acct,
+];
+
+/// Confines the worker process after the kernel is loaded and before any
+/// item runs: `no_new_privs`, Landlock (read access to the granted
+/// read-only directories, full access to the `:rw` ones, nothing else), and
+/// the seccomp deny-list on every thread. Best effort: what could not be
+/// applied is reported, and the host decides (`require_sandbox`).
+pub(crate) fn confine(grants: &crate::grants::Grants) -> SandboxStatus {
+    let mut detail = Vec::new();
+    // SAFETY: plain prctl without pointers.
+    let no_new_privs = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } == 0;
+    let landlock = match restrict_filesystem(grants) {
+        Ok(status) => status,
+        Err(e) => {
+            detail.push(format!("landlock: {e}"));
+            Enforcement::Unavailable
+        }
+    };
+    let seccomp = match install_seccomp() {
+        Ok(()) => true,
+        Err(e) => {
+            detail.push(format!("seccomp: {e}"));
+            false
+        }
+    };
+    SandboxStatus { no_new_privs, seccomp, landlock, detail: detail.join("; "), probes: Vec::new() }
+}
+
+fn restrict_filesystem(grants: &crate::grants::Grants) -> Result<Enforcement, landlock::RulesetError> {
+    use landlock::{
+        path_beneath_rules, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, ABI,
+    };
+    let abi = ABI::V5;
+    let read_only: Vec<&std::path::Path> =
+        grants.dirs.iter().filter(|d| !d.writable).map(|d| d.host.as_path()).collect();
+    let writable: Vec<&std::path::Path> = grants.dirs.iter().filter(|d| d.writable).map(|d| d.host.as_path()).collect();
+    let status = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))?
+        .create()?
+        .add_rules(path_beneath_rules(read_only, AccessFs::from_read(abi)))?
+        .add_rules(path_beneath_rules(writable, AccessFs::from_all(abi)))?
+        .restrict_self()?;
+    Ok(match status.ruleset {
+        RulesetStatus::FullyEnforced => Enforcement::Full,
+        RulesetStatus::PartiallyEnforced => Enforcement::Partial,
+        RulesetStatus::NotEnforced => Enforcement::Unavailable,
+    })
+}
+
+fn install_seccomp() -> Result<(), String> {
+    use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
+    let rules = DENIED_SYSCALLS.iter().map(|nr| (*nr, Vec::new())).collect();
+    let arch = std::env::consts::ARCH.try_into().map_err(|e| format!("{e:?}"))?;
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch)
+        .map_err(|e| e.to_string())?;
+    let program: BpfProgram = filter.try_into().map_err(|e: seccompiler::BackendError| e.to_string())?;
+    // TSYNC: every thread of the process, including ones started earlier.
+    seccompiler::apply_filter_all_threads(&program).map_err(|e| e.to_string())
+}
+
+/// The self-test hook: tries what the sandbox must refuse, from inside the
+/// real worker, after confinement. Each entry is `name=outcome`.
+pub(crate) fn probe() -> Vec<String> {
+    fn outcome(ret: libc::c_long) -> String {
+        if ret >= 0 {
+            "allowed".into()
+        } else {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EPERM) => "EPERM".into(),
+                Some(libc::EACCES) => "EACCES".into(),
+                _ => e.to_string(),
+            }
+        }
+    }
+    // SAFETY: raw syscalls with valid, NUL-terminated constant arguments;
+    // any fd they return is closed right away.
+    unsafe {
+        let socket = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) as libc::c_long;
+        let socket_out = outcome(socket);
+        if socket >= 0 {
+            libc::close(socket as i32);
+        }
+        let argv = [c"/bin/true".as_ptr(), std::ptr::null()];
+        let envp = [std::ptr::null::<libc::c_char>()];
+        let exec = outcome(libc::execve(c"/bin/true".as_ptr(), argv.as_ptr(), envp.as_ptr()) as libc::c_long);
+        let ptrace = outcome(libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0));
+        let open = libc::open(c"/etc/passwd".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        let open_out = outcome(open as libc::c_long);
+        if open >= 0 {
+            libc::close(open);
+        }
+        vec![
+            format!("socket={socket_out}"),
+            format!("execve={exec}"),
+            format!("ptrace={ptrace}"),
+            format!("open_etc_passwd={open_out}"),
+        ]
     }
 }

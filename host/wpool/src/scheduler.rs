@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::error::{Crash, Error, ItemIndex, TaskError, TaskErrorKind, WorkerId};
 use crate::protocol::{self, Hello, HostMsg, Outcome, WireError, WireKind, WorkerMsg, BATCH_BYTES, PROTOCOL_VERSION};
+use crate::sandbox::SandboxStatus;
 use crate::supervisor::{Event, Spawner, WorkerCommand, WorkerEnd, WorkerProc};
 
 /// The result of one item.
@@ -48,6 +49,7 @@ pub(crate) struct SchedConfig {
     pub handshake_timeout: Duration,
     pub restart_window: Duration,
     pub max_restarts: u32,
+    pub require_sandbox: bool,
     pub hello: Hello,
     pub command: WorkerCommand,
 }
@@ -164,6 +166,7 @@ pub(crate) struct Scheduler {
     job: Job,
     frame: Vec<u8>,
     stats: PoolStats,
+    sandbox: Option<SandboxStatus>,
 }
 
 /// Counters over the life of a pool, for monitoring and tests.
@@ -211,6 +214,7 @@ impl Scheduler {
             job: Job::default(),
             frame: Vec::new(),
             stats: PoolStats::default(),
+            sandbox: None,
         };
         for slot in 0..s.slots.len() {
             s.respawn(slot);
@@ -229,6 +233,10 @@ impl Scheduler {
 
     pub(crate) fn cancel_handle(&self) -> (Arc<AtomicBool>, Sender<Event>) {
         (Arc::clone(&self.cancelled), self.wake.clone())
+    }
+
+    pub(crate) fn sandbox_status(&self) -> Option<&SandboxStatus> {
+        self.sandbox.as_ref()
     }
 
     pub(crate) fn stats(&self) -> PoolStats {
@@ -529,7 +537,13 @@ impl Scheduler {
 
     fn on_msg(&mut self, slot: usize, msg: WorkerMsg) {
         match (self.slots[slot].state, msg) {
-            (SlotState::Starting(_), WorkerMsg::Ready { version, .. }) if version == PROTOCOL_VERSION => {
+            (SlotState::Starting(_), WorkerMsg::Ready { version, sandbox, .. }) if version == PROTOCOL_VERSION => {
+                if self.cfg.require_sandbox && !sandbox.is_complete() {
+                    self.kill(slot, KillReason::Abandoned);
+                    self.job.fatal.get_or_insert(Error::SandboxUnavailable { status: sandbox.to_string() });
+                    return;
+                }
+                self.sandbox = Some(sandbox);
                 self.slots[slot].state = SlotState::Ready;
                 self.startup_failures = 0;
             }

@@ -196,7 +196,7 @@ fn spawn_one(command: &WorkerCommand, req: &SpawnRequest, events: &Sender<Event>
 
     let mut hello_frame = Vec::new();
     let cap = frame_cap(req.hello.settings.limits.max_item_size);
-    protocol::encode(&HostMsg::Hello(req.hello.clone()), &mut hello_frame);
+    protocol::encode(&HostMsg::Hello(Box::new(req.hello.clone())), &mut hello_frame);
     let _ = frames_tx.send(hello_frame);
 
     let tail = Arc::new(Mutex::new(VecDeque::<u8>::new()));

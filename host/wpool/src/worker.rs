@@ -72,7 +72,17 @@ fn run() -> Result<(), String> {
             return Err(message);
         }
     };
-    send(&WorkerMsg::Ready { version: PROTOCOL_VERSION, pid: std::process::id() })?;
+    // The kernel is in memory: from here on the worker needs no filesystem
+    // (but granted directories), no network, no exec. Confine before any
+    // other thread starts, so that every thread inherits it.
+    let mut sandbox = sandbox::confine(&hello.settings.grants);
+    if hello.probe_sandbox {
+        sandbox.probes = sandbox::probe();
+    }
+    if hello.settings.limits.timeout.is_some() {
+        start_epoch_ticker(runtime.engine());
+    }
+    send(&WorkerMsg::Ready { version: PROTOCOL_VERSION, pid: std::process::id(), sandbox })?;
 
     let (tx, rx) = crossbeam_channel::unbounded::<Vec<u8>>();
     let stack = crate::limits::native_stack_for(&hello.settings.limits);
@@ -122,10 +132,7 @@ fn load(hello: &Hello) -> Result<Runtime, String> {
     // itself, and match the digest the host recorded when it wrote them;
     // wasmtime further checks that the artifact fits this engine.
     let component = unsafe { Component::deserialize(&engine, &bytes) }.map_err(|e| format!("artifact: {e:#}"))?;
-    let ticks = hello.settings.limits.timeout.map(|t| {
-        start_epoch_ticker(&engine);
-        (t.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64).max(1)
-    });
+    let ticks = hello.settings.limits.timeout.map(|t| (t.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64).max(1));
     Runtime::new(engine, &component, hello.settings.clone(), ticks).map_err(|e| format!("preparing kernel: {e:#}"))
 }
 

@@ -39,8 +39,15 @@ fn main() {
         let _ = input.read_to_end(&mut Vec::new());
         return;
     }
-    protocol::write_frame(&mut output, &WorkerMsg::Ready { version: PROTOCOL_VERSION, pid: std::process::id() })
-        .unwrap();
+    protocol::write_frame(
+        &mut output,
+        &WorkerMsg::Ready {
+            version: PROTOCOL_VERSION,
+            pid: std::process::id(),
+            sandbox: wpool::SandboxStatus::unconfined("evil"),
+        },
+    )
+    .unwrap();
     if mode == "exit-after-handshake" {
         std::process::exit(0);
     }
