@@ -70,6 +70,15 @@ fn s06_workers_are_separate_processes_with_a_cleared_environment() {
         let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
         assert!(environ.is_empty(), "worker environment must be empty: {}", String::from_utf8_lossy(&environ));
     }
+    // Their working directory is an empty private directory, gone with the pool.
+    let pid = p.worker_pids()[0];
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
+    assert!(cwd.file_name().unwrap().to_string_lossy().starts_with("wpool-"), "{}", cwd.display());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&cwd).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::read_dir(&cwd).unwrap().count(), 0);
+    drop(p);
+    assert!(!cwd.exists(), "removed with the pool");
 }
 
 #[test]
@@ -187,4 +196,49 @@ fn s10_handshake_reports_the_sandbox_and_require_sandbox_runs_where_it_is_comple
         wpool::Error::SandboxUnavailable { status: wpool::SandboxStatus::unconfined("no landlock here").to_string() };
     let message = missing.to_string();
     assert!(message.contains("landlock=Unavailable") && message.contains("--require-sandbox"), "{message}");
+}
+
+#[test]
+fn s11_a_tampered_artifact_cache_is_detected_and_recompiled() {
+    let cache = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(kernel_path("upper")).unwrap();
+    let k = wpool::Kernel::from_bytes_with_cache("upper", bytes.clone(), cache.path()).unwrap();
+    drop(k);
+    let artifact = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .expect("the artifact was cached");
+    let original = std::fs::read(&artifact).unwrap();
+    // Flip bytes in the middle of the compiled code.
+    let mut tampered = original.clone();
+    let mid = tampered.len() / 2;
+    for b in &mut tampered[mid..mid + 64] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&artifact, &tampered).unwrap();
+    let k = wpool::Kernel::from_bytes_with_cache("upper", bytes.clone(), cache.path()).unwrap();
+    assert_eq!(std::fs::read(&artifact).unwrap(), original, "recompiled, not deserialized");
+    let mut p = Pool::builder(k).workers(1).build().unwrap();
+    assert_eq!(p.map(["ok"]).unwrap()[0].as_deref().unwrap(), b"OK");
+
+    // Tampered while the pool runs: a respawned worker checks the digest
+    // the host recorded, and refuses to deserialize.
+    let victim = p.worker_pids()[0];
+    std::fs::write(&artifact, &tampered).unwrap();
+    signal(victim, libc::SIGKILL);
+    match p.map(["again"]) {
+        Err(wpool::Error::WorkerStartup { last, .. }) => {
+            assert!(last.contains("does not match the digest the host recorded"), "{last}")
+        }
+        other => panic!("expected WorkerStartup, got {other:?}"),
+    }
+
+    // A cache directory others can write to is refused outright.
+    let open = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = wpool::Kernel::from_bytes_with_cache("upper", std::fs::read(kernel_path("upper")).unwrap(), open.path())
+        .unwrap_err();
+    assert!(err.to_string().contains("must be private"), "{err}");
 }

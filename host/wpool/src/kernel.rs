@@ -336,9 +336,9 @@ impl ArtifactCache {
         if meta.uid() != me {
             return Err(cache_err(format!("owned by uid {}, not by this user ({me})", meta.uid())));
         }
-        if meta.permissions().mode() & 0o077 != 0 {
+        if meta.permissions().mode() & 0o022 != 0 {
             return Err(cache_err(format!(
-                "mode {:o} lets other users in; artifacts are loaded with `unsafe` deserialize, so the \
+                "mode {:o} lets other users write; artifacts are loaded with `unsafe` deserialize, so the \
                  directory must be private (chmod 700)",
                 meta.permissions().mode() & 0o777
             )));

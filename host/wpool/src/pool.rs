@@ -208,7 +208,7 @@ impl Pool {
             handshake_timeout: Duration::from_secs(60),
             restart_window: Duration::from_secs(1),
             max_restarts: None,
-            command: WorkerCommand { launcher: Vec::new(), program: None },
+            command: WorkerCommand { launcher: Vec::new(), program: None, cwd: PathBuf::from("/") },
             crash_on: None,
             require_sandbox: false,
             probe_sandbox: false,

@@ -270,3 +270,32 @@ pub(crate) fn probe() -> Vec<String> {
         ]
     }
 }
+
+/// An empty directory only this user can enter, used as the workers'
+/// working directory and removed with the pool.
+#[derive(Debug)]
+pub(crate) struct PrivateDir {
+    path: std::path::PathBuf,
+}
+
+impl PrivateDir {
+    pub(crate) fn create() -> io::Result<PrivateDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("wpool-{}-{n}-{nanos}", std::process::id()));
+        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        Ok(PrivateDir { path })
+    }
+
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}

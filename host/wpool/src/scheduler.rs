@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::error::{Crash, Error, ItemIndex, TaskError, TaskErrorKind, WorkerId};
 use crate::protocol::{self, Hello, HostMsg, Outcome, WireError, WireKind, WorkerMsg, BATCH_BYTES, PROTOCOL_VERSION};
-use crate::sandbox::SandboxStatus;
+use crate::sandbox::{PrivateDir, SandboxStatus};
 use crate::supervisor::{Event, Spawner, WorkerCommand, WorkerEnd, WorkerProc};
 
 /// The result of one item.
@@ -167,6 +167,8 @@ pub(crate) struct Scheduler {
     frame: Vec<u8>,
     stats: PoolStats,
     sandbox: Option<SandboxStatus>,
+    /// Declared last: removed after the workers are gone.
+    _cwd: PrivateDir,
 }
 
 /// Counters over the life of a pool, for monitoring and tests.
@@ -184,7 +186,9 @@ pub struct PoolStats {
 
 impl Scheduler {
     /// Starts all workers and waits until one is ready (or they fail).
-    pub(crate) fn start(cfg: SchedConfig) -> Result<Scheduler, Error> {
+    pub(crate) fn start(mut cfg: SchedConfig) -> Result<Scheduler, Error> {
+        let cwd = PrivateDir::create()?;
+        cfg.command.cwd = cwd.path().to_path_buf();
         let (tx, rx) = crossbeam_channel::unbounded();
         let spawner = Spawner::start(cfg.command.clone(), tx.clone());
         let now = Instant::now();
@@ -215,6 +219,7 @@ impl Scheduler {
             frame: Vec::new(),
             stats: PoolStats::default(),
             sandbox: None,
+            _cwd: cwd,
         };
         for slot in 0..s.slots.len() {
             s.respawn(slot);

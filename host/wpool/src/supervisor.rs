@@ -30,6 +30,8 @@ pub(crate) struct WorkerCommand {
     pub launcher: Vec<String>,
     /// A binary that links the `wpool` library; default: this executable.
     pub program: Option<PathBuf>,
+    /// The workers' working directory (empty and private).
+    pub cwd: PathBuf,
 }
 
 impl WorkerCommand {
@@ -179,8 +181,8 @@ impl Drop for Spawner {
 fn spawn_one(command: &WorkerCommand, req: &SpawnRequest, events: &Sender<Event>) -> std::io::Result<WorkerProc> {
     let mut cmd = command.command();
     // Workers see none of the host's environment (secrets included) and
-    // start in the root directory, not the caller's.
-    cmd.env_clear().current_dir("/").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // start in an empty private directory, not the caller's.
+    cmd.env_clear().current_dir(&command.cwd).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let host_pid = std::process::id() as libc::pid_t;
     // SAFETY: the closure only makes async-signal-safe syscalls.
     unsafe {
