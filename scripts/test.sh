@@ -15,6 +15,14 @@ echo "== clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
 (cd guest-kernels && cargo clippy --workspace --target wasm32-wasip2 --target-dir ../target/guest --locked -- -D warnings)
 
+echo "== dependencies" >&2
+if ! command -v cargo-deny >/dev/null 2>&1; then
+  echo "test: installing cargo-deny (a few minutes, once)" >&2
+  cargo install --locked cargo-deny
+fi
+# Advisories need the RustSec database from GitHub, out of reach here.
+cargo deny --locked check bans licenses sources
+
 echo "== build" >&2
 cargo build --workspace --examples --bins --locked
 
