@@ -569,3 +569,20 @@ fn cli_hostile_kernel_over_mixed_inputs_prints_good_results_and_a_typed_error_pe
     }
     assert_eq!(stderr(&o).lines().count(), 5, "one stderr line per failed item: {}", stderr(&o));
 }
+
+#[test]
+fn a_run_right_after_an_abandoned_one_never_lands_on_a_dying_worker() {
+    // With no retries, an item handed to a worker that is being killed
+    // (from the abandoned run) would fail as worker_crashed.
+    let mut p = Pool::builder(kernel("hostile")).workers(2).retries(0).chunksize(Chunksize::Fixed(1)).build().unwrap();
+    for round in 0..5 {
+        {
+            let mut it = p.imap(std::iter::repeat("spin:20"));
+            it.next().unwrap().unwrap().unwrap();
+        }
+        let out = p.map((0..20).map(|i| format!("r{round}i{i}"))).unwrap();
+        for (i, r) in out.iter().enumerate() {
+            assert_eq!(r.as_deref().unwrap(), format!("r{round}i{i}").as_bytes(), "round {round}");
+        }
+    }
+}

@@ -76,6 +76,15 @@ struct Slot {
     violation: Option<String>,
 }
 
+impl Slot {
+    /// Ready for another chunk: handshake done, not being killed (a worker
+    /// killed when a run was abandoned stays `Ready` until its exit is
+    /// seen, and must not be handed the next run's items), below `DEPTH`.
+    fn has_room(&self) -> bool {
+        self.state == SlotState::Ready && self.killed.is_none() && self.queue.len() < DEPTH
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum KillReason {
     Deadline,
@@ -331,7 +340,7 @@ impl Scheduler {
     }
 
     fn has_room(&self) -> bool {
-        self.slots.iter().any(|w| w.state == SlotState::Ready && w.queue.len() < DEPTH)
+        self.slots.iter().any(Slot::has_room)
     }
 
     /// Whether `next` can return a result without waiting.
@@ -395,7 +404,7 @@ impl Scheduler {
     fn dispatch(&mut self, input: &mut Input<'_>) {
         let max_item = self.cfg.hello.settings.limits.max_item_size;
         for slot in 0..self.slots.len() {
-            while self.slots[slot].state == SlotState::Ready && self.slots[slot].queue.len() < DEPTH {
+            while self.slots[slot].has_room() {
                 let mut items = Vec::new();
                 let mut bytes = 0;
                 if let Some(p) = self.job.retry.pop_front() {
