@@ -39,6 +39,9 @@ enum Command {
     /// Items are the lines of each INPUT (stdin when none, or `-`), without
     /// their `\n`. Results are printed in input order, one per line; failed
     /// items print nothing on stdout and one line on stderr.
+    #[command(after_long_help = "Exit status: 0 every item succeeded; 1 at least one item failed; 2 usage, \
+kernel-load or input error (nothing was run) or pool failure; 130 interrupted.\n\n\
+Example:\n  printf 'hello\\nworld\\n' | wpool map -j 2 --timeout 500ms target/kernels/wasip2/upper.wasm")]
     Map(MapArgs),
     /// Describe a kernel: format, world, imports, exports, size, and whether
     /// wpool accepts it.
