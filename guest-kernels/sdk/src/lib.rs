@@ -1,4 +1,4 @@
-//! Write a [wpool](https://example.invalid/wpool) kernel in Rust.
+//! Write a wpool kernel in Rust.
 //!
 //! A kernel is a WebAssembly component of world `wpool:kernel/kernel`
 //! (`wit/wpool.wit`): it exports `map(input: list<u8>) -> result<list<u8>, string>`.
