@@ -23,7 +23,7 @@ fi
 cargo deny --locked check bans licenses sources
 # Advisories need the RustSec database, cloned from GitHub, which these
 # machines cannot reach: check against a local copy when there is one.
-if compgen -G "$HOME/.cargo/advisory-dbs/advisory-db-*/crates" >/dev/null; then
+if compgen -G "${CARGO_HOME:-${HOME:-/root}/.cargo}/advisory-dbs/advisory-db-*/crates" >/dev/null; then
   cargo deny --offline --locked check advisories
 else
   echo "SKIPPED: cargo deny check advisories: no RustSec database in ~/.cargo/advisory-dbs (github.com unreachable)" >&2
