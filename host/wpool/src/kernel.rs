@@ -18,7 +18,7 @@ use wasmtime::component::Component;
 use wasmtime::Engine;
 
 use crate::error::Error;
-use crate::limits::{EngineSettings, Limits};
+use crate::limits::EngineSettings;
 use crate::runtime::{self, MAP_EXPORT};
 
 /// The contract's type of `map`, for messages.
@@ -42,6 +42,9 @@ pub struct Kernel {
     bytes: Arc<[u8]>,
     info: KernelInfo,
     cache: ArtifactCache,
+    /// The artifact compiled (or found) while validating, for the default
+    /// codegen settings.
+    default_artifact: Artifact,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -98,12 +101,12 @@ impl Kernel {
     }
 
     fn new(name: String, bytes: Arc<[u8]>, cache: ArtifactCache) -> Result<Kernel, Error> {
-        let settings = EngineSettings { limits: Limits::default(), grants: Default::default() };
-        // Compiling here also fills the cache for pools with default settings.
-        let (_, component, engine) = cache.get_or_compile(&name, &bytes, &settings)?;
+        // Validating needs a compiled component; keep its artifact so that a
+        // pool with default codegen settings need not load it again.
+        let (default_artifact, component, engine) = cache.get_or_compile(&name, &bytes, &EngineSettings::default())?;
         let info = describe(&engine, &component, bytes.len());
         check_contract(&name, &engine, &component)?;
-        Ok(Kernel { name, bytes, info, cache })
+        Ok(Kernel { name, bytes, info, cache, default_artifact })
     }
 
     /// The name used in messages (the path for files).
@@ -116,8 +119,12 @@ impl Kernel {
         &self.info
     }
 
-    /// The precompiled artifact for these settings (compiling on a cache miss).
+    /// The precompiled artifact for these settings (compiling on a cache
+    /// miss). Workers check its digest again before deserializing.
     pub(crate) fn artifact(&self, settings: &EngineSettings) -> Result<Artifact, Error> {
+        if settings.codegen_key() == EngineSettings::default().codegen_key() {
+            return Ok(self.default_artifact.clone());
+        }
         self.cache.get_or_compile(&self.name, &self.bytes, settings).map(|(a, _, _)| a)
     }
 
@@ -129,8 +136,7 @@ impl Kernel {
         let name = path.display().to_string();
         let mut info = KernelInfo { size: bytes.len(), format: format_of(&bytes), imports: vec![], exports: vec![] };
         let cache = ArtifactCache::default_location()?;
-        let settings = EngineSettings { limits: Limits::default(), grants: Default::default() };
-        let rejection = match cache.get_or_compile(&name, &bytes, &settings) {
+        let rejection = match cache.get_or_compile(&name, &bytes, &EngineSettings::default()) {
             Ok((_, component, engine)) => {
                 info = describe(&engine, &component, bytes.len());
                 check_contract(&name, &engine, &component).err()

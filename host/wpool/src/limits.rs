@@ -53,7 +53,7 @@ impl Default for Limits {
 
 /// What a worker needs to rebuild the engine that compiled the artifact, plus
 /// the limits it enforces. Crosses the wire in the handshake.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngineSettings {
     /// The per-item limits.
     pub limits: Limits,
