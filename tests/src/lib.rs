@@ -33,13 +33,34 @@ pub fn kernel(name: &str) -> wpool::Kernel {
     wpool::Kernel::from_file(kernel_path(name)).expect("fixture kernel loads")
 }
 
-/// The `wpool` CLI binary, built alongside the tests.
-pub fn wpool_bin() -> PathBuf {
+/// A binary of the workspace built alongside the tests, by its path under
+/// `target/<profile>/` (`wpool`, `evil-worker`, `examples/map_lines`).
+pub fn built_binary(relative: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test> → target/<profile>/wpool
-    let p = exe.parent().unwrap().parent().unwrap().join("wpool");
-    assert!(p.exists(), "{} is missing: build the workspace first (`cargo build --workspace`)", p.display());
+    // target/<profile>/deps/<test> → target/<profile>/<relative>
+    let p = exe.parent().unwrap().parent().unwrap().join(relative);
+    assert!(p.exists(), "{} is missing: build it with `cargo build --workspace --bins --examples`", p.display());
     p
+}
+
+/// The `wpool` CLI binary.
+pub fn wpool_bin() -> PathBuf {
+    built_binary("wpool")
+}
+
+/// A launcher that starts the `evil-worker` binary (see its docs) in `mode`,
+/// evil every time or, with `once`, only while that marker file does not
+/// exist. The evil binary comes first, with an argument of its own: it links
+/// `wpool`, whose constructor would otherwise take over any process started
+/// with the worker flag as its first argument.
+pub fn evil_launcher(mode: &str, once: Option<&Path>) -> Vec<String> {
+    let mut launcher = vec!["env".to_string(), format!("EVIL_MODE={mode}")];
+    if let Some(marker) = once {
+        launcher.push(format!("EVIL_ONCE={}", marker.display()));
+    }
+    launcher.push(built_binary("evil-worker").display().to_string());
+    launcher.push("--evil".into());
+    launcher
 }
 
 /// A `wpool` command with a generous hang guard applied by [`run`].

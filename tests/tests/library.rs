@@ -1,20 +1,11 @@
 //! The library used from another program: the `map_lines` example is built
 //! as its own binary and run as a user would run it.
 
-use std::path::PathBuf;
-
 use wpool_tests::*;
-
-fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join("examples").join("map_lines");
-    assert!(p.exists(), "{} is missing: build it with `cargo build --workspace --examples`", p.display());
-    p
-}
 
 #[test]
 fn library_example_program_maps_with_its_own_worker_processes() {
-    let mut cmd = std::process::Command::new(example_binary());
+    let mut cmd = std::process::Command::new(built_binary("examples/map_lines"));
     cmd.arg(kernel_path("hostile"));
     let o = run(cmd, b"one\nerr:nope\nthree\n");
     assert!(o.status.success(), "{}", stderr(&o));

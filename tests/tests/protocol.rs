@@ -4,32 +4,14 @@
 //! retries and bounded memory. P8 (fuzzing the decoder) is a proptest in
 //! `host/wpool/src/protocol.rs`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use wpool::{Chunksize, Error, Pool, PoolBuilder, TaskErrorKind};
 use wpool_tests::*;
 
-fn evil_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join("evil-worker");
-    assert!(p.exists(), "{} is missing: build with `cargo build --workspace --bins`", p.display());
-    p
-}
-
 /// A pool whose workers are all evil (`once: None`) or only the first one.
-///
-/// The evil binary comes first in the launcher, with an argument of its own:
-/// it links `wpool`, whose constructor would otherwise take over any process
-/// started with the worker flag as its first argument.
 fn evil_pool(mode: &str, once: Option<&std::path::Path>) -> PoolBuilder {
-    let mut launcher = vec!["env".to_string(), format!("EVIL_MODE={mode}")];
-    if let Some(marker) = once {
-        launcher.push(format!("EVIL_ONCE={}", marker.display()));
-    }
-    launcher.push(evil_binary().display().to_string());
-    launcher.push("--evil".into());
-    Pool::builder(kernel("echo")).workers(1).chunksize(Chunksize::Fixed(1)).launcher(launcher)
+    Pool::builder(kernel("echo")).workers(1).chunksize(Chunksize::Fixed(1)).launcher(evil_launcher(mode, once))
 }
 
 fn items(n: usize) -> Vec<String> {
