@@ -3,33 +3,9 @@
 
 struct Primes;
 
-/// Trial division by every odd number up to the square root, on purpose.
-pub fn count_primes_below(n: u64) -> u64 {
-    let mut count = 0;
-    for candidate in 2..n {
-        if is_prime(candidate) {
-            count += 1;
-        }
-    }
-    count
-}
+mod algorithm;
 
-fn is_prime(n: u64) -> bool {
-    if n < 4 {
-        return n >= 2;
-    }
-    if n.is_multiple_of(2) {
-        return false;
-    }
-    let mut d = 3;
-    while d * d <= n {
-        if n.is_multiple_of(d) {
-            return false;
-        }
-        d += 2;
-    }
-    true
-}
+pub use algorithm::count_primes_below;
 
 impl wpool_guest::Kernel for Primes {
     fn map(input: Vec<u8>) -> Result<Vec<u8>, String> {

@@ -1,0 +1,93 @@
+//! The hot paths, each on its own: frame encoding and decoding, a chunk's
+//! round trip through a worker, the per-item cost with reused and with fresh
+//! instances (the difference is instantiation), and an end-to-end map.
+//! Timeouts are on everywhere, as a user runs untrusted code.
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use wpool::protocol::{self, HostMsg, Outcome, WorkerMsg};
+use wpool::{Chunksize, Limits, Pool};
+
+fn limits() -> Limits {
+    Limits { timeout: Some(Duration::from_secs(10)), ..Limits::default() }
+}
+
+fn pool(workers: usize, chunksize: Chunksize, limits: Limits) -> Pool {
+    let mut pool = Pool::builder(wpool_benches::kernel("echo"))
+        .workers(workers)
+        .chunksize(chunksize)
+        .limits(limits)
+        .build()
+        .expect("pool");
+    pool.wait_ready().expect("workers ready");
+    pool
+}
+
+fn items(n: usize) -> Vec<Vec<u8>> {
+    (0..n).map(|i| format!("{i:08}").into_bytes()).collect()
+}
+
+fn frames(c: &mut Criterion) {
+    let data = items(1024);
+    let refs: Vec<&serde_bytes::Bytes> = data.iter().map(|d| serde_bytes::Bytes::new(d)).collect();
+    let mut g = c.benchmark_group("frames");
+    g.throughput(Throughput::Elements(1024));
+    let mut buf = Vec::new();
+    g.bench_function("encode_run_1024x8B", |b| {
+        b.iter(|| protocol::encode(&HostMsg::Run { chunk: 1, items: refs.clone() }, &mut buf))
+    });
+    protocol::encode(&HostMsg::Run { chunk: 1, items: refs.clone() }, &mut buf);
+    let payload = buf[4..].to_vec();
+    g.bench_function("decode_run_1024x8B", |b| b.iter(|| protocol::decode::<HostMsg>(&payload).unwrap()));
+    let results = WorkerMsg::Results {
+        chunk: 1,
+        offset: 0,
+        outcomes: data.iter().cloned().map(Outcome::Ok).collect(),
+        busy_ns: 1,
+    };
+    g.bench_function("encode_results_1024x8B", |b| b.iter(|| protocol::encode(&results, &mut buf)));
+    protocol::encode(&results, &mut buf);
+    let payload = buf[4..].to_vec();
+    g.bench_function("decode_results_1024x8B", |b| b.iter(|| protocol::decode::<WorkerMsg>(&payload).unwrap()));
+    g.finish();
+}
+
+fn round_trip(c: &mut Criterion) {
+    let mut p = pool(1, Chunksize::Fixed(1), limits());
+    c.bench_function("pool/round_trip_one_item", |b| b.iter(|| p.map([b"x".to_vec()]).unwrap()));
+}
+
+fn per_item(c: &mut Criterion) {
+    let data = items(10_000);
+    let mut g = c.benchmark_group("pool/10k_noop_items");
+    g.throughput(Throughput::Elements(data.len() as u64)).sample_size(20);
+    for (name, chunksize, limits) in [
+        ("chunksize_1", Chunksize::Fixed(1), limits()),
+        ("auto", Chunksize::Auto, limits()),
+        ("auto_fresh_instance_per_item", Chunksize::Auto, Limits { max_items_per_instance: Some(1), ..limits() }),
+    ] {
+        for workers in [1, 2] {
+            let mut p = pool(workers, chunksize, limits.clone());
+            g.bench_with_input(BenchmarkId::new(name, format!("{workers}w")), &data, |b, data| {
+                b.iter(|| {
+                    let out = p.map(data.iter().cloned()).unwrap();
+                    assert_eq!(out.len(), data.len());
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn bulk(c: &mut Criterion) {
+    let data: Vec<Vec<u8>> = (0..16u8).map(|i| vec![i; 1 << 20]).collect();
+    let mut g = c.benchmark_group("pool/16x1MiB_echo");
+    g.throughput(Throughput::Bytes(32 << 20)).sample_size(20);
+    let mut p = pool(2, Chunksize::Fixed(1), limits());
+    g.bench_function("2w", |b| b.iter(|| p.map(data.iter().cloned()).unwrap()));
+    g.finish();
+}
+
+criterion_group!(benches, frames, round_trip, per_item, bulk);
+criterion_main!(benches);

@@ -1,0 +1,542 @@
+//! `compare`: wpool side by side with native Rust and Python's process pools,
+//! in one run, on the workloads of `../shared/bench/peers.py`.
+//!
+//! ```text
+//! cargo run --release -p wpool-benches --bin compare -- [--quick] [--json] [--reps N] [--jobs N] [--no-peers]
+//! ```
+//!
+//! wpool is measured through the `wpool` CLI as a user runs it (whole
+//! process, start-up included, output to a pipe that this program drains),
+//! with timeouts on; native Rust through this program's own `native`
+//! subcommand (a whole process too, same algorithm source as the kernel);
+//! the peers through `python3 peers.py --json`. Every figure is a median of
+//! `--reps` runs (5; 3 with `--quick`). The table ends with the targets of
+//! the performance issue and whether each is met.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+#[path = "../../../guest-kernels/kernels/primes/src/algorithm.rs"]
+#[allow(dead_code)]
+mod algorithm;
+
+/// Sizes, the same as peers.py's for each mode.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    noop1_n: usize,
+    noop_auto_n: usize,
+    primes_items: usize,
+    primes_n: u64,
+    bulk_items: usize,
+    bulk_size: usize,
+    first_n: u64,
+}
+
+const FULL: Sizes = Sizes {
+    noop1_n: 20_000,
+    noop_auto_n: 1_000_000,
+    primes_items: 16,
+    primes_n: 120_000,
+    bulk_items: 64,
+    bulk_size: 1 << 20,
+    first_n: 10_000_000,
+};
+const QUICK: Sizes = Sizes {
+    noop1_n: 5_000,
+    noop_auto_n: 200_000,
+    primes_items: 8,
+    primes_n: 30_000,
+    bulk_items: 16,
+    bulk_size: 1 << 20,
+    first_n: 1_000_000,
+};
+
+struct Opts {
+    quick: bool,
+    json: bool,
+    reps: usize,
+    jobs: usize,
+    peers: bool,
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("native") {
+        return native(&args[1..]);
+    }
+    let mut opts = Opts { quick: false, json: false, reps: 0, jobs: 2, peers: true };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => opts.quick = true,
+            "--json" => opts.json = true,
+            "--no-peers" => opts.peers = false,
+            "--reps" => opts.reps = it.next().context("--reps N")?.parse().context("--reps N")?,
+            "--jobs" => opts.jobs = it.next().context("--jobs N")?.parse().context("--jobs N")?,
+            "-h" | "--help" => {
+                println!("usage: compare [--quick] [--json] [--reps N] [--jobs N] [--no-peers]");
+                return Ok(());
+            }
+            other => bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    if opts.reps == 0 {
+        opts.reps = if opts.quick { 3 } else { 5 };
+    }
+    let sizes = if opts.quick { QUICK } else { FULL };
+    let env = Env::find()?;
+    let dir = tempfile::tempdir()?;
+    let inputs = Inputs::write(dir.path(), &sizes)?;
+
+    let mut rows = Vec::new();
+    let peers = if opts.peers { run_peers(&env, &opts)? } else { Vec::new() };
+    let pool = |workload: &str, metric: &str| peer_value(&peers, "pool-fork", workload, metric);
+    let j = opts.jobs.to_string();
+    let reps = opts.reps;
+    let eprint = |what: &str| {
+        if !opts.json {
+            eprintln!("compare: {what}");
+        }
+    };
+
+    eprint("noop, chunksize 1");
+    let t = median(reps, || env.wpool_wall(&["-j", &j, "--chunksize", "1"], "echo", &[&inputs.noop1]))?;
+    let v = sizes.noop1_n as f64 / t;
+    rows.push(Row::new("noop-chunk1", "items/s", v, pool("noop-chunk1", "items_per_s")).target(">=", 5.0));
+
+    eprint("noop, auto chunksize");
+    let t = median(reps, || env.wpool_wall(&["-j", &j], "echo", &[&inputs.noop_auto]))?;
+    let v = sizes.noop_auto_n as f64 / t;
+    rows.push(Row::new("noop-auto", "items/s", v, pool("noop-auto", "items_per_s")).target(">=", 2.0));
+
+    eprint("primes, 1 and N workers");
+    let primes_expected = algorithm::count_primes_below(sizes.primes_n).to_string();
+    let t1 = median(reps, || env.wpool_primes(&["-j", "1"], &inputs.primes, &primes_expected))?;
+    let tn = median(reps, || env.wpool_primes(&["-j", &j], &inputs.primes, &primes_expected))?;
+    let pool_speedup = peer_value(&peers, "pool-fork", "primes-scaling", "speedup");
+    rows.push(Row::new("primes-1w", "s", t1, None));
+    rows.push(Row::new(&format!("primes-{j}w"), "s", tn, None));
+    rows.push(Row::absolute("primes-speedup-cli", "x", t1 / tn, pool_speedup).target_abs(">=", 1.95));
+
+    eprint("primes, native");
+    let items = sizes.primes_items.to_string();
+    let n = sizes.primes_n.to_string();
+    let native = median(reps, || env.native_wall(&[&n, &items, &j], &primes_expected))?;
+    rows.push(Row::new(&format!("primes-native-{j}t"), "s", native, None));
+    rows.push(Row::absolute("primes-wasm/native-cli", "x", tn / native, None).target_abs("<=", 1.15));
+
+    eprint("primes on a warm pool (library), and native threads in-process");
+    let w1 = median(reps, || warm_primes(&env, 1, &sizes, &primes_expected))?;
+    let wn = median(reps, || warm_primes(&env, opts.jobs, &sizes, &primes_expected))?;
+    let native_warm = median(reps, || Ok(native_threads(sizes.primes_n, sizes.primes_items, opts.jobs)?.1))?;
+    rows.push(Row::absolute("primes-speedup-warm", "x", w1 / wn, pool_speedup).target_abs(">=", 1.95));
+    rows.push(Row::absolute("primes-wasm/native-warm", "x", wn / native_warm, None).target_abs("<=", 1.15));
+
+    eprint("start to first result");
+    let t = median(reps.max(10), || env.first_line(&["-j", &j], "echo", &inputs.one))?;
+    rows.push(Row::new("start-to-first-result", "ms", t * 1e3, pool("pool-start", "start_ms")).target("<=", 0.6));
+
+    eprint("bulk echo");
+    let bytes = 2.0 * (sizes.bulk_items * sizes.bulk_size) as f64 / 1e6;
+    let bulk: Vec<&Path> = inputs.bulk.iter().map(PathBuf::as_path).collect();
+    let t = median(reps, || env.wpool_wall(&["-j", &j, "--files"], "echo", &bulk))?;
+    rows.push(Row::new("bulk-echo", "MB/s", bytes / t, pool("bulk-echo", "mb_per_s")).target(">=", 2.0));
+
+    eprint("first result of a lazy stdin");
+    let (first, rss) = env.streaming(&["-j", &j], sizes.first_n)?;
+    rows.push(
+        Row::new("first-result", "ms", first * 1e3, pool("first-result", "first_result_s").map(|s| s * 1e3))
+            .target_abs("<=", 5.0),
+    );
+    rows.push(Row::new("first-result-rss", "MiB", rss, pool("first-result", "peak_rss_mib")).target_abs("<=", 64.0));
+
+    let report = json!({
+        "date": chrono_like_date(),
+        "mode": if opts.quick { "quick" } else { "full" },
+        "jobs": opts.jobs,
+        "reps": opts.reps,
+        "peer": "pool-fork (multiprocessing.Pool, fork context)",
+        "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
+    });
+    if opts.json {
+        println!("{report}");
+    } else {
+        print_table(&rows, &opts);
+    }
+    Ok(())
+}
+
+/// Paths of everything a measurement needs.
+struct Env {
+    wpool: PathBuf,
+    kernels: PathBuf,
+    peers: PathBuf,
+    me: PathBuf,
+}
+
+impl Env {
+    fn find() -> Result<Env> {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().context("repository root")?.to_path_buf();
+        let me = std::env::current_exe()?;
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+        let wpool = me.with_file_name("wpool");
+        if !wpool.exists() || wpool.metadata()?.modified()? < me.metadata()?.modified()? {
+            // The CLI of the same profile as this binary, never a stale one.
+            let release = me.parent().and_then(Path::file_name).is_some_and(|d| d == "release");
+            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(["build", "--bin", "wpool"])
+                .args(release.then_some("--release"))
+                .current_dir(&root)
+                .status()
+                .context("running cargo build for the wpool CLI")?;
+            if !status.success() {
+                bail!("building the wpool CLI failed");
+            }
+        }
+        let kernels = target.join("kernels").join("wasip2");
+        for k in ["echo", "primes"] {
+            if !kernels.join(format!("{k}.wasm")).exists() {
+                bail!("{}/{k}.wasm is missing: run ./scripts/setup.sh (or cargo xtask kernels)", kernels.display());
+            }
+        }
+        let peers = root.join("..").join("shared").join("bench").join("peers.py");
+        Ok(Env { wpool, kernels, peers, me })
+    }
+
+    fn kernel(&self, name: &str) -> PathBuf {
+        self.kernels.join(format!("{name}.wasm"))
+    }
+
+    fn map_cmd(&self, flags: &[&str], kernel: &str) -> Command {
+        let mut c = Command::new(&self.wpool);
+        c.arg("map").args(flags).args(["--timeout", "10s", "--no-progress"]).arg(self.kernel(kernel));
+        c
+    }
+
+    /// Wall seconds of a whole `wpool map`, its output drained from a pipe.
+    fn wpool_wall(&self, flags: &[&str], kernel: &str, inputs: &[&Path]) -> Result<f64> {
+        let mut c = self.map_cmd(flags, kernel);
+        c.args(inputs);
+        let started = Instant::now();
+        let out = c.stderr(Stdio::inherit()).output()?;
+        let t = started.elapsed().as_secs_f64();
+        if !out.status.success() {
+            bail!("wpool map failed: {}", out.status);
+        }
+        Ok(t)
+    }
+
+    fn wpool_primes(&self, flags: &[&str], input: &Path, expected: &str) -> Result<f64> {
+        let mut c = self.map_cmd(flags, "primes");
+        c.arg("--chunksize").arg("1").arg(input);
+        let started = Instant::now();
+        let out = c.stderr(Stdio::inherit()).output()?;
+        let t = started.elapsed().as_secs_f64();
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() || text.lines().any(|l| l != expected) {
+            bail!("wpool primes gave {:?}, expected {expected} ({})", text.lines().next(), out.status);
+        }
+        Ok(t)
+    }
+
+    fn native_wall(&self, args: &[&str], expected: &str) -> Result<f64> {
+        let started = Instant::now();
+        let out = Command::new(&self.me).arg("native").args(args).output()?;
+        let t = started.elapsed().as_secs_f64();
+        if !out.status.success() || String::from_utf8_lossy(&out.stdout).trim() != expected {
+            bail!("native primes failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(t)
+    }
+
+    /// Seconds from spawning `wpool map` to its first output line.
+    fn first_line(&self, flags: &[&str], kernel: &str, input: &Path) -> Result<f64> {
+        let mut c = self.map_cmd(flags, kernel);
+        c.arg(input).stdout(Stdio::piped());
+        let started = Instant::now();
+        let mut child = c.spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        let t = started.elapsed().as_secs_f64();
+        child.wait()?;
+        if line.is_empty() {
+            bail!("no result");
+        }
+        Ok(t)
+    }
+
+    /// A warm `wpool map` reading a lazy stdin of `n` items: seconds from
+    /// the first item written to the first result read, then the whole
+    /// stream; and the host's peak RSS (MiB).
+    fn streaming(&self, flags: &[&str], n: u64) -> Result<(f64, f64)> {
+        let mut c = self.map_cmd(flags, "echo");
+        c.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = c.spawn()?;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        let mut stdout = BufReader::new(child.stdout.take().context("stdout")?);
+        // Warm: the pool starts with the process, before any input.
+        std::thread::sleep(Duration::from_millis(500));
+        let started = Instant::now();
+        stdin.write_all(b"00000000\n")?;
+        stdin.flush()?;
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let first = started.elapsed().as_secs_f64();
+        let writer = std::thread::spawn(move || -> std::io::Result<()> {
+            let mut w = std::io::BufWriter::with_capacity(64 << 10, stdin);
+            for i in 1..n {
+                writeln!(w, "{i:08}")?;
+            }
+            w.flush()
+        });
+        let mut rest = Vec::new();
+        stdout.read_to_end(&mut rest)?;
+        writer.join().expect("writer thread").context("writing items")?;
+        let got = 1 + rest.iter().filter(|b| **b == b'\n').count() as u64;
+        let rss = wait_rss(child.id())?;
+        if got != n {
+            bail!("streaming: {got} results for {n} items");
+        }
+        Ok((first, rss))
+    }
+}
+
+/// Reaps `pid` and returns its peak RSS in MiB.
+fn wait_rss(pid: u32) -> Result<f64> {
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our child; the pointers are valid for the call.
+    let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+    if r < 0 {
+        bail!("wait4: {}", std::io::Error::last_os_error());
+    }
+    Ok(usage.ru_maxrss as f64 / 1024.0)
+}
+
+/// Seconds of `pool.map` of the primes items on a started pool of
+/// `workers` (the peers' figure is on a warm pool too).
+fn warm_primes(env: &Env, workers: usize, sizes: &Sizes, expected: &str) -> Result<f64> {
+    let kernel = wpool::Kernel::from_file(env.kernel("primes"))?;
+    let limits = wpool::Limits { timeout: Some(Duration::from_secs(10)), ..wpool::Limits::default() };
+    let mut pool =
+        wpool::Pool::builder(kernel).workers(workers).chunksize(wpool::Chunksize::Fixed(1)).limits(limits).build()?;
+    pool.wait_ready()?;
+    let items = vec![sizes.primes_n.to_string().into_bytes(); sizes.primes_items];
+    let started = Instant::now();
+    let out = pool.map(items)?;
+    let t = started.elapsed().as_secs_f64();
+    if out.iter().any(|r| r.as_deref().ok() != Some(expected.as_bytes())) {
+        bail!("warm primes: unexpected results");
+    }
+    Ok(t)
+}
+
+/// `native N ITEMS THREADS`: the primes workload on native threads.
+fn native(args: &[String]) -> Result<()> {
+    let [n, items, threads] = args else { bail!("usage: compare native N ITEMS THREADS") };
+    let (result, _) = native_threads(n.parse()?, items.parse()?, threads.parse()?)?;
+    println!("{result}");
+    Ok(())
+}
+
+/// The primes workload on `threads` native threads: (result, seconds).
+fn native_threads(n: u64, items: usize, threads: usize) -> Result<(u64, f64)> {
+    let started = Instant::now();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(vec![0u64; items]);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= items {
+                    return;
+                }
+                let r = algorithm::count_primes_below(std::hint::black_box(n));
+                results.lock().unwrap()[i] = r;
+            });
+        }
+    });
+    let t = started.elapsed().as_secs_f64();
+    let results = results.into_inner().unwrap();
+    if results.iter().any(|r| *r != results[0]) {
+        bail!("native results differ");
+    }
+    Ok((results[0], t))
+}
+
+struct Inputs {
+    noop1: PathBuf,
+    noop_auto: PathBuf,
+    primes: PathBuf,
+    one: PathBuf,
+    bulk: Vec<PathBuf>,
+}
+
+impl Inputs {
+    fn write(dir: &Path, s: &Sizes) -> Result<Inputs> {
+        let lines = |name: &str, n: usize| -> Result<PathBuf> {
+            let p = dir.join(name);
+            let mut w = std::io::BufWriter::new(std::fs::File::create(&p)?);
+            for i in 0..n {
+                writeln!(w, "{i:08}")?;
+            }
+            w.flush()?;
+            Ok(p)
+        };
+        let noop1 = lines("noop1", s.noop1_n)?;
+        let noop_auto = lines("noop-auto", s.noop_auto_n)?;
+        let one = lines("one", 1)?;
+        let primes = dir.join("primes");
+        std::fs::write(&primes, format!("{}\n", s.primes_n).repeat(s.primes_items))?;
+        let mut bulk = Vec::new();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..s.bulk_items {
+            let p = dir.join(format!("bulk-{i:03}"));
+            let mut data = vec![0u8; s.bulk_size];
+            for chunk in data.chunks_mut(8) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                chunk.copy_from_slice(&seed.to_le_bytes()[..chunk.len()]);
+            }
+            std::fs::write(&p, data)?;
+            bulk.push(p);
+        }
+        Ok(Inputs { noop1, noop_auto, primes, one, bulk })
+    }
+}
+
+fn median(reps: usize, mut f: impl FnMut() -> Result<f64>) -> Result<f64> {
+    let _ = f()?; // warm the page cache and the artifact cache
+    let mut v = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        v.push(f()?);
+    }
+    v.sort_by(f64::total_cmp);
+    Ok(v[v.len() / 2])
+}
+
+fn run_peers(env: &Env, opts: &Opts) -> Result<Vec<Value>> {
+    if !env.peers.exists() {
+        bail!(
+            "{} not found (the comparison needs ../shared beside the repository; --no-peers skips it)",
+            env.peers.display()
+        );
+    }
+    if !opts.json {
+        eprintln!(
+            "compare: running peers.py (Python's pools){}",
+            if opts.quick { ", quick" } else { ", about 2.5 min" }
+        );
+    }
+    let mut c = Command::new("python3");
+    c.arg(&env.peers).args(["--json", "--jobs", &opts.jobs.to_string(), "--peers", "pool-fork,pool-spawn,ppe"]);
+    if opts.quick {
+        c.arg("--quick");
+    }
+    let out = c.stderr(Stdio::null()).output().context("running python3 peers.py")?;
+    if !out.status.success() {
+        bail!("peers.py failed: {}", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+}
+
+/// A peer's value for a workload and metric (peers.py's `metric` names).
+fn peer_value(peers: &[Value], peer: &str, workload: &str, metric: &str) -> Option<f64> {
+    peers
+        .iter()
+        .filter(|v| v["peer"] == peer && v["workload"] == workload)
+        .find(|v| v["metric"] == metric)
+        .and_then(|v| v["value"].as_f64())
+}
+
+/// One line of the table.
+struct Row {
+    name: String,
+    unit: String,
+    wpool: f64,
+    peer: Option<f64>,
+    /// (op, bound, absolute): `absolute` compares `wpool` itself with the
+    /// bound, else the ratio wpool / peer.
+    target: Option<(&'static str, f64, bool)>,
+}
+
+impl Row {
+    fn new(name: &str, unit: &str, wpool: f64, peer: Option<f64>) -> Row {
+        Row { name: name.into(), unit: unit.into(), wpool, peer, target: None }
+    }
+    fn absolute(name: &str, unit: &str, wpool: f64, peer: Option<f64>) -> Row {
+        Row::new(name, unit, wpool, peer)
+    }
+    fn target(mut self, op: &'static str, bound: f64) -> Row {
+        self.target = Some((op, bound, false));
+        self
+    }
+    fn target_abs(mut self, op: &'static str, bound: f64) -> Row {
+        self.target = Some((op, bound, true));
+        self
+    }
+    fn ratio(&self) -> Option<f64> {
+        self.peer.filter(|p| *p > 0.0).map(|p| self.wpool / p)
+    }
+    fn met(&self) -> Option<bool> {
+        let (op, bound, absolute) = self.target?;
+        let v = if absolute { self.wpool } else { self.ratio()? };
+        Some(if op == ">=" { v >= bound } else { v <= bound })
+    }
+    fn target_text(&self) -> String {
+        match self.target {
+            Some((op, bound, true)) => format!("{op} {bound} {}", self.unit),
+            Some((op, bound, false)) => format!("ratio {op} {bound}"),
+            None => String::new(),
+        }
+    }
+    fn to_json(&self) -> Value {
+        json!({
+            "name": self.name, "unit": self.unit, "wpool": self.wpool, "pool": self.peer,
+            "ratio": self.ratio(), "target": self.target_text(), "met": self.met(),
+        })
+    }
+}
+
+fn print_table(rows: &[Row], opts: &Opts) {
+    println!(
+        "wpool vs multiprocessing.Pool (fork), {} workers, {} mode, median of {} runs, {}",
+        opts.jobs,
+        if opts.quick { "quick" } else { "full" },
+        opts.reps,
+        chrono_like_date()
+    );
+    println!("{:<24} {:>14} {:>14} {:>9}  {:<16} met", "workload", "wpool", "Pool", "ratio", "target");
+    for r in rows {
+        let fmt = |v: f64| match r.unit.as_str() {
+            "items/s" | "MB/s" => format!("{v:.0} {}", r.unit),
+            _ => format!("{v:.3} {}", r.unit),
+        };
+        println!(
+            "{:<24} {:>14} {:>14} {:>9}  {:<16} {}",
+            r.name,
+            fmt(r.wpool),
+            r.peer.map(fmt).unwrap_or_else(|| "-".into()),
+            r.ratio().map(|x| format!("{x:.2}x")).unwrap_or_else(|| "-".into()),
+            r.target_text(),
+            match r.met() {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "",
+            }
+        );
+    }
+}
+
+/// Today's date (UTC) without a date crate.
+fn chrono_like_date() -> String {
+    let out = Command::new("date").args(["-u", "+%Y-%m-%d"]).output();
+    out.ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+}
