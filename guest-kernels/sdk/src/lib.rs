@@ -1,8 +1,22 @@
 //! Write a wpool kernel in Rust.
 //!
-//! A kernel is a WebAssembly component of world `wpool:kernel/kernel`
-//! (`wit/wpool.wit`): it exports `map(input: list<u8>) -> result<list<u8>, string>`.
-//! With this crate a kernel is a few lines:
+//! A kernel is a WebAssembly component of one of the worlds of the package
+//! `wpool:kernel` (`wit/wpool.wit`). Each world has a trait to implement and a
+//! macro that exports the implementing type:
+//!
+//! | world              | trait              | macro                  | exports         |
+//! |--------------------|--------------------|------------------------|-----------------|
+//! | `kernel`           | [`Kernel`]         | [`export!`]            | `map`           |
+//! | `kernel-with-init` | [`KernelWithInit`] | [`export_with_init!`]  | `map`, `init`   |
+//! | `reducer`          | [`Reducer`]        | [`export_reducer!`]    | `reduce`        |
+//!
+//! A component exports exactly one world, so a crate calls exactly one of the
+//! macros, once.
+//!
+//! # `kernel`: a map kernel
+//!
+//! The host calls `map(input: list<u8>) -> result<list<u8>, string>` once per
+//! input item:
 //!
 //! ```ignore
 //! struct Upper;
@@ -16,7 +30,66 @@
 //! wpool_guest::export!(Upper);
 //! ```
 //!
-//! Build it as a `cdylib` with `cargo build --release --target wasm32-wasip2`
+//! # `kernel-with-init`: a map kernel with an initializer
+//!
+//! Like `multiprocessing.Pool(initializer=...)`: the host calls
+//! `init(config: list<u8>) -> result<_, string>` once per instance, before any
+//! `map`, with the caller's configuration bytes. State prepared by `init` lives
+//! in a static (the trait's functions take no `self`); an instance is single
+//! threaded, so a `thread_local!` `RefCell` is enough. An `Err` from `init`
+//! stops the run with its message.
+//!
+//! ```ignore
+//! use std::cell::RefCell;
+//!
+//! thread_local! {
+//!     static PREFIX: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+//! }
+//!
+//! struct Prefix;
+//!
+//! impl wpool_guest::KernelWithInit for Prefix {
+//!     fn init(config: Vec<u8>) -> Result<(), String> {
+//!         PREFIX.with_borrow_mut(|p| *p = config);
+//!         Ok(())
+//!     }
+//!
+//!     fn map(input: Vec<u8>) -> Result<Vec<u8>, String> {
+//!         Ok(PREFIX.with_borrow(|p| [p.as_slice(), &input].concat()))
+//!     }
+//! }
+//!
+//! wpool_guest::export_with_init!(Prefix);
+//! ```
+//!
+//! # `reducer`: a reduce kernel for MapReduce
+//!
+//! The host groups the `key\tvalue` lines emitted by a map kernel by key and
+//! calls `reduce(key: list<u8>, values: list<list<u8>>) -> result<list<u8>, string>`
+//! with a key and some of its values. It may reduce a key's values in several
+//! batches and feed earlier results back in as values, so `reduce` must be
+//! associative and commutative, and must accept its own output as a value:
+//!
+//! ```ignore
+//! struct Count;
+//!
+//! impl wpool_guest::Reducer for Count {
+//!     fn reduce(_key: Vec<u8>, values: Vec<Vec<u8>>) -> Result<Vec<u8>, String> {
+//!         let mut total = 0u64;
+//!         for value in &values {
+//!             let text = core::str::from_utf8(value).map_err(|e| e.to_string())?;
+//!             total += text.trim().parse::<u64>().map_err(|e| e.to_string())?;
+//!         }
+//!         Ok(total.to_string().into_bytes())
+//!     }
+//! }
+//!
+//! wpool_guest::export_reducer!(Count);
+//! ```
+//!
+//! # Building
+//!
+//! Build a kernel as a `cdylib` with `cargo build --release --target wasm32-wasip2`
 //! (a component that may use Rust's std and WASI), or for
 //! `wasm32-unknown-unknown` and turn the module into an import-free component
 //! with `wit-component` (see `cargo xtask kernels` in the wpool repository).
@@ -29,6 +102,7 @@
 
 extern crate alloc;
 
+/// Bindings of the `kernel` world.
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
@@ -40,13 +114,65 @@ pub mod bindings {
     });
 }
 
-/// A map kernel: the host calls `map` once per input item.
+/// Bindings of the `kernel-with-init` world.
+#[doc(hidden)]
+pub mod with_init_bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "wpool:kernel/kernel-with-init",
+        pub_export_macro: true,
+        export_macro_name: "__export_kernel_with_init",
+        default_bindings_module: "wpool_guest::with_init_bindings",
+    });
+}
+
+/// Bindings of the `reducer` world.
+#[doc(hidden)]
+pub mod reducer_bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "wpool:kernel/reducer",
+        pub_export_macro: true,
+        export_macro_name: "__export_reducer",
+        default_bindings_module: "wpool_guest::reducer_bindings",
+    });
+}
+
+/// A map kernel (world `kernel`): the host calls `map` once per input item.
 pub use bindings::Guest as Kernel;
 
-/// Exports a type implementing [`Kernel`] as the component's `map`.
+/// A map kernel with an initializer (world `kernel-with-init`): the host calls
+/// `init` once per instance with the caller's configuration bytes, before any
+/// `map`, then `map` once per input item.
+pub use with_init_bindings::Guest as KernelWithInit;
+
+/// A reduce kernel (world `reducer`): the host calls `reduce` with a key and a
+/// batch of its values, possibly including earlier results of `reduce`.
+pub use reducer_bindings::Guest as Reducer;
+
+/// Exports a type implementing [`Kernel`] as the component's `map`
+/// (world `kernel`).
 #[macro_export]
 macro_rules! export {
     ($ty:ident) => {
         $crate::bindings::__export_kernel!($ty with_types_in $crate::bindings);
+    };
+}
+
+/// Exports a type implementing [`KernelWithInit`] as the component's `init`
+/// and `map` (world `kernel-with-init`).
+#[macro_export]
+macro_rules! export_with_init {
+    ($ty:ident) => {
+        $crate::with_init_bindings::__export_kernel_with_init!($ty with_types_in $crate::with_init_bindings);
+    };
+}
+
+/// Exports a type implementing [`Reducer`] as the component's `reduce`
+/// (world `reducer`).
+#[macro_export]
+macro_rules! export_reducer {
+    ($ty:ident) => {
+        $crate::reducer_bindings::__export_reducer!($ty with_types_in $crate::reducer_bindings);
     };
 }
