@@ -294,29 +294,41 @@ impl Env {
             }
             w.flush()
         });
-        let mut rest = Vec::new();
-        stdout.read_to_end(&mut rest)?;
+        let pid = child.id();
+        let sampler = std::thread::spawn(move || {
+            // VmHWM of the host process itself (wait4's ru_maxrss would also
+            // count this process's memory, shared with the child until exec).
+            let mut peak = 0u64;
+            while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                let kib = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+                match kib {
+                    Some(k) => peak = peak.max(k),
+                    None => break, // a zombie has no memory left to report
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak as f64 / 1024.0
+        });
+        let mut got = 1u64;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let k = stdout.read(&mut buf)?;
+            if k == 0 {
+                break;
+            }
+            got += buf[..k].iter().filter(|b| **b == b'\n').count() as u64;
+        }
         writer.join().expect("writer thread").context("writing items")?;
-        let got = 1 + rest.iter().filter(|b| **b == b'\n').count() as u64;
-        let rss = wait_rss(child.id())?;
+        let rss = sampler.join().expect("sampler thread");
+        child.wait()?;
         if got != n {
             bail!("streaming: {got} results for {n} items");
         }
         Ok((first, rss))
     }
-}
-
-/// Reaps `pid` and returns its peak RSS in MiB.
-fn wait_rss(pid: u32) -> Result<f64> {
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid; wait4 fills it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: pid is our child; the pointers are valid for the call.
-    let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
-    if r < 0 {
-        bail!("wait4: {}", std::io::Error::last_os_error());
-    }
-    Ok(usage.ru_maxrss as f64 / 1024.0)
 }
 
 /// Seconds of `pool.map` of the primes items on a started pool of
