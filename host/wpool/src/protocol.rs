@@ -17,7 +17,7 @@ use crate::limits::EngineSettings;
 use crate::sandbox::SandboxStatus;
 
 /// Bumped on every incompatible change of the frame types.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The cap on the very first frame (`Hello` / `Ready`), before limits are known.
 pub const HANDSHAKE_FRAME_CAP: usize = 1 << 20;
@@ -82,8 +82,9 @@ pub struct Hello {
 pub enum WorkerMsg {
     /// The kernel is loaded; the worker takes `Run` frames from now on.
     Ready { version: u32, pid: u32, sandbox: SandboxStatus },
-    /// Outcomes of items `offset..offset + outcomes.len()` of `chunk`.
-    Results { chunk: u64, offset: u32, outcomes: Vec<Outcome> },
+    /// Outcomes of items `offset..offset + outcomes.len()` of `chunk`, and
+    /// the nanoseconds the worker spent running them (for chunk sizing).
+    Results { chunk: u64, offset: u32, outcomes: Vec<Outcome>, busy_ns: u64 },
     /// The worker cannot start (bad artifact, version mismatch); it exits next.
     Failed { message: String },
 }
@@ -147,12 +148,19 @@ impl std::fmt::Display for FrameError {
 /// Encodes `msg` as one frame (length prefix included) into `out`.
 pub fn encode<T: Serialize>(msg: &T, out: &mut Vec<u8>) {
     out.clear();
+    append_frame(msg, out);
+}
+
+/// Appends `msg` as one frame to `out`, after the frames already there: a
+/// batch of frames then goes out in one write.
+pub fn append_frame<T: Serialize>(msg: &T, out: &mut Vec<u8>) {
+    let start = out.len();
     out.extend_from_slice(&[0; 4]);
     // Serializing into a Vec cannot fail for these types.
     let mut out_buf = std::mem::take(out);
     out_buf = postcard::to_extend(msg, out_buf).expect("postcard encoding into a Vec");
-    let len = u32::try_from(out_buf.len() - 4).expect("frame under 4 GiB");
-    out_buf[..4].copy_from_slice(&len.to_le_bytes());
+    let len = u32::try_from(out_buf.len() - start - 4).expect("frame under 4 GiB");
+    out_buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
     *out = out_buf;
 }
 
@@ -218,6 +226,7 @@ mod tests {
                 Outcome::Ok(b"abc".to_vec()),
                 Outcome::Err(WireError { kind: WireKind::KernelExit(1), message: "m".into(), stderr: vec![0, 1] }),
             ],
+            busy_ns: 42,
         };
         assert_eq!(roundtrip_worker(&msg), msg);
         let items = [serde_bytes::Bytes::new(b"x"), serde_bytes::Bytes::new(b"")];

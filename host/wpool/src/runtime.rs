@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker, ResourceTable};
+use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker, ResourceTable, TypedFunc};
 use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
@@ -123,7 +123,8 @@ type MapResults = (Result<Vec<u8>, String>,);
 
 struct Live {
     store: Store<State>,
-    instance: wasmtime::component::Instance,
+    /// The instance's `map`, its type checked once at instantiation.
+    map: wasmtime::component::Func,
     items: u64,
 }
 
@@ -194,8 +195,15 @@ impl Runtime {
                     let _ = store.set_fuel(fuel);
                 }
                 store.set_epoch_deadline(self.timeout_ticks.unwrap_or(u64::MAX / 4));
-                match self.pre.instantiate(&mut store) {
-                    Ok(instance) => Live { store, instance, items: 0 },
+                let map = self.pre.instantiate(&mut store).and_then(|instance| {
+                    let map = instance
+                        .get_func(&mut store, self.export)
+                        .ok_or_else(|| wasmtime::format_err!("component has no `map` export"))?;
+                    map.typed::<MapParams<'_>, MapResults>(&store)?;
+                    Ok(map)
+                });
+                match map {
+                    Ok(map) => Live { store, map, items: 0 },
                     Err(e) => return self.classify(&e, store.data().limiter.refused),
                 }
             }
@@ -208,10 +216,10 @@ impl Runtime {
             }
         }
         live.store.set_epoch_deadline(self.timeout_ticks.unwrap_or(u64::MAX / 4));
-        let result = live
-            .instance
-            .get_typed_func::<MapParams<'_>, MapResults>(&mut live.store, &self.export)
-            .and_then(|f| f.call(&mut live.store, (input,)));
+        // SAFETY: `map`'s type was checked against these types when the
+        // instance was made (above); only the lifetime of `input` differs.
+        let map = unsafe { TypedFunc::<MapParams<'_>, MapResults>::new_unchecked(live.map) };
+        let result = map.call(&mut live.store, (input,));
         let outcome = match result {
             Ok((Ok(out),)) if out.len() > max => {
                 err(WireKind::ItemTooLarge, format!("result of {} bytes is over the {max}-byte cap", out.len()), vec![])

@@ -5,7 +5,7 @@
 //! processes only through [`crate::supervisor`] (spawn, send, kill) and its
 //! [`Event`]s; it never touches wasm or output formats.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,9 +20,13 @@ use crate::supervisor::{Event, Spawner, WorkerCommand, WorkerEnd, WorkerProc};
 /// The result of one item.
 pub type ItemResult = Result<Vec<u8>, TaskError>;
 
-/// Chunks a worker holds at once: one running, one queued behind it so the
+/// Chunks a worker holds at least: one running, one queued behind it so the
 /// worker never waits for the host between chunks.
 const DEPTH: usize = 2;
+/// Chunks a worker may hold when they are small and fast (see `depth`)...
+const MAX_DEPTH: usize = 256;
+/// ...and items, beyond `DEPTH` chunks.
+const MAX_IN_FLIGHT_ITEMS: usize = 4096;
 /// Largest automatic chunk.
 const MAX_AUTO_CHUNK: usize = 1024;
 /// Automatic chunks aim at about this much work each.
@@ -72,6 +76,9 @@ struct Slot {
     progress_at: Instant,
     /// Why the host killed it, if it did.
     killed: Option<KillReason>,
+    /// Running an item alone (a retry after a crash): nothing else is sent
+    /// to it until that item is answered, so a crash now is that item's.
+    exclusive: bool,
     /// The protocol violation the scheduler saw, if that is why.
     violation: Option<String>,
 }
@@ -79,9 +86,10 @@ struct Slot {
 impl Slot {
     /// Ready for another chunk: handshake done, not being killed (a worker
     /// killed when a run was abandoned stays `Ready` until its exit is
-    /// seen, and must not be handed the next run's items), below `DEPTH`.
-    fn has_room(&self) -> bool {
-        self.state == SlotState::Ready && self.killed.is_none() && self.queue.len() < DEPTH
+    /// seen, and must not be handed the next run's items), not running an
+    /// item alone, below `depth` chunks.
+    fn has_room(&self, depth: usize) -> bool {
+        self.state == SlotState::Ready && self.killed.is_none() && !self.exclusive && self.queue.len() < depth
     }
 }
 
@@ -116,6 +124,8 @@ pub(crate) enum Input<'a> {
     /// Fed by another thread; the run keeps delivering results while the
     /// channel is empty, and ends when it is disconnected and drained.
     Channel(&'a Receiver<Vec<u8>>),
+    /// Like `Channel`, with items in batches (fewer wake-ups per item).
+    Batches(&'a Receiver<Vec<Vec<u8>>>),
 }
 
 enum Pull {
@@ -125,13 +135,30 @@ enum Pull {
 }
 
 impl Input<'_> {
-    fn pull(&mut self) -> Pull {
+    /// The next item: from `stash` (items already received), else from the
+    /// source.
+    fn pull(&mut self, stash: &mut VecDeque<Vec<u8>>) -> Pull {
+        if let Some(item) = stash.pop_front() {
+            return Pull::Item(item);
+        }
         match self {
             Input::Iter(it) => it.next().map_or(Pull::Done, Pull::Item),
             Input::Channel(rx) => match rx.try_recv() {
                 Ok(item) => Pull::Item(item),
                 Err(crossbeam_channel::TryRecvError::Empty) => Pull::Empty,
                 Err(crossbeam_channel::TryRecvError::Disconnected) => Pull::Done,
+            },
+            Input::Batches(rx) => loop {
+                match rx.try_recv() {
+                    Ok(batch) => {
+                        stash.extend(batch);
+                        if let Some(item) = stash.pop_front() {
+                            return Pull::Item(item);
+                        }
+                    }
+                    Err(crossbeam_channel::TryRecvError::Empty) => return Pull::Empty,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => return Pull::Done,
+                }
             },
         }
     }
@@ -142,12 +169,14 @@ impl Input<'_> {
 struct Job {
     ordered: bool,
     input_done: bool,
-    /// An item received while waiting on a channel input, not yet dispatched.
-    stash: Option<Vec<u8>>,
+    /// Items received from a channel input, not yet dispatched.
+    stash: VecDeque<Vec<u8>>,
     next_index: u64,
     retry: VecDeque<Pending>,
     /// Ordered: results by index, waiting for their turn.
-    reorder: BTreeMap<u64, ItemResult>,
+    /// Slot `i` holds the result of item `next_emit + i` once it is known;
+    /// bounded by the window.
+    reorder: VecDeque<Option<ItemResult>>,
     /// Unordered: results in completion order.
     done: VecDeque<(u64, ItemResult)>,
     next_emit: u64,
@@ -211,6 +240,7 @@ impl Scheduler {
                     progress_at: now,
                     killed: None,
                     violation: None,
+                    exclusive: false,
                 })
                 .collect(),
             cfg,
@@ -326,27 +356,32 @@ impl Scheduler {
                 continue;
             }
             let deadline = self.next_deadline();
-            let feed = match &input {
-                Input::Channel(rx) if self.has_room() && self.may_pull() => Some(*rx),
-                _ => None,
-            };
-            self.wait_with_input(deadline, feed);
+            if self.has_room() && self.may_pull() {
+                match &input {
+                    Input::Channel(rx) => self.wait_with_input(deadline, rx, |s, item| s.push_back(item)),
+                    Input::Batches(rx) => self.wait_with_input(deadline, rx, |s, batch| s.extend(batch)),
+                    Input::Iter(_) => self.wait(deadline),
+                }
+            } else {
+                self.wait(deadline);
+            }
             self.check_deadlines();
         }
     }
 
     fn is_complete(&self) -> bool {
-        self.job.input_done && self.job.stash.is_none() && self.job.retry.is_empty() && self.chunks.is_empty()
+        self.job.input_done && self.job.stash.is_empty() && self.job.retry.is_empty() && self.chunks.is_empty()
     }
 
     fn has_room(&self) -> bool {
-        self.slots.iter().any(Slot::has_room)
+        let depth = self.depth();
+        self.slots.iter().any(|w| w.has_room(depth))
     }
 
     /// Whether `next` can return a result without waiting.
     pub(crate) fn has_ready(&self) -> bool {
         if self.job.ordered {
-            self.job.reorder.contains_key(&self.job.next_emit)
+            self.job.reorder.front().is_some_and(Option::is_some)
         } else {
             !self.job.done.is_empty()
         }
@@ -354,7 +389,8 @@ impl Scheduler {
 
     fn pop_ready(&mut self) -> Option<(ItemIndex, ItemResult)> {
         let (index, result) = if self.job.ordered {
-            let r = self.job.reorder.remove(&self.job.next_emit)?;
+            let r = self.job.reorder.front_mut()?.take()?;
+            self.job.reorder.pop_front();
             (self.job.next_emit, r)
         } else {
             self.job.done.pop_front()?
@@ -371,7 +407,11 @@ impl Scheduler {
             self.job.buffered_bytes += bytes.len();
         }
         if self.job.ordered {
-            self.job.reorder.insert(index, result);
+            let at = (index - self.job.next_emit) as usize;
+            if self.job.reorder.len() <= at {
+                self.job.reorder.resize_with(at + 1, || None);
+            }
+            self.job.reorder[at] = Some(result);
         } else {
             self.job.done.push_back((index, result));
         }
@@ -388,9 +428,21 @@ impl Scheduler {
         }
     }
 
+    /// Chunks a worker may hold: `DEPTH`, or more when chunks take less than
+    /// the automatic target, so that a worker holds about two targets' worth
+    /// of work (with `--chunksize 1` and microsecond items, many chunks then
+    /// travel in one write, and the worker never waits on the host).
+    fn depth(&self) -> usize {
+        let Some(per_item) = self.job.per_item else { return DEPTH };
+        let chunk = self.chunk_limit().max(1);
+        let by_time = (2 * AUTO_CHUNK_TARGET.as_nanos() / (per_item.as_nanos().max(1) * chunk as u128)) as usize;
+        // Bounded in items too: host memory follows the items in flight.
+        by_time.min(MAX_IN_FLIGHT_ITEMS / chunk).clamp(DEPTH, MAX_DEPTH)
+    }
+
     /// How far ahead of the oldest unreturned item input may be pulled.
     fn window(&self) -> u64 {
-        let per_worker = DEPTH * self.chunk_limit().max(1);
+        let per_worker = self.depth() * self.chunk_limit().max(1);
         (4 * self.cfg.workers * per_worker).max(256) as u64
     }
 
@@ -400,15 +452,22 @@ impl Scheduler {
             && (!self.job.ordered || self.job.next_index < self.job.next_emit + self.window())
     }
 
-    /// Fills every ready worker up to `DEPTH` chunks.
+    /// Fills every ready worker up to `depth` chunks. Items retried alone go
+    /// only to a worker with nothing else in flight; while one waits for
+    /// such a worker, no fresh input is handed out.
     fn dispatch(&mut self, input: &mut Input<'_>) {
         let max_item = self.cfg.hello.settings.limits.max_item_size;
+        let depth = self.depth();
         for slot in 0..self.slots.len() {
-            while self.slots[slot].has_room() {
+            while self.slots[slot].has_room(depth) {
                 let mut items = Vec::new();
                 let mut bytes = 0;
+                if self.job.retry.front().is_some_and(|p| p.isolate) && !self.slots[slot].queue.is_empty() {
+                    break;
+                }
                 if let Some(p) = self.job.retry.pop_front() {
                     let alone = p.isolate;
+                    self.slots[slot].exclusive = alone;
                     bytes += p.data.len();
                     items.push(p);
                     while !alone && items.len() < self.chunk_limit() && bytes < BATCH_BYTES {
@@ -424,7 +483,7 @@ impl Scheduler {
                 } else {
                     let limit = self.chunk_limit();
                     while items.len() < limit && bytes < BATCH_BYTES && self.may_pull() {
-                        let data = match self.job.stash.take().map_or_else(|| input.pull(), Pull::Item) {
+                        let data = match input.pull(&mut self.job.stash) {
                             Pull::Item(data) => data,
                             Pull::Empty => break,
                             Pull::Done => {
@@ -475,9 +534,14 @@ impl Scheduler {
         self.chunks.insert(id, Chunk { items, received: 0 });
     }
 
-    /// Waits for a worker event or, when `feed` is given, an input item.
-    fn wait_with_input(&mut self, deadline: Option<Instant>, feed: Option<&Receiver<Vec<u8>>>) {
-        let Some(rx) = feed else { return self.wait(deadline) };
+    /// Waits for a worker event or input from `rx`, which `stash` puts into
+    /// the job's stash.
+    fn wait_with_input<T>(
+        &mut self,
+        deadline: Option<Instant>,
+        rx: &Receiver<T>,
+        stash: impl FnOnce(&mut VecDeque<Vec<u8>>, T),
+    ) {
         let mut sel = crossbeam_channel::Select::new();
         let ev = sel.recv(&self.events);
         let inp = sel.recv(rx);
@@ -497,7 +561,7 @@ impl Scheduler {
         } else {
             debug_assert_eq!(op.index(), inp);
             match op.recv(rx) {
-                Ok(item) => self.job.stash = Some(item),
+                Ok(input) => stash(&mut self.job.stash, input),
                 Err(_) => self.job.input_done = true,
             }
         }
@@ -567,8 +631,8 @@ impl Scheduler {
             // Late results of a worker being killed (after an abandoned run):
             // nobody wants them.
             (SlotState::Ready, WorkerMsg::Results { .. }) if self.slots[slot].killed.is_some() => {}
-            (SlotState::Ready, WorkerMsg::Results { chunk, offset, outcomes }) => {
-                if let Err(violation) = self.on_results(slot, chunk, offset, outcomes) {
+            (SlotState::Ready, WorkerMsg::Results { chunk, offset, outcomes, busy_ns }) => {
+                if let Err(violation) = self.on_results(slot, chunk, offset, outcomes, busy_ns) {
                     self.slots[slot].violation = Some(violation);
                     self.kill(slot, KillReason::Violation);
                 }
@@ -582,7 +646,14 @@ impl Scheduler {
 
     /// Accepts results only for the oldest chunk of this worker, at exactly
     /// the next offset: anything else is a protocol violation.
-    fn on_results(&mut self, slot: usize, id: u64, offset: u32, outcomes: Vec<Outcome>) -> Result<(), String> {
+    fn on_results(
+        &mut self,
+        slot: usize,
+        id: u64,
+        offset: u32,
+        outcomes: Vec<Outcome>,
+        busy_ns: u64,
+    ) -> Result<(), String> {
         let w = &mut self.slots[slot];
         if w.queue.front() != Some(&id) {
             return Err(format!("results for chunk {id}, which this worker is not running"));
@@ -596,9 +667,7 @@ impl Scheduler {
                 chunk.received
             ));
         }
-        let now = Instant::now();
-        let started = w.progress_at;
-        w.progress_at = now;
+        w.progress_at = Instant::now();
         let worker = Some(WorkerId(slot as u32 + 1));
         let first = chunk.received;
         chunk.received += outcomes.len();
@@ -617,6 +686,7 @@ impl Scheduler {
         let n = done.len();
         if complete {
             w.queue.pop_front();
+            w.exclusive = false;
             self.chunks.remove(&id);
         }
         for (index, len, result) in done {
@@ -625,7 +695,9 @@ impl Scheduler {
         }
         self.job.in_flight_items -= n;
         if n > 0 {
-            let t = now.saturating_duration_since(started) / n as u32;
+            // The worker's own measure of its time in the kernel: results of
+            // fast items arrive in batches, so arrival times say little.
+            let t = Duration::from_nanos(busy_ns) / n as u32;
             self.job.per_item = Some(match self.job.per_item {
                 None => t,
                 Some(old) => (old * 3 + t) / 4,
@@ -687,9 +759,12 @@ impl Scheduler {
         }
     }
 
-    /// Puts a dead worker's chunks back. Only the oldest chunk was running:
-    /// its unanswered items count an attempt and are retried alone, so an item
-    /// is blamed for a crash only when it crashed a worker while alone.
+    /// Puts a dead worker's chunks back. A worker writes the results of fast
+    /// items in batches, so any of its unanswered items may have been the
+    /// one running: an item is blamed only when it was the worker's *only*
+    /// unanswered item (a retry runs alone, on a worker holding nothing
+    /// else); all others are retried alone. Each counts an attempt (any of
+    /// them may have been running).
     fn requeue(
         &mut self,
         slot: usize,
@@ -699,18 +774,16 @@ impl Scheduler {
         end: &WorkerEnd,
     ) {
         let worker = Some(WorkerId(slot as u32 + 1));
+        let unanswered: usize =
+            queue.iter().filter_map(|id| self.chunks.get(id)).map(|c| c.items.len() - c.received).sum();
+        let alone = unanswered == 1;
         let mut back = Vec::new();
-        for (pos, id) in queue.into_iter().enumerate() {
+        for id in queue {
             let Some(chunk) = self.chunks.remove(&id) else { continue };
             let unanswered: Vec<Pending> = chunk.items.into_iter().skip(chunk.received).collect();
             self.job.in_flight_items -= unanswered.len();
-            let alone = unanswered.len() == 1;
             for mut p in unanswered {
                 self.job.buffered_bytes -= p.data.len().min(self.job.buffered_bytes);
-                if pos > 0 {
-                    back.push(p);
-                    continue;
-                }
                 p.attempts += 1;
                 let blame = alone && (killed == Some(KillReason::Deadline) || p.attempts > self.cfg.retries);
                 if blame {
@@ -753,6 +826,7 @@ impl Scheduler {
         w.proc = None;
         w.killed = None;
         w.violation = None;
+        w.exclusive = false;
         self.stats.spawned += 1;
         let mut hello = self.cfg.hello.clone();
         hello.worker = slot as u32 + 1;
@@ -812,6 +886,7 @@ impl Scheduler {
         for slot in 0..self.slots.len() {
             if !self.slots[slot].queue.is_empty() {
                 self.slots[slot].queue.clear();
+                self.slots[slot].exclusive = false;
                 self.kill(slot, KillReason::Abandoned);
             }
         }

@@ -184,9 +184,15 @@ fn spawn_one(command: &WorkerCommand, req: &SpawnRequest, events: &Sender<Event>
     // start in an empty private directory, not the caller's.
     cmd.env_clear().current_dir(&command.cwd).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let host_pid = std::process::id() as libc::pid_t;
-    // SAFETY: the closure only makes async-signal-safe syscalls.
-    unsafe {
-        cmd.pre_exec(move || crate::sandbox::in_child_before_exec(host_pid));
+    if command.launcher.is_empty() {
+        // The worker sets its parent-death signal itself (see
+        // `sandbox::die_with_parent`): no `pre_exec`, so `posix_spawn`.
+        cmd.arg(host_pid.to_string()).process_group(0);
+    } else {
+        // SAFETY: the closure only makes async-signal-safe syscalls.
+        unsafe {
+            cmd.pre_exec(move || crate::sandbox::in_child_before_exec(host_pid));
+        }
     }
     let mut child = cmd.spawn()?;
     let pid = child.id();
@@ -220,11 +226,35 @@ fn spawn_one(command: &WorkerCommand, req: &SpawnRequest, events: &Sender<Event>
     Ok(WorkerProc { slot: req.slot, gen: req.gen, pid, frames: Some(frames_tx), child })
 }
 
+/// Writes queued frames, coalescing small ones that are already waiting into
+/// one write: with small chunks, one syscall then carries many.
 fn write_frames(mut stdin: ChildStdin, frames: Receiver<Vec<u8>>) {
     use std::io::Write;
-    for frame in frames {
-        if stdin.write_all(&frame).is_err() {
-            return;
+    const COALESCE: usize = 256 << 10;
+    let mut batch = Vec::new();
+    while let Ok(mut frame) = frames.recv() {
+        loop {
+            if batch.is_empty() && frame.len() >= COALESCE {
+                // Large frames go out as they are, without a copy.
+                if stdin.write_all(&frame).is_err() {
+                    return;
+                }
+            } else {
+                batch.extend_from_slice(&frame);
+            }
+            if batch.len() >= COALESCE {
+                break;
+            }
+            match frames.try_recv() {
+                Ok(next) => frame = next,
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            if stdin.write_all(&batch).is_err() {
+                return;
+            }
+            batch.clear();
         }
     }
     // Dropping stdin closes the worker's input: it exits on EOF.
@@ -249,7 +279,7 @@ fn drain_stderr(mut stderr: impl Read, tail: &Mutex<VecDeque<u8>>) {
 fn read_frames(
     slot: usize,
     gen: u64,
-    mut stdout: impl Read,
+    stdout: impl Read,
     cap: usize,
     child: Arc<Mutex<Child>>,
     tail: Arc<Mutex<VecDeque<u8>>>,
@@ -258,6 +288,8 @@ fn read_frames(
 ) {
     let mut buf = Vec::new();
     let mut first = true;
+    // Small frames arrive many per read.
+    let mut stdout = std::io::BufReader::with_capacity(64 << 10, stdout);
     let violation = loop {
         let frame_cap = if first { HANDSHAKE_FRAME_CAP } else { cap };
         match protocol::read_frame(&mut stdout, frame_cap, &mut buf) {

@@ -27,12 +27,12 @@ pub(crate) const WORKER_ARG: &str = "--wpool-worker";
 /// How often the epoch ticker advances the engine's epoch.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
-/// A worker sends what it has at least this often while working through a
-/// chunk, so that the host knows how far it got.
-const RESULT_FLUSH_INTERVAL: Duration = Duration::from_millis(20);
-
-/// Entry point of a worker process. Never returns.
-pub(crate) fn main() -> ! {
+/// Entry point of a worker process. Never returns. `parent` is the host's
+/// pid when the host spawned this process directly (not via a launcher).
+pub(crate) fn main(parent: Option<libc::pid_t>) -> ! {
+    if let Some(host) = parent {
+        sandbox::die_with_parent(host);
+    }
     let code = match run() {
         Ok(()) => 0,
         Err(message) => {
@@ -95,6 +95,8 @@ fn run() -> Result<(), String> {
         .map_err(|e| format!("spawning the wasm thread: {e}"))?;
 
     let cap = frame_cap(hello.settings.limits.max_item_size);
+    // Small frames arrive many per read.
+    let mut input = std::io::BufReader::with_capacity(64 << 10, input);
     loop {
         let mut frame = Vec::new();
         match protocol::read_frame(&mut input, cap, &mut frame) {
@@ -150,41 +152,104 @@ fn start_epoch_ticker(engine: &Engine) {
         .expect("spawning the epoch ticker");
 }
 
+/// A result waits at most about this long (or one item, if that is longer)
+/// before it is written: results of fast items go out together, and the host
+/// still learns often how far a worker got.
+const HOLD_RESULTS: Duration = Duration::from_millis(1);
+
+/// Encoded result frames not yet written, and when the oldest was produced.
+struct Outbox {
+    frames: Vec<u8>,
+    since: Option<Instant>,
+    out: Arc<std::sync::Mutex<File>>,
+}
+
+impl Outbox {
+    fn push(&mut self, msg: &WorkerMsg, now: Instant) {
+        protocol::append_frame(msg, &mut self.frames);
+        self.since.get_or_insert(now);
+    }
+
+    /// Whether the oldest pending result is at least `HOLD_RESULTS` old.
+    fn due(&self, now: Instant) -> bool {
+        self.since.is_some_and(|t| now.saturating_duration_since(t) >= HOLD_RESULTS)
+    }
+
+    fn flush(&mut self) {
+        if self.frames.is_empty() {
+            return;
+        }
+        let mut o = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        if o.write_all(&self.frames).is_err() {
+            // The host is gone.
+            std::process::exit(0);
+        }
+        drop(o);
+        self.frames.clear();
+        self.since = None;
+    }
+}
+
+/// Runs chunks in order. Results go out in batches: one write carries the
+/// results of many small chunks while items are fast, so that the per-item
+/// cost is not a syscall and a context switch; as soon as items are slow, or
+/// there is nothing more to run, they go out at once. One clock read per
+/// item.
 fn wasm_loop(mut rt: Runtime, rx: Receiver<Vec<u8>>, out: Arc<std::sync::Mutex<File>>, crash_on: Option<Vec<u8>>) {
-    let mut frame = Vec::new();
-    for payload in rx {
+    let mut outbox = Outbox { frames: Vec::new(), since: None, out };
+    let mut last_took = Duration::ZERO;
+    loop {
+        let payload = match rx.try_recv() {
+            Ok(p) => p,
+            Err(_) => {
+                // Idle: whatever is pending goes out before waiting.
+                outbox.flush();
+                match rx.recv() {
+                    Ok(p) => p,
+                    Err(_) => return,
+                }
+            }
+        };
         let Ok(HostMsg::Run { chunk, items }) = protocol::decode::<HostMsg>(&payload) else {
             std::process::exit(3);
         };
-        let mut batch: Vec<Outcome> = Vec::new();
+        let mut batch: Vec<Outcome> = Vec::with_capacity(items.len());
         let mut batch_bytes = 0usize;
+        let mut now = Instant::now();
+        let mut batch_started = now;
+        let mut busy = Duration::ZERO;
         let mut offset = 0u32;
-        let mut last_flush = Instant::now();
         let n = items.len();
         for (i, item) in items.iter().enumerate() {
+            // Do not hold results back during an item that may be long.
+            if last_took >= HOLD_RESULTS || outbox.due(now) {
+                outbox.flush();
+            }
             if crash_on.as_deref() == Some(&item[..]) {
                 std::process::abort();
             }
             let outcome = rt.run_item(item);
+            let end = Instant::now();
+            last_took = end.saturating_duration_since(now);
+            now = end;
+            busy += last_took;
             batch_bytes += match &outcome {
                 Outcome::Ok(b) => b.len(),
                 Outcome::Err(e) => e.message.len() + e.stderr.len(),
             };
             batch.push(outcome);
             let last = i + 1 == n;
-            if last || batch_bytes >= BATCH_BYTES || last_flush.elapsed() >= RESULT_FLUSH_INTERVAL {
+            if last || batch_bytes >= BATCH_BYTES || now.saturating_duration_since(batch_started) >= HOLD_RESULTS {
                 let count = batch.len() as u32;
-                let msg = WorkerMsg::Results { chunk, offset, outcomes: std::mem::take(&mut batch) };
-                protocol::encode(&msg, &mut frame);
-                let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
-                if o.write_all(&frame).is_err() {
-                    // The host is gone.
-                    std::process::exit(0);
-                }
-                drop(o);
+                let busy_ns = busy.as_nanos() as u64;
+                outbox.push(&WorkerMsg::Results { chunk, offset, outcomes: std::mem::take(&mut batch), busy_ns }, now);
                 offset += count;
                 batch_bytes = 0;
-                last_flush = Instant::now();
+                batch_started = now;
+                busy = Duration::ZERO;
+                if outbox.frames.len() >= BATCH_BYTES || outbox.due(now) {
+                    outbox.flush();
+                }
             }
         }
     }
