@@ -73,7 +73,16 @@ extern "C" fn worker_entry(argc: libc::c_int, argv: *const *const libc::c_char, 
     // SAFETY: argv entries are NUL-terminated C strings.
     let first = unsafe { std::ffi::CStr::from_ptr(first) };
     if first.to_bytes() == worker::WORKER_ARG.as_bytes() {
-        worker::main();
+        // `--wpool-worker HOST_PID` for a worker the host spawned itself.
+        let parent = (argc >= 3)
+            .then(|| {
+                // SAFETY: argc >= 3, so argv[2] is a valid C string (or NULL).
+                let p = unsafe { *argv.add(2) };
+                (!p.is_null()).then(|| unsafe { std::ffi::CStr::from_ptr(p) })
+            })
+            .flatten()
+            .and_then(|p| p.to_str().ok()?.parse::<libc::pid_t>().ok());
+        worker::main(parent);
     }
 }
 
