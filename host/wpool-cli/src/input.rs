@@ -33,6 +33,12 @@ impl Source {
         }
     }
 
+    /// A regular file (not stdin, a FIFO or a device): reading never waits
+    /// on another process.
+    fn is_regular_file(&self) -> bool {
+        matches!(self, Source::File(p) if std::fs::metadata(p).is_ok_and(|m| m.is_file()))
+    }
+
     fn open(&self) -> io::Result<Box<dyn Read + Send>> {
         Ok(match self {
             Source::Stdin => Box::new(io::stdin()),
@@ -101,6 +107,7 @@ pub struct Items {
     origins: Arc<Mutex<Origins>>,
     error: Arc<Mutex<Option<String>>>,
     current_name: String,
+    current_is_file: bool,
 }
 
 impl Items {
@@ -114,6 +121,7 @@ impl Items {
             origins: Arc::new(Mutex::new(Origins { starts: Vec::new(), split: Some(split) })),
             error: Arc::new(Mutex::new(None)),
             current_name: String::new(),
+            current_is_file: false,
         }
     }
 
@@ -129,6 +137,7 @@ impl Items {
     fn open_next(&mut self) -> bool {
         let Some(source) = self.sources.next() else { return false };
         self.current_name = source.name();
+        self.current_is_file = source.is_regular_file();
         match source.open() {
             Ok(r) => {
                 self.origins.lock().unwrap().starts.push((self.next_index, source.name()));
@@ -140,6 +149,23 @@ impl Items {
                 false
             }
         }
+    }
+
+    /// Whether the next item can be read without waiting on a slow source:
+    /// the current input is a regular file, or a whole record is buffered.
+    pub fn ready(&self) -> bool {
+        let Some(reader) = &self.current else {
+            return self.sources.as_slice().first().is_none_or(Source::is_regular_file);
+        };
+        if self.current_is_file {
+            return true;
+        }
+        let sep = match self.split {
+            Split::Lines => b'\n',
+            Split::Nul => 0,
+            Split::Files => return false,
+        };
+        reader.buffer().contains(&sep)
     }
 
     /// Reads up to the separator (exclusive); `None` at end of source.

@@ -242,23 +242,18 @@ fn map(args: MapArgs) -> Result<u8> {
     let mut printer = Printer::new(format, origins, show_progress, total);
 
     // Input is read on its own thread so that results keep flowing while a
-    // slow producer (a pipe, a terminal) has nothing to say.
-    let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(64);
+    // slow producer (a pipe, a terminal) has nothing to say. Items travel in
+    // batches, each sent as soon as the next read could wait.
+    let (tx, rx) = crossbeam_channel::bounded::<Vec<Vec<u8>>>(4);
     std::thread::Builder::new()
         .name("wpool-input".into())
-        .spawn(move || {
-            for item in items {
-                if tx.send(item).is_err() {
-                    return;
-                }
-            }
-        })
+        .spawn(move || feed_batches(items, &tx))
         .context("starting the input thread")?;
 
     let mut failed = false;
     let outcome: Result<(), Error> = (|| {
         if args.unordered {
-            let mut it = pool.imap_unordered_channel(rx);
+            let mut it = pool.imap_unordered_batches(rx);
             while let Some(r) = it.next() {
                 let (index, result) = r?;
                 failed |= result.is_err();
@@ -268,7 +263,7 @@ fn map(args: MapArgs) -> Result<u8> {
                 }
             }
         } else {
-            let mut it = pool.imap_channel(rx);
+            let mut it = pool.imap_batches(rx);
             let mut index = 0u64;
             while let Some(r) = it.next() {
                 let result = r?;
@@ -297,6 +292,35 @@ fn map(args: MapArgs) -> Result<u8> {
         anyhow::bail!("{e}; results up to that point were printed");
     }
     Ok(if failed { 1 } else { 0 })
+}
+
+/// Sends items in batches of up to `BATCH_ITEMS` items or `BATCH_BYTES`
+/// bytes; a partial batch goes out before any read that could wait.
+fn feed_batches(mut items: Items, tx: &crossbeam_channel::Sender<Vec<Vec<u8>>>) {
+    const BATCH_ITEMS: usize = 1024;
+    const BATCH_BYTES: usize = 256 << 10;
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    loop {
+        if !batch.is_empty() && (batch.len() >= BATCH_ITEMS || bytes >= BATCH_BYTES || !items.ready()) {
+            if tx.send(std::mem::take(&mut batch)).is_err() {
+                return;
+            }
+            bytes = 0;
+        }
+        match items.next() {
+            Some(item) => {
+                bytes += item.len();
+                batch.push(item);
+            }
+            None => {
+                if !batch.is_empty() {
+                    let _ = tx.send(batch);
+                }
+                return;
+            }
+        }
+    }
 }
 
 fn grants(args: &MapArgs) -> Result<Grants> {

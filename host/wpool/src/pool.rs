@@ -300,6 +300,20 @@ impl Pool {
         ImapUnordered { run: self.run(false, RunInput::Channel(items)) }
     }
 
+    /// Like [`Pool::imap_channel`], with items sent in batches: a producer
+    /// of many small items wakes the pool once per batch instead of once per
+    /// item. Send a batch whenever the producer is about to wait for more
+    /// input, so that no item waits behind a slow source.
+    pub fn imap_batches(&mut self, batches: Receiver<Vec<Vec<u8>>>) -> Imap<'_> {
+        Imap { run: self.run(true, RunInput::Batches(batches)) }
+    }
+
+    /// Like [`Pool::imap_unordered`], with items from a channel of batches
+    /// (see [`Pool::imap_batches`]).
+    pub fn imap_unordered_batches(&mut self, batches: Receiver<Vec<Vec<u8>>>) -> ImapUnordered<'_> {
+        ImapUnordered { run: self.run(false, RunInput::Batches(batches)) }
+    }
+
     fn run<'p>(&'p mut self, ordered: bool, input: RunInput<'p>) -> Run<'p> {
         self.sched.begin(ordered);
         Run { sched: &mut self.sched, input }
@@ -315,6 +329,7 @@ impl Drop for Pool {
 enum RunInput<'p> {
     Iter(Box<dyn Iterator<Item = Vec<u8>> + 'p>),
     Channel(Receiver<Vec<u8>>),
+    Batches(Receiver<Vec<Vec<u8>>>),
 }
 
 struct Run<'p> {
@@ -327,6 +342,7 @@ impl Run<'_> {
         let input = match &mut self.input {
             RunInput::Iter(it) => Input::Iter(it.as_mut()),
             RunInput::Channel(rx) => Input::Channel(rx),
+            RunInput::Batches(rx) => Input::Batches(rx),
         };
         self.sched.next(input)
     }
