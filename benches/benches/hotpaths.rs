@@ -40,7 +40,12 @@ fn frames(c: &mut Criterion) {
     protocol::encode(&HostMsg::Run { chunk: 1, items: refs.clone() }, &mut buf);
     let payload = buf[4..].to_vec();
     g.bench_function("decode_run_1024x8B", |b| b.iter(|| protocol::decode::<HostMsg>(&payload).unwrap()));
-    let results = WorkerMsg::Results { chunk: 1, offset: 0, outcomes: data.iter().cloned().map(Outcome::Ok).collect() };
+    let results = WorkerMsg::Results {
+        chunk: 1,
+        offset: 0,
+        outcomes: data.iter().cloned().map(Outcome::Ok).collect(),
+        busy_ns: 1,
+    };
     g.bench_function("encode_results_1024x8B", |b| b.iter(|| protocol::encode(&results, &mut buf)));
     protocol::encode(&results, &mut buf);
     let payload = buf[4..].to_vec();

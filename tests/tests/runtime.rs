@@ -604,3 +604,49 @@ fn a_run_right_after_an_abandoned_one_never_lands_on_a_dying_worker() {
         }
     }
 }
+
+#[test]
+fn items_received_before_the_producer_hung_up_all_run() {
+    // One big batch, then the channel closes: the pool holds thousands of
+    // received items when it sees the disconnect (here while a crash's
+    // retry waits for a worker of its own), and must still run them all.
+    let mut p = Pool::builder(kernel("hostile"))
+        .workers(2)
+        .chunksize(Chunksize::Fixed(1))
+        .retries(1)
+        .crash_worker_on("poison")
+        .build()
+        .unwrap();
+    let (tx, rx) = wpool::crossbeam_channel::bounded(1);
+    let items: Vec<Vec<u8>> =
+        (0..5000).map(|i| if i == 10 { b"poison".to_vec() } else { format!("item {i}").into_bytes() }).collect();
+    tx.send(items.clone()).unwrap();
+    drop(tx);
+    let out: Vec<_> = p.imap_batches(rx).map(|r| r.unwrap()).collect();
+    assert_eq!(out.len(), items.len());
+    for (i, r) in out.iter().enumerate() {
+        match r {
+            Ok(bytes) => assert_eq!(bytes, &items[i]),
+            Err(e) => assert_eq!(
+                (i, e.kind.clone()),
+                (10, TaskErrorKind::WorkerCrashed(Crash::Signaled { signal: libc::SIGABRT }))
+            ),
+        }
+    }
+}
+
+#[test]
+fn results_of_fast_items_are_not_held_back_by_a_long_item() {
+    // Without a timeout nothing interrupts `spin`. Fast items ahead of it
+    // are sent many per write and their results written in batches: the
+    // last batch before `spin` must still come out while `spin` runs.
+    let mut p = Pool::builder(kernel("hostile")).workers(1).chunksize(Chunksize::Fixed(1)).build().unwrap();
+    p.wait_ready().unwrap();
+    let mut items: Vec<String> = (0..2000).map(|i| format!("x{i}")).collect();
+    items.push("spin".into());
+    let mut it = p.imap(items.clone());
+    for item in &items[..2000] {
+        assert_eq!(it.next().unwrap().unwrap().unwrap(), item.as_bytes());
+    }
+    drop(it);
+}

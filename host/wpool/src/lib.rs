@@ -55,6 +55,10 @@ pub use pool::{Canceller, Imap, ImapUnordered, Pool, PoolBuilder};
 pub use sandbox::{Enforcement, SandboxStatus};
 pub use scheduler::{Chunksize, ItemResult, PoolStats};
 
+/// The channel crate of [`Pool::imap_channel`] and [`Pool::imap_batches`], so
+/// that callers use the same version.
+pub use crossbeam_channel;
+
 /// The hidden worker entry point, run by the C runtime before `main`.
 ///
 /// glibc calls `.init_array` functions with `(argc, argv, envp)`. Only when

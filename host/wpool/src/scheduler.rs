@@ -25,8 +25,9 @@ pub type ItemResult = Result<Vec<u8>, TaskError>;
 const DEPTH: usize = 2;
 /// Chunks a worker may hold when they are small and fast (see `depth`)...
 const MAX_DEPTH: usize = 256;
-/// ...and items, beyond `DEPTH` chunks.
-const MAX_IN_FLIGHT_ITEMS: usize = 4096;
+/// ...and items, beyond `DEPTH` chunks (all of them are retried alone when
+/// their worker dies).
+const MAX_IN_FLIGHT_ITEMS: usize = 256;
 /// Largest automatic chunk.
 const MAX_AUTO_CHUNK: usize = 1024;
 /// Automatic chunks aim at about this much work each.
@@ -356,7 +357,7 @@ impl Scheduler {
                 continue;
             }
             let deadline = self.next_deadline();
-            if self.has_room() && self.may_pull() {
+            if self.has_room() && self.may_pull() && !self.job.input_done {
                 match &input {
                     Input::Channel(rx) => self.wait_with_input(deadline, rx, |s, item| s.push_back(item)),
                     Input::Batches(rx) => self.wait_with_input(deadline, rx, |s, batch| s.extend(batch)),
@@ -446,8 +447,11 @@ impl Scheduler {
         (4 * self.cfg.workers * per_worker).max(256) as u64
     }
 
+    /// Whether another input item may be taken now: there is one (from the
+    /// source or already received into the stash) and memory and the
+    /// ordered window allow it.
     fn may_pull(&self) -> bool {
-        !self.job.input_done
+        (!self.job.input_done || !self.job.stash.is_empty())
             && self.job.buffered_bytes < MAX_BUFFERED_BYTES
             && (!self.job.ordered || self.job.next_index < self.job.next_emit + self.window())
     }
@@ -764,7 +768,8 @@ impl Scheduler {
     /// one running: an item is blamed only when it was the worker's *only*
     /// unanswered item (a retry runs alone, on a worker holding nothing
     /// else); all others are retried alone. Each counts an attempt (any of
-    /// them may have been running).
+    /// them may have been running). `MAX_IN_FLIGHT_ITEMS` bounds how many
+    /// items one death sends through that slow path.
     fn requeue(
         &mut self,
         slot: usize,
