@@ -42,7 +42,7 @@ enum Command {
     #[command(after_long_help = "Exit status: 0 every item succeeded; 1 at least one item failed; 2 usage, \
 kernel-load or input error (nothing was run) or pool failure; 130 interrupted.\n\n\
 Example:\n  printf 'hello\\nworld\\n' | wpool map -j 2 --timeout 500ms target/kernels/wasip2/upper.wasm")]
-    Map(MapArgs),
+    Map(Box<MapArgs>),
     /// Describe a kernel: format, world, imports, exports, size, and whether
     /// wpool accepts it.
     Inspect {
@@ -104,6 +104,16 @@ struct MapArgs {
     /// Largest item and largest result.
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = units::parse_size)]
     max_item_size: u64,
+    /// Configuration for a kernel with an `init` export (world
+    /// `kernel-with-init`): FILE's bytes are passed to `init` once per kernel
+    /// instance, before any item (at most 64 MiB).
+    #[arg(long, value_name = "FILE")]
+    init: Option<PathBuf>,
+    /// Read-only data shared by every kernel instance: FILE is visible to the
+    /// kernel as the file `/data` (the same file on disk, so the OS page cache
+    /// shares it between workers; nothing else of the host is visible).
+    #[arg(long, value_name = "FILE")]
+    data: Option<PathBuf>,
     /// Make a host directory visible to the kernel: `HOST[:GUEST][:rw]`
     /// (read-only unless `:rw`; GUEST defaults to HOST as written).
     #[arg(long = "allow-dir", value_name = "HOST[:GUEST][:rw]")]
@@ -143,7 +153,7 @@ struct MapArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Map(args) => map(args),
+        Command::Map(args) => map(*args),
         Command::Inspect { kernel, sandbox } => inspect(&kernel, sandbox),
     };
     match result {
@@ -211,9 +221,23 @@ fn map(args: MapArgs) -> Result<u8> {
         max_items_per_instance: if args.isolate || args.deterministic { Some(1) } else { args.max_items_per_instance },
         ..Limits::default()
     };
-    let grants = grants(&args)?;
+    let mut grants = grants(&args)?;
+    // Lives as long as the pool.
+    let _data_dir = match &args.data {
+        Some(file) => {
+            let (dir, grant) = data_grant(file)?;
+            grants.dirs.push(grant);
+            Some(dir)
+        }
+        None => None,
+    };
     let workers = args.jobs.unwrap_or_else(num_cpus::get);
-    let mut pool = Pool::builder(kernel)
+    let mut builder = Pool::builder(kernel);
+    if let Some(file) = &args.init {
+        let config = std::fs::read(file).with_context(|| format!("--init {}", file.display()))?;
+        builder = builder.init(config);
+    }
+    let mut pool = builder
         .workers(workers)
         .chunksize(args.chunksize)
         .retries(args.retries)
@@ -321,6 +345,24 @@ fn feed_batches(mut items: Items, tx: &crossbeam_channel::Sender<Vec<Vec<u8>>>) 
             }
         }
     }
+}
+
+/// `--data FILE`: a private directory holding FILE as `data` (a hard link:
+/// the same file, nothing copied; a copy when FILE is on another file
+/// system), granted read-only as the guest's `/`.
+fn data_grant(file: &std::path::Path) -> Result<(tempfile::TempDir, DirGrant)> {
+    let meta = std::fs::metadata(file).with_context(|| format!("--data {}", file.display()))?;
+    if !meta.is_file() {
+        anyhow::bail!("--data {}: not a regular file", file.display());
+    }
+    let dir =
+        tempfile::Builder::new().prefix("wpool-data-").tempdir().context("--data: creating a private directory")?;
+    let link = dir.path().join("data");
+    if std::fs::hard_link(file, &link).is_err() {
+        std::fs::copy(file, &link).with_context(|| format!("--data {}", file.display()))?;
+    }
+    let grant = DirGrant { host: dir.path().to_path_buf(), guest: "/".into(), writable: false };
+    Ok((dir, grant))
 }
 
 fn grants(args: &MapArgs) -> Result<Grants> {

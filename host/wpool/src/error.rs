@@ -229,6 +229,25 @@ pub enum Error {
         /// Every import that cannot be satisfied.
         imports: Vec<String>,
     },
+    /// An `init` configuration was given for a kernel without an `init`
+    /// export.
+    #[error(
+        "{kernel}: has no `init` export (world `wpool:kernel/kernel-with-init`), so it takes no \
+         configuration (--init)"
+    )]
+    NoInit {
+        /// Which kernel.
+        kernel: String,
+    },
+    /// The kernel's `init` returned an error (or trapped) on a worker's first
+    /// instance; nothing ran.
+    #[error("{kernel}: `init` failed: {message}")]
+    InitFailed {
+        /// Which kernel.
+        kernel: String,
+        /// The kernel's message.
+        message: String,
+    },
     /// The artifact cache could not be used.
     #[error("artifact cache {}: {message}", path.display())]
     Cache {

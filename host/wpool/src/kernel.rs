@@ -19,10 +19,11 @@ use wasmtime::Engine;
 
 use crate::error::Error;
 use crate::limits::EngineSettings;
-use crate::runtime::{self, MAP_EXPORT};
+use crate::runtime::{self, INIT_EXPORT, MAP_EXPORT};
 
 /// The contract's type of `map`, for messages.
 const MAP_SIGNATURE: &str = "func(input: list<u8>) -> result<list<u8>, string>";
+const INIT_SIGNATURE: &str = "func(config: list<u8>) -> result<_, string>";
 
 /// WASI 0.2 packages the host links (deny-by-default policy inside).
 const PROVIDED_PACKAGES: [&str; 6] =
@@ -45,6 +46,7 @@ pub struct Kernel {
     /// The artifact compiled (or found) while validating, for the default
     /// codegen settings.
     default_artifact: Artifact,
+    has_init: bool,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -105,8 +107,15 @@ impl Kernel {
         // pool with default codegen settings need not load it again.
         let (default_artifact, component, engine) = cache.get_or_compile(&name, &bytes, &EngineSettings::default())?;
         let info = describe(&engine, &component, bytes.len());
-        check_contract(&name, &engine, &component)?;
-        Ok(Kernel { name, bytes, info, cache, default_artifact })
+        let has_init = check_contract(&name, &engine, &component)?;
+        Ok(Kernel { name, bytes, info, cache, default_artifact, has_init })
+    }
+
+    /// Whether the kernel exports `init` (world `kernel-with-init`): the
+    /// host then calls it once per instance, before any `map`, with the
+    /// configuration of [`crate::PoolBuilder::init`] (empty by default).
+    pub fn has_init(&self) -> bool {
+        self.has_init
     }
 
     /// The name used in messages (the path for files).
@@ -203,9 +212,10 @@ fn item_kind(item: &ComponentItem) -> &'static str {
     }
 }
 
-/// Checks the world: `map` with exactly the contract's type, and imports the
-/// host can satisfy. Extra exports are allowed (other toolchains add them).
-fn check_contract(name: &str, engine: &Engine, component: &Component) -> Result<(), Error> {
+/// Checks the world: `map` with exactly the contract's type, `init` with its
+/// type if there is one, and imports the host can satisfy. Extra exports are
+/// allowed (other toolchains add them). Says whether there is an `init`.
+fn check_contract(name: &str, engine: &Engine, component: &Component) -> Result<bool, Error> {
     let ty = component.component_type();
     match ty.get_export(engine, MAP_EXPORT).map(|e| e.ty) {
         None => {
@@ -232,6 +242,22 @@ fn check_contract(name: &str, engine: &Engine, component: &Component) -> Result<
             })
         }
     }
+    let has_init = match ty.get_export(engine, INIT_EXPORT).map(|e| e.ty) {
+        None => false,
+        Some(ComponentItem::ComponentFunc(f)) if is_init_signature(&f) => true,
+        Some(ComponentItem::ComponentFunc(f)) => {
+            return Err(Error::WorldMismatch {
+                kernel: name.into(),
+                detail: format!("export `init` has type {}, expected {INIT_SIGNATURE}", func_sig(&f)),
+            })
+        }
+        Some(other) => {
+            return Err(Error::WorldMismatch {
+                kernel: name.into(),
+                detail: format!("export `init` is a {}, expected `init: {INIT_SIGNATURE}`", item_kind(&other)),
+            })
+        }
+    };
     let unsatisfied: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).filter(|n| !is_provided(n)).collect();
     if !unsatisfied.is_empty() {
         return Err(Error::UnsatisfiedImports { kernel: name.into(), imports: unsatisfied });
@@ -242,7 +268,15 @@ fn check_contract(name: &str, engine: &Engine, component: &Component) -> Result<
     if let Err(e) = linker.instantiate_pre(component) {
         return Err(Error::UnsatisfiedImports { kernel: name.into(), imports: vec![format!("{e:#}")] });
     }
-    Ok(())
+    Ok(has_init)
+}
+
+/// `init: func(config: list<u8>) -> result<_, string>`.
+fn is_init_signature(f: &ComponentFunc) -> bool {
+    let params: Vec<Type> = f.params().map(|(_, t)| t).collect();
+    let results: Vec<Type> = f.results().collect();
+    matches!(&params[..], [Type::List(l)] if l.ty() == Type::U8)
+        && matches!(&results[..], [Type::Result(r)] if r.ok().is_none() && r.err() == Some(Type::String))
 }
 
 fn is_provided(import: &str) -> bool {

@@ -44,6 +44,7 @@ pub struct PoolBuilder {
     max_restarts: Option<u32>,
     command: WorkerCommand,
     crash_on: Option<Vec<u8>>,
+    init: Option<Vec<u8>>,
     require_sandbox: bool,
     probe_sandbox: bool,
 }
@@ -119,6 +120,17 @@ impl PoolBuilder {
         self
     }
 
+    /// The configuration a `kernel-with-init` kernel's `init` gets, once per
+    /// instance before any `map` (like `multiprocessing.Pool(initializer=…)`);
+    /// empty when not set. `build` fails with [`Error::NoInit`] if the
+    /// kernel has no `init`, and with [`Error::InitFailed`] if `init`
+    /// returns an error. At most 64 MiB: larger read-only data belongs in a
+    /// file the kernel reads (a granted directory).
+    pub fn init(mut self, config: impl Into<Vec<u8>>) -> Self {
+        self.init = Some(config.into());
+        self
+    }
+
     /// Test hook: workers try forbidden syscalls after confining themselves
     /// and report the outcomes in [`SandboxStatus::probes`].
     #[doc(hidden)]
@@ -152,6 +164,18 @@ impl PoolBuilder {
                 )));
             }
         }
+        let init = match (self.kernel.has_init(), self.init) {
+            (false, Some(_)) => return Err(Error::NoInit { kernel: self.kernel.name().to_string() }),
+            (false, None) => None,
+            (true, config) => Some(config.unwrap_or_default()),
+        };
+        if init.as_ref().is_some_and(|c| c.len() > crate::protocol::MAX_INIT_CONFIG) {
+            return Err(Error::Config(format!(
+                "init configuration of {} bytes is over the {}-byte cap",
+                init.as_ref().map_or(0, Vec::len),
+                crate::protocol::MAX_INIT_CONFIG
+            )));
+        }
         let settings = EngineSettings { limits: self.limits.clone(), grants: self.grants.clone() };
         let artifact = self.kernel.artifact(&settings)?;
         let hello = Hello {
@@ -161,6 +185,7 @@ impl PoolBuilder {
             digest: artifact.digest,
             settings,
             crash_on: self.crash_on,
+            init,
             probe_sandbox: self.probe_sandbox,
         };
         let cfg = SchedConfig {
@@ -173,6 +198,7 @@ impl PoolBuilder {
             require_sandbox: self.require_sandbox,
             hello,
             command: self.command,
+            kernel: self.kernel.name().to_string(),
         };
         Ok(Pool { sched: Scheduler::start(cfg)?, workers: self.workers })
     }
@@ -210,6 +236,7 @@ impl Pool {
             max_restarts: None,
             command: WorkerCommand { launcher: Vec::new(), program: None, cwd: PathBuf::from("/") },
             crash_on: None,
+            init: None,
             require_sandbox: false,
             probe_sandbox: false,
         }

@@ -17,10 +17,18 @@ use crate::limits::EngineSettings;
 use crate::sandbox::SandboxStatus;
 
 /// Bumped on every incompatible change of the frame types.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The cap on the very first frame (`Hello` / `Ready`), before limits are known.
 pub const HANDSHAKE_FRAME_CAP: usize = 1 << 20;
+
+/// Largest `init` configuration (larger read-only data belongs in a file the
+/// kernel reads, see `Grants::data`).
+pub const MAX_INIT_CONFIG: usize = 64 << 20;
+
+/// The cap a worker puts on the host's `Hello`, which carries the `init`
+/// configuration.
+pub const HELLO_FRAME_CAP: usize = HANDSHAKE_FRAME_CAP + MAX_INIT_CONFIG;
 
 /// Bytes of framing and bookkeeping a frame may carry beyond its payload data.
 pub const FRAME_OVERHEAD: usize = 1 << 20;
@@ -69,6 +77,10 @@ pub struct Hello {
     pub digest: [u8; 32],
     /// Engine and per-item limits; must match what compiled the artifact.
     pub settings: EngineSettings,
+    /// For a `kernel-with-init` component: the configuration its `init`
+    /// gets, once per instance, before any `map`.
+    #[serde(with = "serde_bytes")]
+    pub init: Option<Vec<u8>>,
     /// Test hook: the worker process aborts when it is handed this exact item.
     /// Stands in for a wasmtime or host bug that kills the worker process.
     pub crash_on: Option<Vec<u8>>,
@@ -87,6 +99,9 @@ pub enum WorkerMsg {
     Results { chunk: u64, offset: u32, outcomes: Vec<Outcome>, busy_ns: u64 },
     /// The worker cannot start (bad artifact, version mismatch); it exits next.
     Failed { message: String },
+    /// The kernel's `init` failed on the worker's first instance: the same
+    /// configuration would fail everywhere, so the run stops.
+    InitFailed { message: String },
 }
 
 /// How one item ended inside a worker.

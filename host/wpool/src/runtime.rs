@@ -117,6 +117,9 @@ fn new_store(
 
 /// The kernel export the host calls.
 pub(crate) const MAP_EXPORT: &str = "map";
+/// The optional initializer of world `kernel-with-init`.
+pub(crate) const INIT_EXPORT: &str = "init";
+type InitResults = (Result<(), String>,);
 
 type MapParams<'a> = (&'a [u8],);
 type MapResults = (Result<Vec<u8>, String>,);
@@ -139,6 +142,8 @@ pub(crate) struct Runtime {
     live: Option<Live>,
     /// Epoch ticks that make up the timeout (see the worker's ticker).
     timeout_ticks: Option<u64>,
+    /// `init`'s export and configuration, for `kernel-with-init` components.
+    init: Option<(ComponentExportIndex, Vec<u8>)>,
 }
 
 impl Runtime {
@@ -147,11 +152,21 @@ impl Runtime {
         component: &Component,
         settings: EngineSettings,
         timeout_ticks: Option<u64>,
+        init: Option<Vec<u8>>,
     ) -> wasmtime::Result<Runtime> {
         let pre = linker(&engine)?.instantiate_pre(component)?;
         let export = component
             .get_export_index(None, MAP_EXPORT)
             .ok_or_else(|| wasmtime::format_err!("component has no `map` export"))?;
+        let init = match init {
+            Some(config) => Some((
+                component
+                    .get_export_index(None, INIT_EXPORT)
+                    .ok_or_else(|| wasmtime::format_err!("component has no `init` export"))?,
+                config,
+            )),
+            None => None,
+        };
         let determinism = Determinism::new(settings.grants.seed);
         Ok(Runtime {
             engine,
@@ -162,7 +177,59 @@ impl Runtime {
             determinism,
             live: None,
             timeout_ticks,
+            init,
         })
+    }
+
+    /// Makes the instance the next item will use now (running `init`), so
+    /// that a failing `init` is known before any item: `Err(message)`.
+    pub(crate) fn prepare(&mut self) -> Result<(), String> {
+        match self.instantiate() {
+            Ok(live) => {
+                self.live = Some(live);
+                Ok(())
+            }
+            Err(Outcome::Err(e)) => {
+                Err(e.message.strip_prefix("init failed: ").map(str::to_string).unwrap_or(e.message))
+            }
+            Err(Outcome::Ok(_)) => unreachable!("instantiate fails with an error"),
+        }
+    }
+
+    /// A fresh instance, with `init` run if the kernel has one; on failure,
+    /// the outcome to report.
+    fn instantiate(&self) -> Result<Live, Outcome> {
+        let mut store = match new_store(&self.engine, &self.settings, &self.stderr, &self.determinism) {
+            Ok(store) => store,
+            Err(e) => return Err(err(WireKind::Trap, format!("cannot set up the instance: {e:#}"), vec![])),
+        };
+        // Instantiation and `init` run guest code too: they need fuel and a
+        // deadline like the call itself.
+        if let Some(fuel) = self.settings.limits.fuel {
+            let _ = store.set_fuel(fuel);
+        }
+        store.set_epoch_deadline(self.timeout_ticks.unwrap_or(u64::MAX / 4));
+        let made = self.pre.instantiate(&mut store).and_then(|instance| {
+            let map = instance
+                .get_func(&mut store, self.export)
+                .ok_or_else(|| wasmtime::format_err!("component has no `map` export"))?;
+            map.typed::<MapParams<'_>, MapResults>(&store)?;
+            let init = match &self.init {
+                Some((index, config)) => {
+                    let f = instance.get_typed_func::<MapParams<'_>, InitResults>(&mut store, index)?;
+                    Some(f.call(&mut store, (config,))?.0)
+                }
+                None => None,
+            };
+            Ok((map, init))
+        });
+        match made {
+            Ok((map, None | Some(Ok(())))) => Ok(Live { store, map, items: 0 }),
+            Ok((_, Some(Err(message)))) => {
+                Err(err(WireKind::Kernel, format!("init failed: {message}"), self.stderr.take()))
+            }
+            Err(e) => Err(self.classify(&e, store.data().limiter.refused)),
+        }
     }
 
     pub(crate) fn engine(&self) -> &Engine {
@@ -184,29 +251,10 @@ impl Runtime {
         self.determinism.reset();
         let live = match self.live.take() {
             Some(live) => live,
-            None => {
-                let mut store = match new_store(&self.engine, &self.settings, &self.stderr, &self.determinism) {
-                    Ok(store) => store,
-                    Err(e) => return err(WireKind::Trap, format!("cannot set up the instance: {e:#}"), vec![]),
-                };
-                // Instantiation runs guest code too (initialisers): it needs
-                // fuel and a deadline like the call itself.
-                if let Some(fuel) = self.settings.limits.fuel {
-                    let _ = store.set_fuel(fuel);
-                }
-                store.set_epoch_deadline(self.timeout_ticks.unwrap_or(u64::MAX / 4));
-                let map = self.pre.instantiate(&mut store).and_then(|instance| {
-                    let map = instance
-                        .get_func(&mut store, self.export)
-                        .ok_or_else(|| wasmtime::format_err!("component has no `map` export"))?;
-                    map.typed::<MapParams<'_>, MapResults>(&store)?;
-                    Ok(map)
-                });
-                match map {
-                    Ok(map) => Live { store, map, items: 0 },
-                    Err(e) => return self.classify(&e, store.data().limiter.refused),
-                }
-            }
+            None => match self.instantiate() {
+                Ok(live) => live,
+                Err(outcome) => return outcome,
+            },
         };
         let mut live = live;
         live.store.data_mut().limiter.refused = None;

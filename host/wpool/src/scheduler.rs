@@ -57,6 +57,8 @@ pub(crate) struct SchedConfig {
     pub require_sandbox: bool,
     pub hello: Hello,
     pub command: WorkerCommand,
+    /// The kernel's name, for messages.
+    pub kernel: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -629,6 +631,10 @@ impl Scheduler {
                 self.slots[slot].state = SlotState::Ready;
                 self.startup_failures = 0;
             }
+            (SlotState::Starting(_), WorkerMsg::InitFailed { message }) => {
+                self.kill(slot, KillReason::Abandoned);
+                self.job.fatal.get_or_insert(Error::InitFailed { kernel: self.cfg.kernel.clone(), message });
+            }
             (SlotState::Starting(_), WorkerMsg::Failed { message }) => {
                 self.last_startup_failure = message;
             }
@@ -956,6 +962,7 @@ fn msg_name(msg: &WorkerMsg) -> &'static str {
         WorkerMsg::Ready { .. } => "Ready",
         WorkerMsg::Results { .. } => "Results",
         WorkerMsg::Failed { .. } => "Failed",
+        WorkerMsg::InitFailed { .. } => "InitFailed",
     }
 }
 

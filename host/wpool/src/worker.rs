@@ -16,7 +16,7 @@ use wasmtime::component::Component;
 use wasmtime::Engine;
 
 use crate::protocol::{
-    self, frame_cap, FrameError, Hello, HostMsg, Outcome, WorkerMsg, BATCH_BYTES, HANDSHAKE_FRAME_CAP, PROTOCOL_VERSION,
+    self, frame_cap, FrameError, Hello, HostMsg, Outcome, WorkerMsg, BATCH_BYTES, HELLO_FRAME_CAP, PROTOCOL_VERSION,
 };
 use crate::runtime::Runtime;
 use crate::sandbox;
@@ -50,7 +50,7 @@ fn run() -> Result<(), String> {
     sandbox::harden_worker();
 
     let mut buf = Vec::new();
-    match protocol::read_frame(&mut input, HANDSHAKE_FRAME_CAP, &mut buf) {
+    match protocol::read_frame(&mut input, HELLO_FRAME_CAP, &mut buf) {
         Ok(()) => {}
         Err(FrameError::Eof) => return Ok(()),
         Err(e) => return Err(format!("handshake: {e}")),
@@ -82,17 +82,37 @@ fn run() -> Result<(), String> {
     if hello.settings.limits.timeout.is_some() {
         start_epoch_ticker(runtime.engine());
     }
-    send(&WorkerMsg::Ready { version: PROTOCOL_VERSION, pid: std::process::id(), sandbox })?;
 
+    // The wasm thread runs `init` (on the first instance) before anything
+    // else, and says how it went: a failing `init` stops the run.
     let (tx, rx) = crossbeam_channel::unbounded::<Vec<u8>>();
+    let (prepared_tx, prepared) = crossbeam_channel::bounded::<Result<(), String>>(1);
     let stack = crate::limits::native_stack_for(&hello.settings.limits);
     let crash_on = hello.crash_on.clone();
     let out = Arc::clone(&output);
+    let has_init = hello.init.is_some();
     std::thread::Builder::new()
         .name("wpool-wasm".into())
         .stack_size(stack)
-        .spawn(move || wasm_loop(runtime, rx, out, crash_on))
+        .spawn(move || {
+            let mut runtime = runtime;
+            let result = if has_init { runtime.prepare() } else { Ok(()) };
+            let ok = result.is_ok();
+            let _ = prepared_tx.send(result);
+            if ok {
+                wasm_loop(runtime, rx, out, crash_on);
+            }
+        })
         .map_err(|e| format!("spawning the wasm thread: {e}"))?;
+    match prepared.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(message)) => {
+            send(&WorkerMsg::InitFailed { message: message.clone() })?;
+            return Err(message);
+        }
+        Err(_) => return Err("the wasm thread is gone".into()),
+    }
+    send(&WorkerMsg::Ready { version: PROTOCOL_VERSION, pid: std::process::id(), sandbox })?;
 
     let cap = frame_cap(hello.settings.limits.max_item_size);
     // Small frames arrive many per read.
@@ -140,7 +160,8 @@ fn load(hello: &Hello) -> Result<Runtime, String> {
     // wasmtime further checks that the artifact fits this engine.
     let component = unsafe { Component::deserialize(&engine, &bytes) }.map_err(|e| format!("artifact: {e:#}"))?;
     let ticks = hello.settings.limits.timeout.map(|t| (t.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64).max(1));
-    Runtime::new(engine, &component, hello.settings.clone(), ticks).map_err(|e| format!("preparing kernel: {e:#}"))
+    Runtime::new(engine, &component, hello.settings.clone(), ticks, hello.init.clone())
+        .map_err(|e| format!("preparing kernel: {e:#}"))
 }
 
 /// With instances replaced often (`--isolate`, `--deterministic`,
