@@ -97,3 +97,102 @@ fn readme_init_and_data_examples_give_the_documented_output() {
         assert_eq!(stdout(&o), expected, "{flag}");
     }
 }
+
+fn stage(name: &str) -> String {
+    kernel_path(name).display().to_string()
+}
+
+#[test]
+fn readme_pipeline_example_gives_the_documented_output() {
+    let mut c = wpool();
+    c.current_dir(root()).args(["pipeline", "--stage", &stage("validate"), "--stage", &stage("primes")]);
+    c.args(["--stage", &stage("format"), "--jobs-per-stage", "1,2,1", "examples/numbers.txt"]);
+    let o = run(c, b"");
+    assert_eq!(o.status.code(), Some(1), "two items fail: {}", stderr(&o));
+    assert_eq!(stdout(&o), "count=168\ncount=2262\ncount=25997\ncount=348513\n");
+    let err = stderr(&o);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(lines[0].contains("item 2 (examples/numbers.txt:3): kernel: stage 1 ("), "{err}");
+    assert!(lines[0].contains("validate: not a number: \"seven\""), "{err}");
+    assert!(lines[1].contains("item 4 (examples/numbers.txt:5): kernel: stage 1 ("), "{err}");
+    assert!(lines[1].contains("99999999 is larger than 10000000"), "{err}");
+}
+
+#[test]
+fn an_item_failing_in_a_middle_stage_is_reported_once_and_goes_no_further() {
+    let mut c = wpool();
+    c.args(["pipeline", "--json", "-j", "2", "--stage", &stage("upper"), "--stage", &stage("validate")]);
+    c.args(["--stage", &stage("format")]);
+    let o = run(c, b"12\nabc\n7\n");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3, "one line per item");
+    assert_eq!(lines[0]["ok"]["text"], "count=12");
+    assert_eq!(lines[2]["ok"]["text"], "count=7");
+    assert_eq!(lines[1]["index"], 1);
+    assert_eq!(lines[1]["error"]["kind"], "kernel");
+    let message = lines[1]["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("stage 2 (") && message.contains("validate: not a number: \"ABC\""), "{message}");
+}
+
+#[test]
+fn pipeline_stages_stream_items_without_waiting_for_the_input_to_end() {
+    use std::io::{BufRead, Write};
+    let mut c = wpool();
+    c.args(["pipeline", "--stage", &stage("upper"), "--stage", &stage("echo")]);
+    c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    // Input stays open: the first result must come out of the last stage
+    // all the same, and the second after it.
+    for word in ["first", "second"] {
+        writeln!(stdin, "{word}").unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line, format!("{}\n", word.to_uppercase()));
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn library_pipeline_runs_in_order_and_stops_when_asked() {
+    assert!(matches!(wpool::Pipeline::new(vec![]), Err(Error::Config(_))));
+    let upper = Pool::builder(kernel("upper")).workers(1).build().unwrap();
+    let validate = Pool::builder(kernel("validate")).workers(2).build().unwrap();
+    let mut p = wpool::Pipeline::new(vec![upper, validate]).unwrap();
+    let items: Vec<Vec<u8>> =
+        (0..500).map(|i| if i == 7 { b"x".to_vec() } else { i.to_string().into_bytes() }).collect();
+    let mut seen = Vec::new();
+    p.run(items.clone(), |index, result| {
+        match result {
+            Ok(bytes) => assert_eq!(bytes, items[index.get() as usize]),
+            Err(f) => {
+                assert_eq!((index.get(), f.stage, f.error.index), (7, 1, index));
+                assert!(f.error.message.contains("not a number: \"X\""), "{}", f.error.message);
+            }
+        }
+        seen.push(index.get());
+        true
+    })
+    .unwrap();
+    assert_eq!(seen, (0..500).collect::<Vec<u64>>());
+    // Stopping early abandons the rest; the pipeline stays usable.
+    let mut n = 0;
+    p.run(items.clone(), |_, _| {
+        n += 1;
+        n < 10
+    })
+    .unwrap();
+    assert_eq!(n, 10);
+    let mut again = 0;
+    p.run(items[..3].to_vec(), |_, _| {
+        again += 1;
+        true
+    })
+    .unwrap();
+    assert_eq!(again, 3);
+}

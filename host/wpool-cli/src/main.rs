@@ -42,7 +42,18 @@ enum Command {
     #[command(after_long_help = "Exit status: 0 every item succeeded; 1 at least one item failed; 2 usage, \
 kernel-load or input error (nothing was run) or pool failure; 130 interrupted.\n\n\
 Example:\n  printf 'hello\\nworld\\n' | wpool map -j 2 --timeout 500ms target/kernels/wasip2/upper.wasm")]
-    Map(Box<MapArgs>),
+    Map(Box<MapCmd>),
+    /// Run items through several kernels in a row, every stage at the same
+    /// time (validate → transform → load).
+    ///
+    /// Each stage is a pool of its own; items stream from stage to stage
+    /// through bounded buffers (a slow stage holds back the ones before it).
+    /// An item that fails in a stage is reported once, with its index and
+    /// the stage, and does not enter later stages. Input, output, limits and
+    /// --json as for `wpool map`; results in input order.
+    #[command(after_long_help = "Exit status as for `wpool map`.\n\n\
+Example:\n  wpool pipeline --stage target/kernels/wasip2/validate.wasm --stage target/kernels/wasip2/primes.wasm \\\n    --stage target/kernels/wasip2/format.wasm --jobs-per-stage 1,2,1 examples/numbers.txt")]
+    Pipeline(Box<PipelineCmd>),
     /// Describe a kernel: format, world, imports, exports, size, and whether
     /// wpool accepts it.
     Inspect {
@@ -56,9 +67,27 @@ Example:\n  printf 'hello\\nworld\\n' | wpool map -j 2 --timeout 500ms target/ke
 }
 
 #[derive(Args)]
-struct MapArgs {
+struct MapCmd {
     /// The kernel: a WebAssembly component of world `wpool:kernel/kernel`.
     kernel: PathBuf,
+    #[command(flatten)]
+    run: MapArgs,
+}
+
+#[derive(Args)]
+struct PipelineCmd {
+    /// A stage's kernel; give one `--stage` per stage, in order.
+    #[arg(long = "stage", value_name = "KERNEL", required = true)]
+    stages: Vec<PathBuf>,
+    /// Worker processes of each stage, e.g. `2,1,1` [default: -j for every stage].
+    #[arg(long, value_name = "N,N,...")]
+    jobs_per_stage: Option<String>,
+    #[command(flatten)]
+    run: MapArgs,
+}
+
+#[derive(Args)]
+struct MapArgs {
     /// Input files; stdin when none is given or for `-`.
     inputs: Vec<PathBuf>,
     /// Worker processes [default: number of cores].
@@ -153,7 +182,8 @@ struct MapArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Map(args) => map(*args),
+        Command::Map(cmd) => map(&cmd.kernel, cmd.run),
+        Command::Pipeline(cmd) => pipeline(*cmd),
         Command::Inspect { kernel, sandbox } => inspect(&kernel, sandbox),
     };
     match result {
@@ -202,49 +232,162 @@ fn inspect(path: &std::path::Path, sandbox: bool) -> Result<u8> {
     Ok(if ins.rejection.is_none() { 0 } else { 1 })
 }
 
-fn map(args: MapArgs) -> Result<u8> {
-    let kernel = Kernel::from_file(&args.kernel)?;
-    let sources = input::sources(&args.inputs)?;
-    let split = if args.files {
+/// Limits, grants and the other pool settings shared by `map` and every
+/// stage of `pipeline`.
+struct Setup {
+    limits: Limits,
+    grants: Grants,
+    max_item: usize,
+    /// The `--data` directory; lives as long as the pools.
+    _data_dir: Option<tempfile::TempDir>,
+}
+
+impl Setup {
+    fn new(args: &MapArgs) -> Result<Setup> {
+        let max_item = usize::try_from(args.max_item_size).context("--max-item-size is too large")?;
+        let limits = Limits {
+            timeout: args.timeout,
+            memory: args.memory,
+            fuel: args.fuel,
+            max_item_size: max_item,
+            max_items_per_instance: if args.isolate || args.deterministic {
+                Some(1)
+            } else {
+                args.max_items_per_instance
+            },
+            ..Limits::default()
+        };
+        let mut grants = grants(args)?;
+        let data_dir = match &args.data {
+            Some(file) => {
+                let (dir, grant) = data_grant(file)?;
+                grants.dirs.push(grant);
+                Some(dir)
+            }
+            None => None,
+        };
+        Ok(Setup { limits, grants, max_item, _data_dir: data_dir })
+    }
+
+    fn builder(&self, kernel: Kernel, args: &MapArgs, workers: usize) -> wpool::PoolBuilder {
+        Pool::builder(kernel)
+            .workers(workers)
+            .chunksize(args.chunksize)
+            .retries(args.retries)
+            .limits(self.limits.clone())
+            .grants(self.grants.clone())
+            .require_sandbox(args.require_sandbox)
+    }
+}
+
+fn split_of(args: &MapArgs) -> Split {
+    if args.files {
         Split::Files
     } else if args.null {
         Split::Nul
     } else {
         Split::Lines
-    };
-    let max_item = usize::try_from(args.max_item_size).context("--max-item-size is too large")?;
-    let limits = Limits {
-        timeout: args.timeout,
-        memory: args.memory,
-        fuel: args.fuel,
-        max_item_size: max_item,
-        max_items_per_instance: if args.isolate || args.deterministic { Some(1) } else { args.max_items_per_instance },
-        ..Limits::default()
-    };
-    let mut grants = grants(&args)?;
-    // Lives as long as the pool.
-    let _data_dir = match &args.data {
-        Some(file) => {
-            let (dir, grant) = data_grant(file)?;
-            grants.dirs.push(grant);
-            Some(dir)
+    }
+}
+
+fn format_of(args: &MapArgs) -> Format {
+    if args.json {
+        Format::Json
+    } else {
+        Format::Plain { sep: if args.null { 0 } else { b'\n' } }
+    }
+}
+
+fn pipeline(cmd: PipelineCmd) -> Result<u8> {
+    let args = &cmd.run;
+    if args.unordered {
+        anyhow::bail!("--unordered: a pipeline prints results in input order");
+    }
+    if args.init.is_some() {
+        anyhow::bail!("--init: not available for pipelines (each stage is its own kernel)");
+    }
+    let jobs: Vec<usize> = match &cmd.jobs_per_stage {
+        Some(list) => {
+            let jobs = list
+                .split(',')
+                .map(|n| units::parse_jobs(n.trim()).map_err(|e| anyhow::anyhow!("--jobs-per-stage {list}: {e}")))
+                .collect::<Result<Vec<usize>>>()?;
+            if jobs.len() != cmd.stages.len() {
+                anyhow::bail!("--jobs-per-stage {list}: {} numbers for {} stages", jobs.len(), cmd.stages.len());
+            }
+            jobs
         }
-        None => None,
+        None => vec![args.jobs.unwrap_or_else(num_cpus::get); cmd.stages.len()],
     };
+    let kernels = cmd.stages.iter().map(Kernel::from_file).collect::<Result<Vec<_>, _>>()?;
+    let names: Vec<String> = kernels.iter().map(|k| k.name().to_string()).collect();
+    let sources = input::sources(&args.inputs)?;
+    let setup = Setup::new(args)?;
+    let mut pools = Vec::new();
+    for (kernel, workers) in kernels.into_iter().zip(&jobs) {
+        pools.push(setup.builder(kernel, args, *workers).build()?);
+    }
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let cancellers: Vec<_> = pools.iter().map(Pool::canceller).collect();
+        let interrupted = Arc::clone(&interrupted);
+        ctrlc::set_handler(move || {
+            interrupted.store(true, Ordering::SeqCst);
+            cancellers.iter().for_each(wpool::Canceller::cancel);
+        })
+        .context("installing the Ctrl-C handler")?;
+    }
+    let items = Items::new(sources, split_of(args), setup.max_item);
+    let read_error = items.error();
+    let mut printer = Printer::new(format_of(args), items.origins(), false, None);
+    let mut pipeline = wpool::Pipeline::new(pools)?;
+    let mut failed = false;
+    let mut write_error = None;
+    let outcome = pipeline.run(items, |index, result| {
+        let result = result.map_err(|f| {
+            let mut e = f.error;
+            e.message = format!("stage {} ({}): {}", f.stage + 1, names[f.stage], e.message);
+            e
+        });
+        failed |= result.is_err();
+        if let Err(e) = printer.item(index.get(), result, true) {
+            write_error = Some(e);
+            return false;
+        }
+        !(failed && args.fail_fast)
+    });
+    printer.finish()?;
+    drop(pipeline);
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
+    match outcome {
+        Ok(()) => {}
+        Err(Error::Cancelled) if interrupted.load(Ordering::SeqCst) => {
+            eprintln!("wpool: interrupted");
+            return Ok(130);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    if let Some(e) = read_error.lock().unwrap().take() {
+        anyhow::bail!("{e}; results up to that point were printed");
+    }
+    Ok(if failed { 1 } else { 0 })
+}
+
+fn map(kernel: &std::path::Path, args: MapArgs) -> Result<u8> {
+    let kernel = Kernel::from_file(kernel)?;
+    let sources = input::sources(&args.inputs)?;
+    let split = split_of(&args);
+    let setup = Setup::new(&args)?;
+    let max_item = setup.max_item;
     let workers = args.jobs.unwrap_or_else(num_cpus::get);
-    let mut builder = Pool::builder(kernel);
+    let mut builder = setup.builder(kernel, &args, workers);
     if let Some(file) = &args.init {
         let config = std::fs::read(file).with_context(|| format!("--init {}", file.display()))?;
         builder = builder.init(config);
     }
-    let mut pool = builder
-        .workers(workers)
-        .chunksize(args.chunksize)
-        .retries(args.retries)
-        .limits(limits)
-        .grants(grants)
-        .require_sandbox(args.require_sandbox)
-        .build()?;
+    let mut pool = builder.build()?;
 
     let interrupted = Arc::new(AtomicBool::new(false));
     {
@@ -262,8 +405,7 @@ fn map(args: MapArgs) -> Result<u8> {
     let items = Items::new(sources, split, max_item);
     let origins = items.origins();
     let read_error = items.error();
-    let format = if args.json { Format::Json } else { Format::Plain { sep: if args.null { 0 } else { b'\n' } } };
-    let mut printer = Printer::new(format, origins, show_progress, total);
+    let mut printer = Printer::new(format_of(&args), origins, show_progress, total);
 
     // Input is read on its own thread so that results keep flowing while a
     // slow producer (a pipe, a terminal) has nothing to say. Items travel in
