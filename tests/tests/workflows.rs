@@ -196,3 +196,95 @@ fn library_pipeline_runs_in_order_and_stops_when_asked() {
     .unwrap();
     assert_eq!(again, 3);
 }
+
+fn mapreduce(map: &str, reduce: &str, args: &[&str]) -> std::process::Command {
+    let mut c = wpool();
+    c.current_dir(root()).args(["mapreduce", "-j", "2", "--map", &stage(map), "--reduce", &stage(reduce)]).args(args);
+    c
+}
+
+#[test]
+fn word_count_matches_tr_sort_uniq_byte_for_byte() {
+    let files: Vec<String> = std::fs::read_dir(root().join("examples/text"))
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .collect();
+    assert!(files.len() >= 3);
+    let mut args = vec!["--files"];
+    args.extend(files.iter().map(String::as_str));
+    let o = run(mapreduce("wordcount", "sum", &args), b"");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // The same definition of a word as the kernel: runs of ASCII letters,
+    // digits and apostrophes, lower-cased.
+    let script = "cat \"$@\" | tr 'A-Z' 'a-z' | tr -cs \"a-z0-9'\" '\\n' | grep -v '^$' | LC_ALL=C sort \
+                  | uniq -c | awk '{print $2 \"\\t\" $1}' | LC_ALL=C sort -t \"$(printf '\\t')\" -k1,1";
+    let reference = std::process::Command::new("sh").arg("-c").arg(script).arg("sh").args(&files).output().unwrap();
+    assert!(reference.status.success());
+    assert!(!reference.stdout.is_empty());
+    assert!(
+        o.stdout == reference.stdout,
+        "wpool:\n{}\nreference:\n{}",
+        stdout(&o),
+        String::from_utf8_lossy(&reference.stdout)
+    );
+}
+
+#[test]
+fn readme_statistics_example_gives_the_documented_output() {
+    let o = run(mapreduce("csv-kv", "stats", &["examples/temps.csv"]), b"");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "cairo\tcount=2 sum=59.5 min=28 max=31.5 mean=29.75\n\
+         lima\tcount=3 sum=58.5 min=18.5 max=21 mean=19.5\n\
+         oslo\tcount=3 sum=-2.5 min=-3.5 max=2 mean=-0.8333333333333334\n"
+    );
+}
+
+#[test]
+fn many_values_of_one_key_are_combined_in_batches() {
+    // 10 000 values for one key, 64 per call, results fed back in.
+    let input: String = (0..10_000).map(|i| format!("hot,{}\ncold,{}\n", i % 7, 1)).collect();
+    let o = run(mapreduce("csv-kv", "sum", &[]), input.as_bytes());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let hot: u64 = (0..10_000u64).map(|i| i % 7).sum();
+    assert_eq!(stdout(&o), format!("cold\t10000\nhot\t{hot}\n"));
+}
+
+#[test]
+fn a_failing_reducer_fails_its_key_and_a_failing_map_item_its_item() {
+    let o = run(mapreduce("csv-kv", "sum", &["--json"]), b"a,1\nb,x\nno comma\na,2\n");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3, "{}", stdout(&o));
+    assert_eq!(lines[0]["index"], 2, "the map failure, with its index");
+    assert!(lines[0]["error"]["message"].as_str().unwrap().contains("no comma"), "{}", lines[0]);
+    assert_eq!((&lines[1]["key"], &lines[1]["ok"]["text"]), (&"a".into(), &"3".into()));
+    assert_eq!(lines[2]["key"], "b");
+    assert!(
+        lines[2]["error"]["message"].as_str().unwrap().contains("value 0 of key b is not an integer"),
+        "{}",
+        lines[2]
+    );
+    let err = stderr(&o);
+    assert!(err.contains("item 2 (<stdin>:3)") && err.contains("key \"b\""), "{err}");
+}
+
+#[test]
+fn library_mapreduce_checks_its_kernels() {
+    let map = || Pool::builder(kernel("wordcount")).workers(1).build().unwrap();
+    let reduce = || Pool::builder(kernel("sum")).workers(1).build().unwrap();
+    assert!(kernel("sum").is_reducer() && !kernel("wordcount").is_reducer());
+    assert!(matches!(wpool::MapReduce::new(reduce(), reduce()), Err(Error::Config(_))));
+    assert!(matches!(wpool::MapReduce::new(map(), map()), Err(Error::Config(_))));
+    let mut mr = wpool::MapReduce::new(map(), reduce()).unwrap();
+    let out = mr.run(["b a b", "a c"], |e| panic!("{e}")).unwrap();
+    let out: Vec<(String, String)> =
+        out.into_iter().map(|(k, v)| (String::from_utf8(k).unwrap(), String::from_utf8(v.unwrap()).unwrap())).collect();
+    assert_eq!(out, [("a", "2"), ("b", "2"), ("c", "1")].map(|(k, v)| (k.to_string(), v.to_string())));
+    let mut c = wpool();
+    c.args(["map", &stage("sum")]);
+    let o = run(c, b"x\n");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("a reducer (world `reducer`)"), "{}", stderr(&o));
+}

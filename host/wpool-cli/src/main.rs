@@ -54,6 +54,18 @@ Example:\n  printf 'hello\\nworld\\n' | wpool map -j 2 --timeout 500ms target/ke
     #[command(after_long_help = "Exit status as for `wpool map`.\n\n\
 Example:\n  wpool pipeline --stage target/kernels/wasip2/validate.wasm --stage target/kernels/wasip2/primes.wasm \\\n    --stage target/kernels/wasip2/format.wasm --jobs-per-stage 1,2,1 examples/numbers.txt")]
     Pipeline(Box<PipelineCmd>),
+    /// MapReduce: map every item with a map kernel whose results are
+    /// `key<TAB>value` lines, then reduce each key's values with a reducer
+    /// kernel (world `reducer`).
+    ///
+    /// Values are reduced in bounded batches as they arrive, earlier results
+    /// fed back in as values, so `reduce` must be associative and
+    /// commutative. Output: `key<TAB>value` lines sorted by key bytes (or
+    /// --json, one object per key). Input and limits as for `wpool map`.
+    #[command(after_long_help = "Exit status: 0 all went well; 1 a map item or a key failed; 2 usage, \
+kernel-load or input error or pool failure; 130 interrupted.\n\n\
+Example:\n  wpool mapreduce --map target/kernels/wasip2/wordcount.wasm --reduce target/kernels/wasip2/sum.wasm \\\n    --files examples/text/*.txt")]
+    Mapreduce(Box<MapReduceCmd>),
     /// Describe a kernel: format, world, imports, exports, size, and whether
     /// wpool accepts it.
     Inspect {
@@ -82,6 +94,18 @@ struct PipelineCmd {
     /// Worker processes of each stage, e.g. `2,1,1` [default: -j for every stage].
     #[arg(long, value_name = "N,N,...")]
     jobs_per_stage: Option<String>,
+    #[command(flatten)]
+    run: MapArgs,
+}
+
+#[derive(Args)]
+struct MapReduceCmd {
+    /// The map kernel (world `kernel`): each result is `key<TAB>value` lines.
+    #[arg(long = "map", value_name = "KERNEL")]
+    map: PathBuf,
+    /// The reduce kernel (world `reducer`).
+    #[arg(long = "reduce", value_name = "KERNEL")]
+    reduce: PathBuf,
     #[command(flatten)]
     run: MapArgs,
 }
@@ -184,6 +208,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Map(cmd) => map(&cmd.kernel, cmd.run),
         Command::Pipeline(cmd) => pipeline(*cmd),
+        Command::Mapreduce(cmd) => mapreduce(*cmd),
         Command::Inspect { kernel, sandbox } => inspect(&kernel, sandbox),
     };
     match result {
@@ -319,7 +344,7 @@ fn pipeline(cmd: PipelineCmd) -> Result<u8> {
         }
         None => vec![args.jobs.unwrap_or_else(num_cpus::get); cmd.stages.len()],
     };
-    let kernels = cmd.stages.iter().map(Kernel::from_file).collect::<Result<Vec<_>, _>>()?;
+    let kernels = cmd.stages.iter().map(|k| map_kernel(k)).collect::<Result<Vec<_>>>()?;
     let names: Vec<String> = kernels.iter().map(|k| k.name().to_string()).collect();
     let sources = input::sources(&args.inputs)?;
     let setup = Setup::new(args)?;
@@ -375,8 +400,81 @@ fn pipeline(cmd: PipelineCmd) -> Result<u8> {
     Ok(if failed { 1 } else { 0 })
 }
 
+/// A map kernel, or an error saying that a reducer belongs to `mapreduce`.
+fn map_kernel(path: &std::path::Path) -> Result<Kernel> {
+    let kernel = Kernel::from_file(path)?;
+    if kernel.is_reducer() {
+        anyhow::bail!("{}: a reducer (world `reducer`): use it with `wpool mapreduce --reduce`", path.display());
+    }
+    Ok(kernel)
+}
+
+fn mapreduce(cmd: MapReduceCmd) -> Result<u8> {
+    let args = &cmd.run;
+    if args.unordered || args.init.is_some() {
+        anyhow::bail!("--unordered and --init are not available for mapreduce");
+    }
+    let map = map_kernel(&cmd.map)?;
+    let reduce = Kernel::from_file(&cmd.reduce)?;
+    if !reduce.is_reducer() {
+        anyhow::bail!(
+            "{}: not a reducer: --reduce needs a kernel of world `wpool:kernel/reducer`",
+            cmd.reduce.display()
+        );
+    }
+    let sources = input::sources(&args.inputs)?;
+    let setup = Setup::new(args)?;
+    let workers = args.jobs.unwrap_or_else(num_cpus::get);
+    let map = setup.builder(map, args, workers).build()?;
+    let reduce = setup.builder(reduce, args, workers).build()?;
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let cancellers = [map.canceller(), reduce.canceller()];
+        let interrupted = Arc::clone(&interrupted);
+        ctrlc::set_handler(move || {
+            interrupted.store(true, Ordering::SeqCst);
+            cancellers.iter().for_each(wpool::Canceller::cancel);
+        })
+        .context("installing the Ctrl-C handler")?;
+    }
+    let items = Items::new(sources, split_of(args), setup.max_item);
+    let read_error = items.error();
+    let mut printer = Printer::new(format_of(args), items.origins(), false, None);
+    let mut mr = wpool::MapReduce::new(map, reduce)?;
+    let mut failed = false;
+    let mut write_error = None;
+    let outcome = mr.run(items, |e| {
+        failed = true;
+        let index = e.index.get();
+        if let Err(err) = printer.item(index, Err(e), false) {
+            write_error.get_or_insert(err);
+        }
+    });
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
+    let keys = match outcome {
+        Ok(keys) => keys,
+        Err(Error::Cancelled) if interrupted.load(Ordering::SeqCst) => {
+            printer.finish()?;
+            eprintln!("wpool: interrupted");
+            return Ok(130);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    for (key, result) in keys {
+        failed |= result.is_err();
+        printer.key(&key, result)?;
+    }
+    printer.finish()?;
+    if let Some(e) = read_error.lock().unwrap().take() {
+        anyhow::bail!("{e}; nothing after it was read");
+    }
+    Ok(if failed { 1 } else { 0 })
+}
+
 fn map(kernel: &std::path::Path, args: MapArgs) -> Result<u8> {
-    let kernel = Kernel::from_file(kernel)?;
+    let kernel = map_kernel(kernel)?;
     let sources = input::sources(&args.inputs)?;
     let split = split_of(&args);
     let setup = Setup::new(&args)?;

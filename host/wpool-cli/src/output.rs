@@ -48,10 +48,7 @@ impl Printer {
             }
             (Format::Plain { .. }, Err(e)) => self.report(&e),
             (Format::Json, Ok(bytes)) => {
-                let ok = match std::str::from_utf8(&bytes) {
-                    Ok(text) => serde_json::json!({ "text": text }),
-                    Err(_) => serde_json::json!({ "bytes": base64::engine::general_purpose::STANDARD.encode(&bytes) }),
-                };
+                let ok = json_bytes(&bytes);
                 serde_json::to_writer(&mut self.out, &serde_json::json!({ "index": index, "ok": ok }))?;
                 self.out.write_all(b"\n")?;
             }
@@ -82,6 +79,40 @@ impl Printer {
         Ok(())
     }
 
+    /// One key of a MapReduce: `key<TAB>value` (or a JSON object with the
+    /// key); a failed key gets one line on stderr.
+    pub fn key(&mut self, key: &[u8], result: Result<Vec<u8>, TaskError>) -> io::Result<()> {
+        match (&self.format, result) {
+            (Format::Plain { sep }, Ok(value)) => {
+                self.out.write_all(key)?;
+                self.out.write_all(b"\t")?;
+                self.out.write_all(&value)?;
+                self.out.write_all(&[*sep])?;
+            }
+            (Format::Plain { .. }, Err(e)) => {
+                eprintln!("wpool: key {:?}: {}: {}", String::from_utf8_lossy(key), e.kind, first_line(&e.message))
+            }
+            (Format::Json, result) => {
+                let mut obj = serde_json::json!({ "key": String::from_utf8_lossy(key) });
+                match result {
+                    Ok(value) => obj["ok"] = json_bytes(&value),
+                    Err(e) => {
+                        obj["error"] = serde_json::json!({ "kind": e.kind.name(), "message": e.message });
+                        eprintln!(
+                            "wpool: key {:?}: {}: {}",
+                            String::from_utf8_lossy(key),
+                            e.kind,
+                            first_line(&e.message)
+                        );
+                    }
+                }
+                serde_json::to_writer(&mut self.out, &obj)?;
+                self.out.write_all(b"\n")?;
+            }
+        }
+        Ok(())
+    }
+
     /// One line on stderr: item, origin, kind, message, worker.
     fn report(&self, e: &TaskError) {
         let origin = self.origins.lock().unwrap().describe(e.index.get());
@@ -108,6 +139,14 @@ impl Printer {
             bar.finish_and_clear();
         }
         self.out.flush()
+    }
+}
+
+/// `{"text": …}` for UTF-8, `{"bytes": "<base64>"}` otherwise.
+fn json_bytes(bytes: &[u8]) -> serde_json::Value {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::json!({ "text": text }),
+        Err(_) => serde_json::json!({ "bytes": base64::engine::general_purpose::STANDARD.encode(bytes) }),
     }
 }
 

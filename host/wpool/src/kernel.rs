@@ -19,11 +19,12 @@ use wasmtime::Engine;
 
 use crate::error::Error;
 use crate::limits::EngineSettings;
-use crate::runtime::{self, INIT_EXPORT, MAP_EXPORT};
+use crate::runtime::{self, INIT_EXPORT, MAP_EXPORT, REDUCE_EXPORT};
 
 /// The contract's type of `map`, for messages.
 const MAP_SIGNATURE: &str = "func(input: list<u8>) -> result<list<u8>, string>";
 const INIT_SIGNATURE: &str = "func(config: list<u8>) -> result<_, string>";
+const REDUCE_SIGNATURE: &str = "func(key: list<u8>, values: list<list<u8>>) -> result<list<u8>, string>";
 
 /// WASI 0.2 packages the host links (deny-by-default policy inside).
 const PROVIDED_PACKAGES: [&str; 6] =
@@ -47,6 +48,7 @@ pub struct Kernel {
     /// codegen settings.
     default_artifact: Artifact,
     has_init: bool,
+    reducer: bool,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -107,8 +109,16 @@ impl Kernel {
         // pool with default codegen settings need not load it again.
         let (default_artifact, component, engine) = cache.get_or_compile(&name, &bytes, &EngineSettings::default())?;
         let info = describe(&engine, &component, bytes.len());
-        let has_init = check_contract(&name, &engine, &component)?;
-        Ok(Kernel { name, bytes, info, cache, default_artifact, has_init })
+        let shape = check_contract(&name, &engine, &component)?;
+        Ok(Kernel { name, bytes, info, cache, default_artifact, has_init: shape.init, reducer: shape.reducer })
+    }
+
+    /// Whether the kernel is a reducer (world `reducer`, export `reduce`):
+    /// its pool's items are then `(key, values)` pairs made with
+    /// [`crate::reduce_item`], and each result is the reduced value. See
+    /// [`crate::MapReduce`].
+    pub fn is_reducer(&self) -> bool {
+        self.reducer
     }
 
     /// Whether the kernel exports `init` (world `kernel-with-init`): the
@@ -215,9 +225,29 @@ fn item_kind(item: &ComponentItem) -> &'static str {
 /// Checks the world: `map` with exactly the contract's type, `init` with its
 /// type if there is one, and imports the host can satisfy. Extra exports are
 /// allowed (other toolchains add them). Says whether there is an `init`.
-fn check_contract(name: &str, engine: &Engine, component: &Component) -> Result<bool, Error> {
+fn check_contract(name: &str, engine: &Engine, component: &Component) -> Result<Shape, Error> {
     let ty = component.component_type();
+    let reduce = ty.get_export(engine, REDUCE_EXPORT).map(|e| e.ty);
     match ty.get_export(engine, MAP_EXPORT).map(|e| e.ty) {
+        None if reduce.is_some() => {
+            match reduce {
+                Some(ComponentItem::ComponentFunc(f)) if is_reduce_signature(&f) => {}
+                Some(ComponentItem::ComponentFunc(f)) => {
+                    return Err(Error::WorldMismatch {
+                        kernel: name.into(),
+                        detail: format!("export `reduce` has type {}, expected {REDUCE_SIGNATURE}", func_sig(&f)),
+                    })
+                }
+                _ => {
+                    return Err(Error::WorldMismatch {
+                        kernel: name.into(),
+                        detail: format!("export `reduce` is not a function, expected `reduce: {REDUCE_SIGNATURE}`"),
+                    })
+                }
+            }
+            check_imports(name, engine, component)?;
+            return Ok(Shape { init: false, reducer: true });
+        }
         None => {
             let exports: Vec<String> = ty.exports(engine).map(|(n, _)| format!("`{n}`")).collect();
             let found =
@@ -258,6 +288,19 @@ fn check_contract(name: &str, engine: &Engine, component: &Component) -> Result<
             })
         }
     };
+    check_imports(name, engine, component)?;
+    Ok(Shape { init: has_init, reducer: false })
+}
+
+/// What kind of kernel a component is.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    init: bool,
+    reducer: bool,
+}
+
+fn check_imports(name: &str, engine: &Engine, component: &Component) -> Result<(), Error> {
+    let ty = component.component_type();
     let unsatisfied: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).filter(|n| !is_provided(n)).collect();
     if !unsatisfied.is_empty() {
         return Err(Error::UnsatisfiedImports { kernel: name.into(), imports: unsatisfied });
@@ -268,7 +311,17 @@ fn check_contract(name: &str, engine: &Engine, component: &Component) -> Result<
     if let Err(e) = linker.instantiate_pre(component) {
         return Err(Error::UnsatisfiedImports { kernel: name.into(), imports: vec![format!("{e:#}")] });
     }
-    Ok(has_init)
+    Ok(())
+}
+
+/// `reduce: func(key: list<u8>, values: list<list<u8>>) -> result<list<u8>, string>`.
+fn is_reduce_signature(f: &ComponentFunc) -> bool {
+    let params: Vec<Type> = f.params().map(|(_, t)| t).collect();
+    let results: Vec<Type> = f.results().collect();
+    let is_bytes = |t: &Type| matches!(t, Type::List(l) if l.ty() == Type::U8);
+    matches!(&params[..], [k, Type::List(vs)] if is_bytes(k) && is_bytes(&vs.ty()))
+        && matches!(&results[..], [Type::Result(r)]
+            if r.ok().as_ref().is_some_and(is_bytes) && r.err() == Some(Type::String))
 }
 
 /// `init: func(config: list<u8>) -> result<_, string>`.

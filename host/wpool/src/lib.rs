@@ -38,6 +38,7 @@ mod error;
 mod grants;
 mod kernel;
 mod limits;
+mod mapreduce;
 mod pipeline;
 mod pool;
 #[doc(hidden)]
@@ -52,6 +53,7 @@ pub use error::{Crash, Error, ItemIndex, TaskError, TaskErrorKind, WorkerId};
 pub use grants::{DirGrant, Grants};
 pub use kernel::{Inspection, Kernel, KernelInfo};
 pub use limits::Limits;
+pub use mapreduce::{reduce_item, KeyResult, MapReduce};
 pub use pipeline::{Pipeline, PipelineResult, StageFailure};
 pub use pool::{Canceller, Imap, ImapUnordered, Pool, PoolBuilder};
 pub use sandbox::{Enforcement, SandboxStatus};

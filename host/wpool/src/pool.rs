@@ -186,6 +186,7 @@ impl PoolBuilder {
             settings,
             crash_on: self.crash_on,
             init,
+            reducer: self.kernel.is_reducer(),
             probe_sandbox: self.probe_sandbox,
         };
         let cfg = SchedConfig {
@@ -200,7 +201,7 @@ impl PoolBuilder {
             command: self.command,
             kernel: self.kernel.name().to_string(),
         };
-        Ok(Pool { sched: Scheduler::start(cfg)?, workers: self.workers })
+        Ok(Pool { sched: Scheduler::start(cfg)?, workers: self.workers, reducer: self.kernel.is_reducer() })
     }
 }
 
@@ -212,6 +213,7 @@ impl PoolBuilder {
 pub struct Pool {
     sched: Scheduler,
     workers: usize,
+    reducer: bool,
 }
 
 impl std::fmt::Debug for Pool {
@@ -240,6 +242,11 @@ impl Pool {
             require_sandbox: false,
             probe_sandbox: false,
         }
+    }
+
+    /// Whether this pool runs a reducer kernel (see [`crate::MapReduce`]).
+    pub fn is_reducer(&self) -> bool {
+        self.reducer
     }
 
     /// Number of worker slots.

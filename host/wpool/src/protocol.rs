@@ -81,12 +81,23 @@ pub struct Hello {
     /// gets, once per instance, before any `map`.
     #[serde(with = "serde_bytes")]
     pub init: Option<Vec<u8>>,
+    /// The kernel is a reducer: items are [`ReduceCall`]s.
+    pub reducer: bool,
     /// Test hook: the worker process aborts when it is handed this exact item.
     /// Stands in for a wasmtime or host bug that kills the worker process.
     pub crash_on: Option<Vec<u8>>,
     /// Test hook: after confining itself, the worker tries forbidden
     /// syscalls and reports the outcomes in its sandbox status.
     pub probe_sandbox: bool,
+}
+
+/// The item a reducer's pool runs: one `reduce(key, values)` call.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct ReduceCall<'a> {
+    #[serde(borrow)]
+    pub key: &'a serde_bytes::Bytes,
+    #[serde(borrow)]
+    pub values: Vec<&'a serde_bytes::Bytes>,
 }
 
 /// Worker → host.

@@ -119,6 +119,9 @@ fn new_store(
 pub(crate) const MAP_EXPORT: &str = "map";
 /// The optional initializer of world `kernel-with-init`.
 pub(crate) const INIT_EXPORT: &str = "init";
+/// The export of world `reducer`.
+pub(crate) const REDUCE_EXPORT: &str = "reduce";
+type ReduceParams<'a> = (&'a [u8], &'a [&'a [u8]]);
 type InitResults = (Result<(), String>,);
 
 type MapParams<'a> = (&'a [u8],);
@@ -144,6 +147,8 @@ pub(crate) struct Runtime {
     timeout_ticks: Option<u64>,
     /// `init`'s export and configuration, for `kernel-with-init` components.
     init: Option<(ComponentExportIndex, Vec<u8>)>,
+    /// A `reducer` component: items are encoded `reduce` calls.
+    reducer: bool,
 }
 
 impl Runtime {
@@ -153,11 +158,13 @@ impl Runtime {
         settings: EngineSettings,
         timeout_ticks: Option<u64>,
         init: Option<Vec<u8>>,
+        reducer: bool,
     ) -> wasmtime::Result<Runtime> {
         let pre = linker(&engine)?.instantiate_pre(component)?;
+        let name = if reducer { REDUCE_EXPORT } else { MAP_EXPORT };
         let export = component
-            .get_export_index(None, MAP_EXPORT)
-            .ok_or_else(|| wasmtime::format_err!("component has no `map` export"))?;
+            .get_export_index(None, name)
+            .ok_or_else(|| wasmtime::format_err!("component has no `{name}` export"))?;
         let init = match init {
             Some(config) => Some((
                 component
@@ -178,6 +185,7 @@ impl Runtime {
             live: None,
             timeout_ticks,
             init,
+            reducer,
         })
     }
 
@@ -212,8 +220,12 @@ impl Runtime {
         let made = self.pre.instantiate(&mut store).and_then(|instance| {
             let map = instance
                 .get_func(&mut store, self.export)
-                .ok_or_else(|| wasmtime::format_err!("component has no `map` export"))?;
-            map.typed::<MapParams<'_>, MapResults>(&store)?;
+                .ok_or_else(|| wasmtime::format_err!("component has no `map`/`reduce` export"))?;
+            if self.reducer {
+                map.typed::<ReduceParams<'_>, MapResults>(&store)?;
+            } else {
+                map.typed::<MapParams<'_>, MapResults>(&store)?;
+            }
             let init = match &self.init {
                 Some((index, config)) => {
                     let f = instance.get_typed_func::<MapParams<'_>, InitResults>(&mut store, index)?;
@@ -264,10 +276,21 @@ impl Runtime {
             }
         }
         live.store.set_epoch_deadline(self.timeout_ticks.unwrap_or(u64::MAX / 4));
-        // SAFETY: `map`'s type was checked against these types when the
-        // instance was made (above); only the lifetime of `input` differs.
-        let map = unsafe { TypedFunc::<MapParams<'_>, MapResults>::new_unchecked(live.map) };
-        let result = map.call(&mut live.store, (input,));
+        let result = if self.reducer {
+            let call = match crate::protocol::decode::<crate::protocol::ReduceCall<'_>>(input) {
+                Ok(call) => call,
+                Err(e) => return err(WireKind::Kernel, format!("not a reduce call: {e}"), vec![]),
+            };
+            let values: Vec<&[u8]> = call.values.iter().map(|v| &v[..]).collect();
+            // SAFETY: as below, for `reduce`.
+            let reduce = unsafe { TypedFunc::<ReduceParams<'_>, MapResults>::new_unchecked(live.map) };
+            reduce.call(&mut live.store, (&call.key[..], &values[..]))
+        } else {
+            // SAFETY: `map`'s type was checked against these types when the
+            // instance was made (above); only the lifetime of `input` differs.
+            let map = unsafe { TypedFunc::<MapParams<'_>, MapResults>::new_unchecked(live.map) };
+            map.call(&mut live.store, (input,))
+        };
         let outcome = match result {
             Ok((Ok(out),)) if out.len() > max => {
                 err(WireKind::ItemTooLarge, format!("result of {} bytes is over the {max}-byte cap", out.len()), vec![])

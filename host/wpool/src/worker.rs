@@ -160,7 +160,7 @@ fn load(hello: &Hello) -> Result<Runtime, String> {
     // wasmtime further checks that the artifact fits this engine.
     let component = unsafe { Component::deserialize(&engine, &bytes) }.map_err(|e| format!("artifact: {e:#}"))?;
     let ticks = hello.settings.limits.timeout.map(|t| (t.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64).max(1));
-    Runtime::new(engine, &component, hello.settings.clone(), ticks, hello.init.clone())
+    Runtime::new(engine, &component, hello.settings.clone(), ticks, hello.init.clone(), hello.reducer)
         .map_err(|e| format!("preparing kernel: {e:#}"))
 }
 

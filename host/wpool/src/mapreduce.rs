@@ -1,0 +1,214 @@
+//! MapReduce: a map kernel emits `key\tvalue` lines, a reducer kernel
+//! (world `reducer`) combines the values of each key.
+//!
+//! Owns grouping and the reduce schedule only; both phases run on ordinary
+//! [`Pool`]s. Values are combined in bounded batches as they arrive, earlier
+//! results fed back in as values (combiner semantics: `reduce` must be
+//! associative and commutative, as the WIT says), so memory per key stays
+//! bounded however many values it has.
+
+use std::collections::HashMap;
+
+use crate::error::{Error, ItemIndex, TaskError, TaskErrorKind};
+use crate::pool::Pool;
+use crate::protocol::{self, ReduceCall};
+
+/// A key's values are reduced (after the map result that brought them) once
+/// this many are waiting...
+const VALUES_PER_CALL: usize = 64;
+/// ...or once all keys together hold this many bytes of values.
+const PENDING_BYTES: usize = 64 << 20;
+
+/// The item for a reducer's pool that stands for `reduce(key, values)`.
+pub fn reduce_item<V: AsRef<[u8]>>(key: &[u8], values: &[V]) -> Vec<u8> {
+    let call = ReduceCall {
+        key: serde_bytes::Bytes::new(key),
+        values: values.iter().map(|v| serde_bytes::Bytes::new(v.as_ref())).collect(),
+    };
+    let mut out = Vec::new();
+    protocol::encode(&call, &mut out);
+    // `encode` frames it; an item is the bare payload.
+    out.drain(..4);
+    out
+}
+
+/// One key of the output, in key order: its reduced value, or why its
+/// reduction failed.
+pub type KeyResult = (Vec<u8>, Result<Vec<u8>, TaskError>);
+
+/// A map pool and a reduce pool.
+///
+/// ```no_run
+/// use wpool::{Kernel, MapReduce, Pool};
+/// let map = Pool::builder(Kernel::from_file("wordcount.wasm")?).build()?;
+/// let reduce = Pool::builder(Kernel::from_file("sum.wasm")?).build()?;
+/// let mut mr = MapReduce::new(map, reduce)?;
+/// let out = mr.run(["a b a", "b c"].map(|s| s.as_bytes().to_vec()), |failed| eprintln!("{failed}"))?;
+/// for (key, value) in out {
+///     println!("{}\t{:?}", String::from_utf8_lossy(&key), value);
+/// }
+/// # Ok::<(), wpool::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct MapReduce {
+    map: Pool,
+    reduce: Pool,
+}
+
+#[derive(Default)]
+struct Group {
+    values: Vec<Vec<u8>>,
+    failed: Option<TaskError>,
+}
+
+impl MapReduce {
+    /// `map` must run a map kernel, `reduce` a reducer (world `reducer`).
+    pub fn new(map: Pool, reduce: Pool) -> Result<MapReduce, Error> {
+        if map.is_reducer() {
+            return Err(Error::Config("the map stage of a MapReduce needs a map kernel, not a reducer".into()));
+        }
+        if !reduce.is_reducer() {
+            return Err(Error::Config("the reduce stage of a MapReduce needs a kernel of world `reducer`".into()));
+        }
+        Ok(MapReduce { map, reduce })
+    }
+
+    /// Maps every item, groups the `key\tvalue` lines of the results by
+    /// key, reduces each key's values, and returns every key with its value
+    /// sorted by key bytes. A map item that fails (or whose result has a line
+    /// without a tab) goes to `on_map_failure` and contributes nothing. The
+    /// `Err` is a pool failure.
+    pub fn run<I>(&mut self, items: I, mut on_map_failure: impl FnMut(TaskError)) -> Result<Vec<KeyResult>, Error>
+    where
+        I: IntoIterator,
+        I::Item: Into<Vec<u8>>,
+    {
+        let mut groups: HashMap<Vec<u8>, Group> = HashMap::new();
+        let mut pending_bytes = 0usize;
+        let mut full: Vec<Vec<u8>> = Vec::new();
+        for (i, r) in self.map.imap(items).enumerate() {
+            let result = r?;
+            let i = i as u64;
+            let bytes = match result {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    on_map_failure(e);
+                    continue;
+                }
+            };
+            let pairs = match parse_pairs(&bytes) {
+                Ok(pairs) => pairs,
+                Err(line) => {
+                    on_map_failure(TaskError {
+                        index: ItemIndex(i),
+                        kind: TaskErrorKind::Kernel,
+                        message: format!("map result line {line} is not `key<TAB>value`"),
+                        worker: None,
+                        attempts: 1,
+                        stderr: Vec::new(),
+                    });
+                    continue;
+                }
+            };
+            for (key, value) in pairs {
+                let group = groups.entry(key.to_vec()).or_default();
+                if group.failed.is_some() {
+                    continue;
+                }
+                pending_bytes += value.len();
+                group.values.push(value.to_vec());
+                if group.values.len() == VALUES_PER_CALL {
+                    full.push(key.to_vec());
+                }
+            }
+            if !full.is_empty() || pending_bytes >= PENDING_BYTES {
+                // Combine while the map pool waits (its run is lazy): memory
+                // stays bounded by what is pending.
+                let keys: Vec<Vec<u8>> = if pending_bytes >= PENDING_BYTES {
+                    groups.iter().filter(|(_, g)| g.values.len() > 1).map(|(k, _)| k.clone()).collect()
+                } else {
+                    std::mem::take(&mut full)
+                };
+                full.clear();
+                reduce_keys(&mut self.reduce, &mut groups, keys)?;
+                pending_bytes = groups.values().flat_map(|g| &g.values).map(Vec::len).sum();
+            }
+        }
+        // Every key gets a final call, even with one value: a reducer may
+        // turn a raw value into its result form (as `stats` does).
+        let keys: Vec<Vec<u8>> = groups.keys().cloned().collect();
+        reduce_keys(&mut self.reduce, &mut groups, keys)?;
+        let mut out: Vec<KeyResult> = groups
+            .into_iter()
+            .map(|(key, mut g)| {
+                let result = match g.failed {
+                    Some(e) => Err(e),
+                    None => Ok(g.values.pop().unwrap_or_default()),
+                };
+                (key, result)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+}
+
+/// One `reduce` call per key (of those still going), results put back as the
+/// key's only value; a failed call fails the key.
+fn reduce_keys(pool: &mut Pool, groups: &mut HashMap<Vec<u8>, Group>, keys: Vec<Vec<u8>>) -> Result<(), Error> {
+    let keys: Vec<Vec<u8>> = keys
+        .into_iter()
+        .filter(|k| groups.get(k).is_some_and(|g| g.failed.is_none() && !g.values.is_empty()))
+        .collect();
+    let calls: Vec<Vec<u8>> = keys.iter().map(|k| reduce_item(k, &groups[k].values)).collect();
+    let results = pool.map(calls)?;
+    for (key, result) in keys.into_iter().zip(results) {
+        let group = groups.get_mut(&key).expect("a key being reduced");
+        match result {
+            Ok(value) => group.values = vec![value],
+            Err(mut e) => {
+                e.message = format!("reducing key {:?}: {}", String::from_utf8_lossy(&key), e.message);
+                group.values.clear();
+                group.failed = Some(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A key and a value, borrowed from a map result.
+type Pair<'a> = (&'a [u8], &'a [u8]);
+
+/// The `key\tvalue` lines of a map result (a last line without `\n` counts;
+/// empty lines are skipped); `Err(line number)` for a line without a tab.
+fn parse_pairs(bytes: &[u8]) -> Result<Vec<Pair<'_>>, usize> {
+    let mut pairs = Vec::new();
+    for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let tab = line.iter().position(|b| *b == b'\t').ok_or(n + 1)?;
+        pairs.push((&line[..tab], &line[tab + 1..]));
+    }
+    Ok(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_parse_and_reject_lines_without_a_tab() {
+        assert_eq!(parse_pairs(b"a\t1\nb\t2").unwrap(), vec![(&b"a"[..], &b"1"[..]), (&b"b"[..], &b"2"[..])]);
+        assert_eq!(parse_pairs(b"a\t1\n\nno tab\n"), Err(3));
+        assert!(parse_pairs(b"").unwrap().is_empty());
+    }
+
+    #[test]
+    fn reduce_items_decode_as_reduce_calls() {
+        let item = reduce_item(b"k", &[b"1".to_vec(), b"22".to_vec()]);
+        let call: ReduceCall<'_> = protocol::decode(&item).unwrap();
+        assert_eq!(&call.key[..], b"k");
+        assert_eq!(call.values.iter().map(|v| v.to_vec()).collect::<Vec<_>>(), vec![b"1".to_vec(), b"22".to_vec()]);
+    }
+}
