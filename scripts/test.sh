@@ -36,7 +36,7 @@ cargo build --workspace --all-targets --locked
 echo "== comparison, quick" >&2
 # The side-by-side comparison runs end to end (debug build, small sizes:
 # its figures mean nothing here; see the README for real ones).
-cargo run -q --locked -p wpool-benches --bin compare -- --quick --reps 1
+"${CARGO_TARGET_DIR:-target}/debug/compare" --quick --reps 1
 
 echo "== tests" >&2
 profile=default

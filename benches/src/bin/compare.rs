@@ -2,7 +2,8 @@
 //! in one run, on the workloads of `../shared/bench/peers.py`.
 //!
 //! ```text
-//! cargo run --release -p wpool-benches --bin compare -- [--quick] [--json] [--reps N] [--jobs N] [--no-peers]
+//! cargo build --release -p wpool-cli -p wpool-benches
+//! target/release/compare [--quick] [--json] [--reps N] [--jobs N] [--no-peers]
 //! ```
 //!
 //! wpool is measured through the `wpool` CLI as a user runs it (whole
@@ -184,19 +185,15 @@ impl Env {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().context("repository root")?.to_path_buf();
         let me = std::env::current_exe()?;
         let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+        // The CLI built next to this binary, by the same cargo invocation
+        // (`cargo build --release -p wpool-cli -p wpool-benches`).
         let wpool = me.with_file_name("wpool");
-        if !wpool.exists() || wpool.metadata()?.modified()? < me.metadata()?.modified()? {
-            // The CLI of the same profile as this binary, never a stale one.
-            let release = me.parent().and_then(Path::file_name).is_some_and(|d| d == "release");
-            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args(["build", "--bin", "wpool"])
-                .args(release.then_some("--release"))
-                .current_dir(&root)
-                .status()
-                .context("running cargo build for the wpool CLI")?;
-            if !status.success() {
-                bail!("building the wpool CLI failed");
-            }
+        if !wpool.exists() {
+            bail!(
+                "{} not found: build the CLI and this tool together: \
+                 cargo build --release -p wpool-cli -p wpool-benches && target/release/compare",
+                wpool.display()
+            );
         }
         let kernels = target.join("kernels").join("wasip2");
         for k in ["echo", "primes"] {

@@ -176,3 +176,13 @@ macro_rules! export_reducer {
         $crate::reducer_bindings::__export_reducer!($ty with_types_in $crate::reducer_bindings);
     };
 }
+
+/// `bytes` as lossy UTF-8, quoted (Rust `{:?}` style), cut after `max_chars`
+/// characters with `...`: for error messages that show a bad input.
+pub fn quote(bytes: &[u8], max_chars: usize) -> alloc::string::String {
+    let text = alloc::string::String::from_utf8_lossy(bytes);
+    match text.char_indices().nth(max_chars) {
+        Some((end, _)) => alloc::format!("{:?}...", &text[..end]),
+        None => alloc::format!("{text:?}"),
+    }
+}

@@ -352,16 +352,7 @@ fn pipeline(cmd: PipelineCmd) -> Result<u8> {
     for (kernel, workers) in kernels.into_iter().zip(&jobs) {
         pools.push(setup.builder(kernel, args, *workers).build()?);
     }
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let cancellers: Vec<_> = pools.iter().map(Pool::canceller).collect();
-        let interrupted = Arc::clone(&interrupted);
-        ctrlc::set_handler(move || {
-            interrupted.store(true, Ordering::SeqCst);
-            cancellers.iter().for_each(wpool::Canceller::cancel);
-        })
-        .context("installing the Ctrl-C handler")?;
-    }
+    let interrupted = cancel_on_ctrl_c(pools.iter().map(Pool::canceller).collect())?;
     let items = Items::new(sources, split_of(args), setup.max_item);
     let read_error = items.error();
     let mut printer = Printer::new(format_of(args), items.origins(), false, None);
@@ -400,6 +391,18 @@ fn pipeline(cmd: PipelineCmd) -> Result<u8> {
     Ok(if failed { 1 } else { 0 })
 }
 
+/// Ctrl-C cancels the runs of these pools; the flag says it happened.
+fn cancel_on_ctrl_c(cancellers: Vec<wpool::Canceller>) -> Result<Arc<AtomicBool>> {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&interrupted);
+    ctrlc::set_handler(move || {
+        flag.store(true, Ordering::SeqCst);
+        cancellers.iter().for_each(wpool::Canceller::cancel);
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(interrupted)
+}
+
 /// A map kernel, or an error saying that a reducer belongs to `mapreduce`.
 fn map_kernel(path: &std::path::Path) -> Result<Kernel> {
     let kernel = Kernel::from_file(path)?;
@@ -427,16 +430,7 @@ fn mapreduce(cmd: MapReduceCmd) -> Result<u8> {
     let workers = args.jobs.unwrap_or_else(num_cpus::get);
     let map = setup.builder(map, args, workers).build()?;
     let reduce = setup.builder(reduce, args, workers).build()?;
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let cancellers = [map.canceller(), reduce.canceller()];
-        let interrupted = Arc::clone(&interrupted);
-        ctrlc::set_handler(move || {
-            interrupted.store(true, Ordering::SeqCst);
-            cancellers.iter().for_each(wpool::Canceller::cancel);
-        })
-        .context("installing the Ctrl-C handler")?;
-    }
+    let interrupted = cancel_on_ctrl_c(vec![map.canceller(), reduce.canceller()])?;
     let items = Items::new(sources, split_of(args), setup.max_item);
     let read_error = items.error();
     let mut printer = Printer::new(format_of(args), items.origins(), false, None);
@@ -487,16 +481,7 @@ fn map(kernel: &std::path::Path, args: MapArgs) -> Result<u8> {
     }
     let mut pool = builder.build()?;
 
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let canceller = pool.canceller();
-        let interrupted = Arc::clone(&interrupted);
-        ctrlc::set_handler(move || {
-            interrupted.store(true, Ordering::SeqCst);
-            canceller.cancel();
-        })
-        .context("installing the Ctrl-C handler")?;
-    }
+    let interrupted = cancel_on_ctrl_c(vec![pool.canceller()])?;
 
     let show_progress = (args.progress || io::stderr().is_terminal()) && !args.no_progress;
     let total = if show_progress { count_items(&sources, split) } else { None };

@@ -53,7 +53,9 @@ pub fn parse_table(text: &[u8]) -> Result<Table, String> {
         }
         let n = i + 1;
         let line = std::str::from_utf8(line).map_err(|_| format!("dict: line {n} is not UTF-8"))?;
-        let (from, to) = line.split_once('\t').ok_or_else(|| format!("dict: line {n} has no tab: {}", quote(line)))?;
+        let (from, to) = line
+            .split_once('\t')
+            .ok_or_else(|| format!("dict: line {n} has no tab: {}", wpool_guest::quote(line.as_bytes(), 60)))?;
         table.insert(from.as_bytes().to_vec(), to.as_bytes().to_vec());
     }
     Ok(table)
@@ -91,14 +93,6 @@ fn read_data_file() -> Result<Vec<u8>, String> {
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 fn read_data_file() -> Result<Vec<u8>, String> {
     Err(format!("dict: no table: pass one with --init FILE (this build has no filesystem to read {DATA_FILE} from)"))
-}
-
-/// `text` quoted, cut after 60 characters.
-fn quote(text: &str) -> String {
-    match text.char_indices().nth(60) {
-        Some((end, _)) => format!("{:?}...", &text[..end]),
-        None => format!("{text:?}"),
-    }
 }
 
 #[cfg(test)]

@@ -68,7 +68,10 @@ impl wpool_guest::Reducer for StatsReducer {
         let mut total: Option<Stats> = None;
         for (i, value) in values.iter().enumerate() {
             let stats = Stats::parse(value).ok_or_else(|| {
-                format!("stats: value {i} of key {key} is not a number or a stats result: {}", quote(value))
+                format!(
+                    "stats: value {i} of key {key} is not a number or a stats result: {}",
+                    wpool_guest::quote(value, 40)
+                )
             })?;
             total = match total {
                 None => Some(stats),
@@ -83,15 +86,6 @@ impl wpool_guest::Reducer for StatsReducer {
 }
 
 wpool_guest::export_reducer!(StatsReducer);
-
-/// `value` as lossy UTF-8, quoted, cut after 40 characters.
-fn quote(value: &[u8]) -> String {
-    let text = String::from_utf8_lossy(value);
-    match text.char_indices().nth(40) {
-        Some((end, _)) => format!("{:?}...", &text[..end]),
-        None => format!("{text:?}"),
-    }
-}
 
 #[cfg(test)]
 mod tests {

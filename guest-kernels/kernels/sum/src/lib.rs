@@ -9,8 +9,8 @@ impl wpool_guest::Reducer for Sum {
         let key = String::from_utf8_lossy(&key);
         let mut total: i64 = 0;
         for (i, value) in values.iter().enumerate() {
-            let n =
-                parse_integer(value).map_err(|why| format!("sum: value {i} of key {key} {why}: {}", quote(value)))?;
+            let n = parse_integer(value)
+                .map_err(|why| format!("sum: value {i} of key {key} {why}: {}", wpool_guest::quote(value, 40)))?;
             total = total.checked_add(n).ok_or_else(|| format!("sum: overflow adding value {i} of key {key}"))?;
         }
         Ok(total.to_string().into_bytes())
@@ -29,15 +29,6 @@ pub fn parse_integer(value: &[u8]) -> Result<i64, &'static str> {
     }
     // Only ASCII digits and '-' here, so this is valid UTF-8.
     std::str::from_utf8(text).unwrap_or_default().parse().map_err(|_| "does not fit in an i64")
-}
-
-/// `value` as lossy UTF-8, quoted, cut after 40 characters.
-fn quote(value: &[u8]) -> String {
-    let text = String::from_utf8_lossy(value);
-    match text.char_indices().nth(40) {
-        Some((end, _)) => format!("{:?}...", &text[..end]),
-        None => format!("{text:?}"),
-    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ wpool_guest::export!(Validate);
 pub fn validate(input: &[u8]) -> Result<&[u8], String> {
     let digits = input.trim_ascii();
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return Err(format!("validate: not a number: {}", quote(input)));
+        return Err(format!("validate: not a number: {}", wpool_guest::quote(input, 40)));
     }
     // Only ASCII digits: valid UTF-8, and a parse error is an overflow.
     let text = std::str::from_utf8(digits).unwrap_or_default();
@@ -28,15 +28,6 @@ pub fn validate(input: &[u8]) -> Result<&[u8], String> {
         return Err(format!("validate: {shown} is larger than {LIMIT}"));
     }
     Ok(digits)
-}
-
-/// `input` as lossy UTF-8, quoted, cut after 40 characters.
-fn quote(input: &[u8]) -> String {
-    let text = String::from_utf8_lossy(input);
-    match text.char_indices().nth(40) {
-        Some((end, _)) => format!("{:?}...", &text[..end]),
-        None => format!("{text:?}"),
-    }
 }
 
 #[cfg(test)]
