@@ -288,3 +288,47 @@ fn library_mapreduce_checks_its_kernels() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("a reducer (world `reducer`)"), "{}", stderr(&o));
 }
+
+#[test]
+fn stopping_a_pipeline_early_with_many_items_in_flight_returns() {
+    // Enough fast items to fill every buffer between and inside the stages.
+    let upper = Pool::builder(kernel("upper")).workers(2).build().unwrap();
+    let echo = Pool::builder(kernel("echo")).workers(1).build().unwrap();
+    let mut p = wpool::Pipeline::new(vec![upper, echo]).unwrap();
+    let items: Vec<Vec<u8>> = (0..50_000).map(|i| format!("item {i}").into_bytes()).collect();
+    let mut n = 0;
+    p.run(items, |_, _| {
+        n += 1;
+        n < 100
+    })
+    .unwrap();
+    assert_eq!(n, 100);
+}
+
+#[test]
+fn ctrl_c_stops_a_pipeline_waiting_on_stdin() {
+    use std::io::{BufRead, Write};
+    let mut c = wpool();
+    c.args(["pipeline", "--stage", &stage("upper"), "--stage", &stage("echo")]);
+    c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    writeln!(stdin, "one").unwrap();
+    stdin.flush().unwrap();
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ONE\n");
+    let workers: Vec<u32> = children_of(child.id());
+    assert!(!workers.is_empty());
+    // Input stays open and silent: the interrupt alone must end the run.
+    signal(child.id(), libc::SIGINT);
+    let started = std::time::Instant::now();
+    let status = child.wait().unwrap();
+    drop(stdin);
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?} {err}");
+    assert!(eventually(std::time::Duration::from_secs(10), || workers.iter().all(|w| !alive(*w))), "workers ended");
+}

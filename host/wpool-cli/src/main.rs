@@ -580,10 +580,18 @@ fn data_grant(file: &std::path::Path) -> Result<(tempfile::TempDir, DirGrant)> {
     if !meta.is_file() {
         anyhow::bail!("--data {}: not a regular file", file.display());
     }
-    let dir =
-        tempfile::Builder::new().prefix("wpool-data-").tempdir().context("--data: creating a private directory")?;
+    // Next to the file if we may (same file system: a hard link), else in
+    // the temporary directory (a hard link if that is the same file system,
+    // else a copy, said on stderr).
+    let parent = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let dir = tempfile::Builder::new()
+        .prefix(".wpool-data-")
+        .tempdir_in(parent)
+        .or_else(|_| tempfile::Builder::new().prefix("wpool-data-").tempdir())
+        .context("--data: creating a private directory")?;
     let link = dir.path().join("data");
     if std::fs::hard_link(file, &link).is_err() {
+        eprintln!("wpool: --data {}: on another file system than {}: copying it", file.display(), dir.path().display());
         std::fs::copy(file, &link).with_context(|| format!("--data {}", file.display()))?;
     }
     let grant = DirGrant { host: dir.path().to_path_buf(), guest: "/".into(), writable: false };

@@ -131,7 +131,8 @@ impl MapReduce {
                 };
                 full.clear();
                 reduce_keys(&mut self.reduce, &mut groups, keys)?;
-                pending_bytes = groups.values().flat_map(|g| &g.values).map(Vec::len).sum();
+                // Counts values that arrived since: reduced ones are settled.
+                pending_bytes = 0;
             }
         }
         // Every key gets a final call, even with one value: a reducer may

@@ -8,7 +8,10 @@
 //! is reported once, with its input index and the stage, and does not enter
 //! later stages.
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender};
 
 use crate::error::{Error, ItemIndex, TaskError};
 use crate::pool::Pool;
@@ -74,30 +77,54 @@ impl Pipeline {
     /// Runs every item through the stages and hands each outcome to `sink`,
     /// in input order, as soon as it is known. `sink` returns `false` to stop
     /// early (the rest is abandoned, as when an `imap` is dropped). The
-    /// `Err` is a pool failure in any stage.
+    /// `Err` is a pool failure in any stage ([`Error::Cancelled`] when a
+    /// stage's [`Pool::canceller`] fired). Items are pulled on a thread of
+    /// their own, which a blocking source (stdin) may keep alive until it
+    /// yields or ends.
     pub fn run<I>(&mut self, items: I, mut sink: impl FnMut(ItemIndex, PipelineResult) -> bool) -> Result<(), Error>
     where
         I: IntoIterator<Item = Vec<u8>>,
-        I::IntoIter: Send,
+        I::IntoIter: Send + 'static,
     {
         let items = items.into_iter();
-        std::thread::scope(|scope| {
-            let (first_tx, mut upstream) = bounded::<Passing>(BETWEEN_STAGES);
-            scope.spawn(move || {
+        let (first_tx, mut upstream) = bounded::<Passing>(BETWEEN_STAGES);
+        // Not scoped: a source blocked on a read must not keep `run` from
+        // returning after a stop.
+        std::thread::Builder::new()
+            .name("wpool-pipeline-input".into())
+            .spawn(move || {
                 for (i, item) in items.enumerate() {
                     if first_tx.send(Passing::Item(i as u64, item)).is_err() {
                         return;
                     }
                 }
-            });
+            })
+            .map_err(Error::Io)?;
+        // Set when the run ends early (the sink stopped, a stage failed):
+        // every stage thread polls it while it waits.
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
             let mut handles = Vec::new();
             for (stage, pool) in self.stages.iter_mut().enumerate() {
                 let (tx, rx) = bounded::<Passing>(BETWEEN_STAGES);
                 let input = std::mem::replace(&mut upstream, rx);
-                handles.push(scope.spawn(move || run_stage(stage, pool, input, tx)));
+                let stop = &stop;
+                handles.push(scope.spawn(move || {
+                    let r = run_stage(stage, pool, input, tx, stop);
+                    if r.is_err() {
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                    r
+                }));
             }
             let mut stopped = false;
-            for passing in upstream.iter() {
+            loop {
+                let passing = match upstream.recv_timeout(POLL) {
+                    Ok(p) => p,
+                    Err(RecvTimeoutError::Timeout) if stop.load(Ordering::SeqCst) => break,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                };
                 let (index, result) = match passing {
                     Passing::Item(i, bytes) => (i, Ok(bytes)),
                     Passing::Failed(i, failure) => (i, Err(failure)),
@@ -107,7 +134,7 @@ impl Pipeline {
                     break;
                 }
             }
-            // Dropping the last receiver stops every stage in turn.
+            stop.store(true, Ordering::SeqCst);
             drop(upstream);
             let mut first_error = None;
             for h in handles {
@@ -124,37 +151,65 @@ impl Pipeline {
     }
 }
 
+/// How often a waiting stage thread looks at the stop flag and its pool's
+/// cancellation.
+const POLL: Duration = Duration::from_millis(50);
+
 /// Drives one stage: feeds its pool the items that are still going (in
 /// order), and passes results and earlier failures downstream in order.
-fn run_stage(stage: usize, pool: &mut Pool, input: Receiver<Passing>, output: Sender<Passing>) -> Result<(), Error> {
+fn run_stage(
+    stage: usize,
+    pool: &mut Pool,
+    input: Receiver<Passing>,
+    output: Sender<Passing>,
+    stop: &AtomicBool,
+) -> Result<(), Error> {
     let (items_tx, items_rx) = bounded::<Vec<u8>>(BETWEEN_STAGES);
     // What comes out next, in input order: a result of the pool (for an item
     // that was sent to it) or a failure from upstream.
     let (order_tx, order_rx) = bounded::<Passing>(4 * BETWEEN_STAGES);
+    let cancelled = pool.cancel_flag();
+    let stopping = || stop.load(Ordering::SeqCst) || cancelled.load(Ordering::SeqCst);
     std::thread::scope(|scope| {
-        scope.spawn(move || {
-            for passing in input.iter() {
-                let item = match passing {
-                    Passing::Item(i, bytes) => {
-                        if order_tx.send(Passing::Item(i, Vec::new())).is_err() {
-                            return;
-                        }
-                        bytes
+        scope.spawn(move || loop {
+            let passing = match input.recv_timeout(POLL) {
+                Ok(p) => p,
+                Err(RecvTimeoutError::Timeout) if stopping() => return,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let item = match passing {
+                Passing::Item(i, bytes) => Some((Passing::Item(i, Vec::new()), bytes)),
+                failed => {
+                    if !send_polling(&order_tx, failed, &stopping) {
+                        return;
                     }
-                    failed => {
-                        if order_tx.send(failed).is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                };
-                if items_tx.send(item).is_err() {
+                    None
+                }
+            };
+            if let Some((entry, bytes)) = item {
+                if !send_polling(&order_tx, entry, &stopping) || !send_polling(&items_tx, bytes, &stopping) {
                     return;
                 }
             }
         });
         let mut results = pool.imap_channel(items_rx);
-        for next in order_rx.iter() {
+        // Whether the stage ended because its input did (not a stop).
+        let mut finished = false;
+        let outcome = loop {
+            let next = match order_rx.recv_timeout(POLL) {
+                Ok(next) => next,
+                Err(RecvTimeoutError::Timeout) if cancelled.load(Ordering::SeqCst) => break Err(Error::Cancelled),
+                Err(RecvTimeoutError::Timeout) if stop.load(Ordering::SeqCst) => break Ok(()),
+                Err(RecvTimeoutError::Timeout) => continue,
+                // The feeder is gone: input ended, or it saw a stop.
+                Err(RecvTimeoutError::Disconnected) if cancelled.load(Ordering::SeqCst) => break Err(Error::Cancelled),
+                Err(RecvTimeoutError::Disconnected) if stop.load(Ordering::SeqCst) => break Ok(()),
+                Err(RecvTimeoutError::Disconnected) => {
+                    finished = true;
+                    break Ok(());
+                }
+            };
             let out = match next {
                 Passing::Failed(..) => next,
                 Passing::Item(i, _) => match results.next() {
@@ -163,14 +218,37 @@ fn run_stage(stage: usize, pool: &mut Pool, input: Receiver<Passing>, output: Se
                         error.index = ItemIndex(i);
                         Passing::Failed(i, StageFailure { stage, error })
                     }
-                    Some(Err(e)) => return Err(e),
-                    None => return Ok(()),
+                    Some(Err(e)) => break Err(e),
+                    None if cancelled.load(Ordering::SeqCst) => break Err(Error::Cancelled),
+                    None if stop.load(Ordering::SeqCst) => break Ok(()),
+                    None => {
+                        finished = true;
+                        break Ok(());
+                    }
                 },
             };
-            if output.send(out).is_err() {
-                return Ok(());
+            if !send_polling(&output, out, &|| stop.load(Ordering::SeqCst)) {
+                break Ok(());
             }
+        };
+        // Ended early: everyone stops (the feeder of this stage included).
+        if !finished {
+            stop.store(true, Ordering::SeqCst);
         }
-        Ok(())
+        drop(order_rx);
+        drop(results);
+        outcome
     })
+}
+
+/// Sends unless `stopping` turns true while the channel is full; `false`
+/// when the item was not sent.
+fn send_polling<T>(tx: &Sender<T>, mut value: T, stopping: &dyn Fn() -> bool) -> bool {
+    loop {
+        match tx.send_timeout(value, POLL) {
+            Ok(()) => return true,
+            Err(SendTimeoutError::Timeout(v)) if !stopping() => value = v,
+            Err(_) => return false,
+        }
+    }
 }

@@ -287,6 +287,11 @@ impl Pool {
         Canceller { flag, wake }
     }
 
+    /// The flag a [`Canceller`] sets.
+    pub(crate) fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.sched.cancel_handle().0
+    }
+
     /// Runs every item and returns the results in input order. The outer
     /// `Err` is a pool failure; each item has its own `Result`.
     pub fn map<I>(&mut self, items: I) -> Result<Vec<ItemResult>, Error>

@@ -359,7 +359,9 @@ impl Scheduler {
                 continue;
             }
             let deadline = self.next_deadline();
-            if self.has_room() && self.may_pull() && !self.job.input_done {
+            // Received but undispatched items (while a retry waits for an
+            // idle worker) are enough: do not take more from the channel.
+            if self.has_room() && self.may_pull() && !self.job.input_done && self.job.stash.is_empty() {
                 match &input {
                     Input::Channel(rx) => self.wait_with_input(deadline, rx, |s, item| s.push_back(item)),
                     Input::Batches(rx) => self.wait_with_input(deadline, rx, |s, batch| s.extend(batch)),
@@ -775,7 +777,7 @@ impl Scheduler {
     /// unanswered item (a retry runs alone, on a worker holding nothing
     /// else); all others are retried alone. Each counts an attempt (any of
     /// them may have been running). `MAX_IN_FLIGHT_ITEMS` bounds how many
-    /// items one death sends through that slow path.
+    /// items beyond two chunks one death sends through that slow path.
     fn requeue(
         &mut self,
         slot: usize,
@@ -822,8 +824,8 @@ impl Scheduler {
             }
         }
         back.sort_by_key(|p| p.index);
+        // Counted again in `buffered_bytes` when they are sent.
         for p in back.into_iter().rev() {
-            self.job.buffered_bytes += p.data.len();
             self.job.retry.push_front(p);
         }
     }

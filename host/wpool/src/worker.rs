@@ -180,7 +180,8 @@ fn pooling(limits: &crate::Limits) -> wasmtime::InstanceAllocationStrategy {
         .total_tables(64)
         .max_tables_per_module(8)
         .max_memories_per_module(2)
-        .max_memory_size(limits.memory.map_or(4 << 30, |m| m as usize));
+        // wasm32 memories stop at 4 GiB; the pool refuses a larger slot.
+        .max_memory_size(limits.memory.map_or(4 << 30, |m| m.min(4 << 30) as usize));
     wasmtime::InstanceAllocationStrategy::Pooling(pooling)
 }
 
