@@ -227,3 +227,23 @@ fn fail_fast_stops_at_the_first_failure() {
     assert_eq!(stdout(&o), "a\n");
     assert!(stderr(&o).contains("kernel: stop"));
 }
+
+#[test]
+fn a_file_before_stdin_is_mapped_without_waiting_for_stdin() {
+    use std::io::BufRead;
+    let file = temp_file(b"from the file\nand its last line\n");
+    let mut cmd = wpool();
+    cmd.args(["map", "-j", "1"]).arg(kernel_path("upper")).arg(file.path()).arg("-");
+    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    // stdin stays open and silent: the file's items come out all the same.
+    for expected in ["FROM THE FILE\n", "AND ITS LAST LINE\n"] {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line, expected);
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}

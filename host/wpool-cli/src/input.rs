@@ -154,18 +154,16 @@ impl Items {
     /// Whether the next item can be read without waiting on a slow source:
     /// the current input is a regular file, or a whole record is buffered.
     pub fn ready(&self) -> bool {
-        let Some(reader) = &self.current else {
-            return self.sources.as_slice().first().is_none_or(Source::is_regular_file);
-        };
-        if self.current_is_file {
-            return true;
-        }
+        let next_is_file = self.sources.as_slice().first().is_none_or(Source::is_regular_file);
+        let Some(reader) = &self.current else { return next_is_file };
+        // A regular file never waits, but once it ends the next source may:
+        // without a whole record buffered, count on the next one.
         let sep = match self.split {
             Split::Lines => b'\n',
             Split::Nul => 0,
-            Split::Files => return false,
+            Split::Files => return self.current_is_file && next_is_file,
         };
-        reader.buffer().contains(&sep)
+        reader.buffer().contains(&sep) || (self.current_is_file && next_is_file)
     }
 
     /// Reads up to the separator (exclusive); `None` at end of source.

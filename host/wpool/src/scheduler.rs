@@ -866,7 +866,9 @@ impl Scheduler {
                 let id = w.queue.front()?;
                 let chunk = self.chunks.get(id)?;
                 let remaining = (chunk.items.len() - chunk.received) as u32;
-                Some(w.progress_at + timeout * remaining + hard_grace(timeout))
+                // A fresh instance runs `init` first, under its own timeout.
+                let init = if self.cfg.hello.init.is_some() { timeout } else { Duration::ZERO };
+                Some(w.progress_at + (timeout + init) * remaining + hard_grace(timeout))
             }
             SlotState::Dead => None,
         }
