@@ -222,33 +222,20 @@ fn item_kind(item: &ComponentItem) -> &'static str {
     }
 }
 
-/// Checks the world: `map` with exactly the contract's type, `init` with its
-/// type if there is one, and imports the host can satisfy. Extra exports are
-/// allowed (other toolchains add them). Says whether there is an `init`.
+/// Checks the world: `map` with exactly the contract's type and `init` with
+/// its type if there is one, or else `reduce` with its type; and imports the
+/// host can satisfy. Extra exports are allowed (other toolchains add them).
+/// Says which kind of kernel it is.
 fn check_contract(name: &str, engine: &Engine, component: &Component) -> Result<Shape, Error> {
     let ty = component.component_type();
     let reduce = ty.get_export(engine, REDUCE_EXPORT).map(|e| e.ty);
-    match ty.get_export(engine, MAP_EXPORT).map(|e| e.ty) {
-        None if reduce.is_some() => {
-            match reduce {
-                Some(ComponentItem::ComponentFunc(f)) if is_reduce_signature(&f) => {}
-                Some(ComponentItem::ComponentFunc(f)) => {
-                    return Err(Error::WorldMismatch {
-                        kernel: name.into(),
-                        detail: format!("export `reduce` has type {}, expected {REDUCE_SIGNATURE}", func_sig(&f)),
-                    })
-                }
-                _ => {
-                    return Err(Error::WorldMismatch {
-                        kernel: name.into(),
-                        detail: format!("export `reduce` is not a function, expected `reduce: {REDUCE_SIGNATURE}`"),
-                    })
-                }
-            }
+    match (ty.get_export(engine, MAP_EXPORT).map(|e| e.ty), reduce) {
+        (None, Some(reduce)) => {
+            check_export(name, REDUCE_EXPORT, &reduce, is_reduce_signature, REDUCE_SIGNATURE)?;
             check_imports(name, engine, component)?;
             return Ok(Shape { init: false, reducer: true });
         }
-        None => {
+        (None, None) => {
             let exports: Vec<String> = ty.exports(engine).map(|(n, _)| format!("`{n}`")).collect();
             let found =
                 if exports.is_empty() { "no exports".to_string() } else { format!("exports {}", exports.join(", ")) };
@@ -257,39 +244,33 @@ fn check_contract(name: &str, engine: &Engine, component: &Component) -> Result<
                 detail: format!("no export `map` (expected `map: {MAP_SIGNATURE}`; found {found})"),
             });
         }
-        Some(ComponentItem::ComponentFunc(f)) => {
-            if !is_map_signature(&f) {
-                return Err(Error::WorldMismatch {
-                    kernel: name.into(),
-                    detail: format!("export `map` has type {}, expected {MAP_SIGNATURE}", func_sig(&f)),
-                });
-            }
-        }
-        Some(other) => {
-            return Err(Error::WorldMismatch {
-                kernel: name.into(),
-                detail: format!("export `map` is a {}, expected `map: {MAP_SIGNATURE}`", item_kind(&other)),
-            })
-        }
+        (Some(item), _) => check_export(name, MAP_EXPORT, &item, is_map_signature, MAP_SIGNATURE)?,
     }
     let has_init = match ty.get_export(engine, INIT_EXPORT).map(|e| e.ty) {
         None => false,
-        Some(ComponentItem::ComponentFunc(f)) if is_init_signature(&f) => true,
-        Some(ComponentItem::ComponentFunc(f)) => {
-            return Err(Error::WorldMismatch {
-                kernel: name.into(),
-                detail: format!("export `init` has type {}, expected {INIT_SIGNATURE}", func_sig(&f)),
-            })
-        }
-        Some(other) => {
-            return Err(Error::WorldMismatch {
-                kernel: name.into(),
-                detail: format!("export `init` is a {}, expected `init: {INIT_SIGNATURE}`", item_kind(&other)),
-            })
+        Some(item) => {
+            check_export(name, INIT_EXPORT, &item, is_init_signature, INIT_SIGNATURE)?;
+            true
         }
     };
     check_imports(name, engine, component)?;
     Ok(Shape { init: has_init, reducer: false })
+}
+
+/// An export of the contract: a function of exactly the type `signature`.
+fn check_export(
+    kernel: &str,
+    export: &str,
+    item: &ComponentItem,
+    has_type: fn(&ComponentFunc) -> bool,
+    signature: &str,
+) -> Result<(), Error> {
+    let detail = match item {
+        ComponentItem::ComponentFunc(f) if has_type(f) => return Ok(()),
+        ComponentItem::ComponentFunc(f) => format!("export `{export}` has type {}, expected {signature}", func_sig(f)),
+        other => format!("export `{export}` is a {}, expected `{export}: {signature}`", item_kind(other)),
+    };
+    Err(Error::WorldMismatch { kernel: kernel.into(), detail })
 }
 
 /// What kind of kernel a component is.
