@@ -191,6 +191,29 @@ struct MapArgs {
     /// Give kernels real entropy.
     #[arg(long)]
     allow_random: bool,
+    /// Start every worker through this command, e.g. `"srun -N1 -n1 --exact
+    /// -u"` inside a Slurm allocation or `"ssh HOST"` (split into words like
+    /// a shell would, without expansion). Workers may then run on other
+    /// machines: each is sent the kernel's wasm, compiles it there, and
+    /// connects back to this host over TCP (see --listen). -j counts such
+    /// workers, whatever this machine's cores.
+    #[arg(long, value_name = "CMD", value_parser = units::parse_command, conflicts_with = "slurm")]
+    launcher: Option<units::Words>,
+    /// Inside a Slurm allocation (`salloc`, `sbatch`): one worker per task
+    /// (SLURM_NTASKS, or -j), each started by `srun` on the allocated
+    /// nodes in turn.
+    #[arg(long)]
+    slurm: bool,
+    /// The address launched workers connect back to: `IP` or `IP:PORT`
+    /// [default: this machine's first non-loopback IPv4 address, a free
+    /// port]. Connections need a per-worker random token; the traffic is
+    /// not encrypted.
+    #[arg(long, value_name = "IP[:PORT]", value_parser = units::parse_listen)]
+    listen: Option<std::net::SocketAddr>,
+    /// On stderr: each worker's node, pid and sandbox status once all are
+    /// up, and worker deaths and retries at the end.
+    #[arg(short, long)]
+    verbose: bool,
     /// Refuse to run unless every worker confines itself fully (seccomp,
     /// Landlock, no_new_privs); exit 2 naming what is missing.
     #[arg(long)]
@@ -263,6 +286,10 @@ struct Setup {
     limits: Limits,
     grants: Grants,
     max_item: usize,
+    /// Workers per pool unless said otherwise (-j, Slurm tasks, cores).
+    jobs: usize,
+    /// Under `--slurm`: the allocation.
+    slurm: Option<wpool::Slurm>,
     /// The `--data` directory; lives as long as the pools.
     _data_dir: Option<tempfile::TempDir>,
 }
@@ -291,17 +318,59 @@ impl Setup {
             }
             None => None,
         };
-        Ok(Setup { limits, grants, max_item, _data_dir: data_dir })
+        let slurm = if args.slurm { Some(wpool::Slurm::from_env()?) } else { None };
+        if args.listen.is_some() && args.launcher.is_none() && slurm.is_none() {
+            anyhow::bail!("--listen: only workers started through --launcher or --slurm connect back");
+        }
+        let jobs = args.jobs.or(slurm.as_ref().map(|s| s.tasks)).unwrap_or_else(num_cpus::get);
+        Ok(Setup { limits, grants, max_item, jobs, slurm, _data_dir: data_dir })
     }
 
     fn builder(&self, kernel: Kernel, args: &MapArgs, workers: usize) -> wpool::PoolBuilder {
-        Pool::builder(kernel)
+        let mut builder = Pool::builder(kernel)
             .workers(workers)
             .chunksize(args.chunksize)
             .retries(args.retries)
             .limits(self.limits.clone())
             .grants(self.grants.clone())
-            .require_sandbox(args.require_sandbox)
+            .require_sandbox(args.require_sandbox);
+        if let Some(launcher) = &args.launcher {
+            builder = builder.launcher(launcher.0.clone());
+        }
+        if let Some(slurm) = &self.slurm {
+            builder = builder.launchers(slurm.launchers(workers));
+        }
+        if let Some(addr) = args.listen {
+            builder = builder.listen(addr);
+        }
+        builder
+    }
+
+    /// Starts a pool; with --verbose, waits for all its workers and says
+    /// where each runs and how it is confined.
+    fn start(&self, builder: wpool::PoolBuilder, args: &MapArgs, label: &str) -> Result<Pool> {
+        let mut pool = builder.build()?;
+        if args.verbose {
+            pool.wait_ready()?;
+            if let Some(addr) = pool.dial_address() {
+                eprintln!("wpool:{label} workers connected back to {addr}");
+            }
+            for w in pool.worker_info() {
+                eprintln!("wpool:{label} {}: node {}, pid {}, sandbox {}", w.id, w.node, w.pid, w.sandbox);
+            }
+        }
+        Ok(pool)
+    }
+}
+
+/// With --verbose: what happened to a pool's workers.
+fn report_end(pool: &Pool, args: &MapArgs, label: &str) {
+    if args.verbose {
+        let s = pool.stats();
+        eprintln!(
+            "wpool:{label} {} worker processes started, {} died, {} items retried, {} connections refused",
+            s.spawned, s.worker_deaths, s.retried_items, s.rejected_connections
+        );
     }
 }
 
@@ -342,15 +411,16 @@ fn pipeline(cmd: PipelineCmd) -> Result<u8> {
             }
             jobs
         }
-        None => vec![args.jobs.unwrap_or_else(num_cpus::get); cmd.stages.len()],
+        None => Vec::new(),
     };
     let kernels = cmd.stages.iter().map(|k| map_kernel(k)).collect::<Result<Vec<_>>>()?;
     let names: Vec<String> = kernels.iter().map(|k| k.name().to_string()).collect();
     let sources = input::sources(&args.inputs)?;
     let setup = Setup::new(args)?;
     let mut pools = Vec::new();
-    for (kernel, workers) in kernels.into_iter().zip(&jobs) {
-        pools.push(setup.builder(kernel, args, *workers).build()?);
+    for (i, kernel) in kernels.into_iter().enumerate() {
+        let workers = jobs.get(i).copied().unwrap_or(setup.jobs);
+        pools.push(setup.start(setup.builder(kernel, args, workers), args, &format!(" stage {}:", i + 1))?);
     }
     let interrupted = cancel_on_ctrl_c(pools.iter().map(Pool::canceller).collect())?;
     let items = Items::new(sources, split_of(args), setup.max_item);
@@ -373,6 +443,9 @@ fn pipeline(cmd: PipelineCmd) -> Result<u8> {
         !(failed && args.fail_fast)
     });
     printer.finish()?;
+    for (i, pool) in pipeline.stages().iter().enumerate() {
+        report_end(pool, args, &format!(" stage {}:", i + 1));
+    }
     drop(pipeline);
     if let Some(e) = write_error {
         return Err(e.into());
@@ -427,9 +500,8 @@ fn mapreduce(cmd: MapReduceCmd) -> Result<u8> {
     }
     let sources = input::sources(&args.inputs)?;
     let setup = Setup::new(args)?;
-    let workers = args.jobs.unwrap_or_else(num_cpus::get);
-    let map = setup.builder(map, args, workers).build()?;
-    let reduce = setup.builder(reduce, args, workers).build()?;
+    let map = setup.start(setup.builder(map, args, setup.jobs), args, " map:")?;
+    let reduce = setup.start(setup.builder(reduce, args, setup.jobs), args, " reduce:")?;
     let interrupted = cancel_on_ctrl_c(vec![map.canceller(), reduce.canceller()])?;
     let items = Items::new(sources, split_of(args), setup.max_item);
     let read_error = items.error();
@@ -473,13 +545,12 @@ fn map(kernel: &std::path::Path, args: MapArgs) -> Result<u8> {
     let split = split_of(&args);
     let setup = Setup::new(&args)?;
     let max_item = setup.max_item;
-    let workers = args.jobs.unwrap_or_else(num_cpus::get);
-    let mut builder = setup.builder(kernel, &args, workers);
+    let mut builder = setup.builder(kernel, &args, setup.jobs);
     if let Some(file) = &args.init {
         let config = std::fs::read(file).with_context(|| format!("--init {}", file.display()))?;
         builder = builder.init(config);
     }
-    let mut pool = builder.build()?;
+    let mut pool = setup.start(builder, &args, "")?;
 
     let interrupted = cancel_on_ctrl_c(vec![pool.canceller()])?;
 
@@ -527,6 +598,7 @@ fn map(kernel: &std::path::Path, args: MapArgs) -> Result<u8> {
         Ok(())
     })();
     printer.finish()?;
+    report_end(&pool, &args, "");
     drop(pool);
     match outcome {
         Ok(()) => {}

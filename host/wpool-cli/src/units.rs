@@ -67,9 +67,94 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     }
 }
 
+/// A command line split into words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Words(pub Vec<String>);
+
+/// A launcher command line split into words the way a shell would (single
+/// and double quotes, backslash escapes), without any expansion.
+pub fn parse_command(s: &str) -> Result<Words, String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' | '\n' => {
+                if let Some(w) = word.take() {
+                    words.push(w);
+                }
+            }
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => w.push(c),
+                        None => return Err(format!("`{s}`: unterminated single quote")),
+                    }
+                }
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c) => w.push(c),
+                            None => return Err(format!("`{s}`: unterminated double quote")),
+                        },
+                        Some(c) => w.push(c),
+                        None => return Err(format!("`{s}`: unterminated double quote")),
+                    }
+                }
+            }
+            '\\' => match chars.next() {
+                Some(c) => word.get_or_insert_with(String::new).push(c),
+                None => return Err(format!("`{s}`: ends with a lone backslash")),
+            },
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    if words.is_empty() {
+        return Err("an empty launcher command (e.g. `--launcher \"ssh HOST\"`)".into());
+    }
+    Ok(Words(words))
+}
+
+/// `IP`, `IP:PORT` or `[IPv6]:PORT`; port 0 (or none) picks a free port.
+pub fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(addr) = s.parse::<std::net::SocketAddr>() {
+        return Ok(addr);
+    }
+    match s.parse::<std::net::IpAddr>() {
+        Ok(ip) => Ok(std::net::SocketAddr::new(ip, 0)),
+        Err(_) => Err(format!("`{s}` is not an address to listen on: use an IP address, with `:PORT` if needed")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn launcher_commands_split_like_a_shell() {
+        assert_eq!(parse_command("srun -N1 -n1").unwrap().0, ["srun", "-N1", "-n1"]);
+        assert_eq!(
+            parse_command(r#"ssh -o 'Opt=a b' "x\"y" c\ d ''"#).unwrap().0,
+            ["ssh", "-o", "Opt=a b", "x\"y", "c d", ""]
+        );
+        assert!(parse_command("  ").is_err());
+        assert!(parse_command("ssh 'host").is_err());
+    }
+
+    #[test]
+    fn listen_addresses_take_an_optional_port() {
+        assert_eq!(parse_listen("127.0.0.1").unwrap(), "127.0.0.1:0".parse().unwrap());
+        assert_eq!(parse_listen("10.0.0.1:7000").unwrap(), "10.0.0.1:7000".parse().unwrap());
+        assert_eq!(parse_listen("[::1]:9").unwrap(), "[::1]:9".parse().unwrap());
+        assert!(parse_listen("host").is_err());
+    }
 
     #[test]
     fn durations() {

@@ -268,6 +268,19 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The port that workers started through a launcher dial back to could
+    /// not be opened.
+    #[error("cannot listen on {addr} for workers to connect back to")]
+    Listen {
+        /// The address asked for.
+        addr: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// `--slurm` / [`crate::Slurm`] outside a usable Slurm allocation.
+    #[error("slurm: {0}")]
+    Slurm(String),
     /// Workers keep dying before completing the handshake.
     #[error("workers fail at start-up ({failures} in a row); last: {last}")]
     WorkerStartup {

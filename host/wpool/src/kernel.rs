@@ -140,6 +140,11 @@ impl Kernel {
 
     /// The precompiled artifact for these settings (compiling on a cache
     /// miss). Workers check its digest again before deserializing.
+    /// The component's bytes, as a launched worker is sent them.
+    pub(crate) fn wasm(&self) -> &[u8] {
+        &self.bytes
+    }
+
     pub(crate) fn artifact(&self, settings: &EngineSettings) -> Result<Artifact, Error> {
         if settings.codegen_key() == EngineSettings::default().codegen_key() {
             return Ok(self.default_artifact.clone());
@@ -431,13 +436,37 @@ impl ArtifactCache {
         check_header(name, bytes)?;
         let engine = Engine::new(&settings.wasmtime_config())
             .map_err(|e| Error::InvalidKernel { kernel: name.into(), message: format!("engine: {e:#}") })?;
-        let key = cache_key(&engine, bytes, settings);
+        let (artifact, component) = self.lookup_or_compile(&engine, name, bytes, settings)?;
+        Ok((artifact, component, engine))
+    }
+
+    /// The kernel compiled for `engine`, from this cache or compiled and
+    /// stored: how a launched worker, sent wasm bytes, uses its own
+    /// node-private cache.
+    pub(crate) fn component(
+        &self,
+        engine: &Engine,
+        name: &str,
+        bytes: &[u8],
+        settings: &EngineSettings,
+    ) -> Result<Component, Error> {
+        self.lookup_or_compile(engine, name, bytes, settings).map(|(_, c)| c)
+    }
+
+    fn lookup_or_compile(
+        &self,
+        engine: &Engine,
+        name: &str,
+        bytes: &[u8],
+        settings: &EngineSettings,
+    ) -> Result<(Artifact, Component), Error> {
+        let key = cache_key(engine, bytes, settings);
         let path = self.dir.join(format!("{key}.cwasm"));
         let sum_path = self.dir.join(format!("{key}.sha256"));
-        if let Some(hit) = self.load(&engine, &path, &sum_path) {
+        if let Some(hit) = self.load(engine, &path, &sum_path) {
             return Ok(hit);
         }
-        let component = Component::new(&engine, bytes)
+        let component = Component::new(engine, bytes)
             .map_err(|e| Error::InvalidKernel { kernel: name.into(), message: format!("{e:#}") })?;
         let serialized = component
             .serialize()
@@ -445,23 +474,24 @@ impl ArtifactCache {
         let digest: [u8; 32] = Sha256::digest(&serialized).into();
         self.write_atomic(&path, &serialized)?;
         self.write_atomic(&sum_path, hex(&digest).as_bytes())?;
-        Ok((Artifact { path, digest }, component, engine))
+        Ok((Artifact { path, digest }, component))
     }
 
     /// A cache hit is used only if its recorded digest matches; anything
     /// else (missing, truncated, tampered) is a miss and gets recompiled.
-    fn load(&self, engine: &Engine, path: &Path, sum_path: &Path) -> Option<(Artifact, Component, Engine)> {
+    fn load(&self, engine: &Engine, path: &Path, sum_path: &Path) -> Option<(Artifact, Component)> {
         let recorded = fs::read_to_string(sum_path).ok()?;
         let bytes = fs::read(path).ok()?;
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
         if hex(&digest) != recorded.trim() {
             return None;
         }
-        // SAFETY: these bytes were written by this host into its private
-        // (0700, owner-checked) cache and match the digest recorded then;
-        // wasmtime also checks the artifact's engine compatibility header.
+        // SAFETY: these bytes were written by wpool into this user's private
+        // (0700, owner-checked) cache on this machine and match the digest
+        // recorded then; wasmtime also checks the artifact's engine
+        // compatibility header. Nothing here came over the network.
         let component = unsafe { Component::deserialize(engine, &bytes) }.ok()?;
-        Some((Artifact { path: path.to_path_buf(), digest }, component, engine.clone()))
+        Some((Artifact { path: path.to_path_buf(), digest }, component))
     }
 
     fn write_atomic(&self, path: &Path, data: &[u8]) -> Result<(), Error> {

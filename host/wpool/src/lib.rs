@@ -43,9 +43,12 @@ mod pipeline;
 mod pool;
 #[doc(hidden)]
 pub mod protocol;
+#[doc(hidden)]
+pub mod remote;
 mod runtime;
 mod sandbox;
 mod scheduler;
+mod slurm;
 mod supervisor;
 mod worker;
 
@@ -57,7 +60,8 @@ pub use mapreduce::{reduce_item, KeyResult, MapReduce};
 pub use pipeline::{Pipeline, PipelineResult, StageFailure};
 pub use pool::{Canceller, Imap, ImapUnordered, Pool, PoolBuilder};
 pub use sandbox::{Enforcement, SandboxStatus};
-pub use scheduler::{Chunksize, ItemResult, PoolStats};
+pub use scheduler::{Chunksize, ItemResult, PoolStats, WorkerInfo};
+pub use slurm::Slurm;
 
 /// The channel crate of [`Pool::imap_channel`] and [`Pool::imap_batches`], so
 /// that callers use the same version.
@@ -81,16 +85,22 @@ extern "C" fn worker_entry(argc: libc::c_int, argv: *const *const libc::c_char, 
     // SAFETY: argv entries are NUL-terminated C strings.
     let first = unsafe { std::ffi::CStr::from_ptr(first) };
     if first.to_bytes() == worker::WORKER_ARG.as_bytes() {
-        // `--wpool-worker HOST_PID` for a worker the host spawned itself.
-        let parent = (argc >= 3)
+        // `--wpool-worker HOST_PID` for a worker the host spawned itself,
+        // `--wpool-worker dial` for one started through a launcher.
+        let mode = (argc >= 3)
             .then(|| {
                 // SAFETY: argc >= 3, so argv[2] is a valid C string (or NULL).
                 let p = unsafe { *argv.add(2) };
                 (!p.is_null()).then(|| unsafe { std::ffi::CStr::from_ptr(p) })
             })
             .flatten()
-            .and_then(|p| p.to_str().ok()?.parse::<libc::pid_t>().ok());
-        worker::main(parent);
+            .and_then(|p| p.to_str().ok());
+        let start = match mode {
+            Some(remote::DIAL_ARG) => worker::Start::Dial,
+            Some(pid) => pid.parse().map_or(worker::Start::Unknown, worker::Start::Local),
+            None => worker::Start::Unknown,
+        };
+        worker::main(start);
     }
 }
 

@@ -15,9 +15,9 @@ use crate::error::{Error, ItemIndex};
 use crate::grants::Grants;
 use crate::kernel::Kernel;
 use crate::limits::{EngineSettings, Limits};
-use crate::protocol::{Hello, PROTOCOL_VERSION};
+use crate::protocol::{Code, Hello, PROTOCOL_VERSION};
 use crate::sandbox::SandboxStatus;
-use crate::scheduler::{Chunksize, Input, ItemResult, PoolStats, SchedConfig, Scheduler};
+use crate::scheduler::{Chunksize, Input, ItemResult, PoolStats, SchedConfig, Scheduler, WorkerInfo};
 use crate::supervisor::{Event, WorkerCommand};
 
 /// Configures and starts a [`Pool`].
@@ -99,10 +99,36 @@ impl PoolBuilder {
         self
     }
 
-    /// A command prefix for starting workers (`["srun", "-N1", "-n1"]`,
-    /// `["ssh", "host"]`); the worker binary and its hidden argument follow.
-    pub fn launcher<S: Into<String>>(mut self, prefix: impl IntoIterator<Item = S>) -> Self {
-        self.command.launcher = prefix.into_iter().map(Into::into).collect();
+    /// Start every worker through a launcher: the command prefix
+    /// (`["srun", "-N1", "-n1", "--exact", "-u"]`, `["ssh", "host"]`), then
+    /// the worker binary and its hidden arguments. Such a worker may run on
+    /// another machine: it is sent the kernel's wasm bytes (and compiles
+    /// them there), and it connects back to the host over TCP (see
+    /// [`PoolBuilder::listen`]). The launcher process gets the caller's
+    /// environment; the worker clears its own.
+    pub fn launcher<S: Into<String>>(self, prefix: impl IntoIterator<Item = S>) -> Self {
+        self.launchers([prefix])
+    }
+
+    /// One launcher per worker: worker `i` is started through
+    /// `launchers[i % len]` (as [`crate::Slurm::launchers`] spreads workers
+    /// over nodes). Empty: local workers.
+    pub fn launchers<L, S>(mut self, launchers: impl IntoIterator<Item = L>) -> Self
+    where
+        L: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.command.launchers =
+            launchers.into_iter().map(|l| l.into_iter().map(Into::into).collect::<Vec<String>>()).collect();
+        self
+    }
+
+    /// The address launched workers connect back to (default: this
+    /// machine's first non-loopback IPv4 address, a free port). Port 0
+    /// picks a free port. Connections must present a per-worker random
+    /// token; the traffic is not encrypted.
+    pub fn listen(mut self, addr: std::net::SocketAddr) -> Self {
+        self.command.listen = Some(addr);
         self
     }
 
@@ -176,13 +202,31 @@ impl PoolBuilder {
                 crate::protocol::MAX_INIT_CONFIG
             )));
         }
+        if self.command.launchers.iter().any(Vec::is_empty) {
+            return Err(Error::Config("a launcher must name a command".into()));
+        }
         let settings = EngineSettings { limits: self.limits.clone(), grants: self.grants.clone() };
-        let artifact = self.kernel.artifact(&settings)?;
+        let code = if self.command.is_remote() {
+            // Launched workers may run anywhere: they get the wasm and
+            // compile it themselves, never a precompiled artifact.
+            let bytes = self.kernel.wasm();
+            if bytes.len() > crate::protocol::MAX_REMOTE_KERNEL {
+                return Err(Error::Config(format!(
+                    "kernel {} is {} bytes; launched workers are sent at most {}",
+                    self.kernel.name(),
+                    bytes.len(),
+                    crate::protocol::MAX_REMOTE_KERNEL
+                )));
+            }
+            Code::Wasm { name: self.kernel.name().to_string(), bytes: bytes.to_vec() }
+        } else {
+            let artifact = self.kernel.artifact(&settings)?;
+            Code::Artifact { path: artifact.path.to_string_lossy().into_owned(), digest: artifact.digest }
+        };
         let hello = Hello {
             version: PROTOCOL_VERSION,
             worker: 0,
-            artifact: artifact.path.to_string_lossy().into_owned(),
-            digest: artifact.digest,
+            code,
             settings,
             crash_on: self.crash_on,
             init,
@@ -236,7 +280,7 @@ impl Pool {
             handshake_timeout: Duration::from_secs(60),
             restart_window: Duration::from_secs(1),
             max_restarts: None,
-            command: WorkerCommand { launcher: Vec::new(), program: None, cwd: PathBuf::from("/") },
+            command: WorkerCommand { launchers: Vec::new(), program: None, cwd: PathBuf::from("/"), listen: None },
             crash_on: None,
             init: None,
             require_sandbox: false,
@@ -268,8 +312,22 @@ impl Pool {
         self.sched.wait_ready()
     }
 
+    /// The live workers as each described itself at start: where it runs,
+    /// its pid there, how it confined itself (after handling any worker
+    /// events that are already waiting).
+    pub fn worker_info(&mut self) -> Vec<WorkerInfo> {
+        self.sched.poll();
+        self.sched.worker_info()
+    }
+
+    /// The address launched workers connect back to; `None` for local
+    /// workers.
+    pub fn dial_address(&self) -> Option<std::net::SocketAddr> {
+        self.sched.dial_addr()
+    }
+
     /// How the workers confined themselves, as the latest one reported in
-    /// its handshake.
+    /// its handshake (per worker: [`Pool::worker_info`]).
     pub fn sandbox_status(&self) -> Option<&SandboxStatus> {
         self.sched.sandbox_status()
     }

@@ -17,7 +17,7 @@ use crate::limits::EngineSettings;
 use crate::sandbox::SandboxStatus;
 
 /// Bumped on every incompatible change of the frame types.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The cap on the very first frame (`Hello` / `Ready`), before limits are known.
 pub const HANDSHAKE_FRAME_CAP: usize = 1 << 20;
@@ -26,9 +26,13 @@ pub const HANDSHAKE_FRAME_CAP: usize = 1 << 20;
 /// kernel reads, see `Grants::data`).
 pub const MAX_INIT_CONFIG: usize = 64 << 20;
 
+/// Largest kernel a remote worker is sent (its wasm bytes travel in the
+/// `Hello`).
+pub const MAX_REMOTE_KERNEL: usize = 256 << 20;
+
 /// The cap a worker puts on the host's `Hello`, which carries the `init`
-/// configuration.
-pub const HELLO_FRAME_CAP: usize = HANDSHAKE_FRAME_CAP + MAX_INIT_CONFIG;
+/// configuration and, for a remote worker, the kernel's wasm bytes.
+pub const HELLO_FRAME_CAP: usize = HANDSHAKE_FRAME_CAP + MAX_INIT_CONFIG + MAX_REMOTE_KERNEL;
 
 /// Bytes of framing and bookkeeping a frame may carry beyond its payload data.
 pub const FRAME_OVERHEAD: usize = 1 << 20;
@@ -71,10 +75,8 @@ pub struct Hello {
     pub version: u32,
     /// 1-based slot number of this worker, for its messages.
     pub worker: u32,
-    /// Path of the precompiled artifact in the host-private cache.
-    pub artifact: String,
-    /// SHA-256 of the artifact, checked before the `unsafe` deserialize.
-    pub digest: [u8; 32],
+    /// The kernel.
+    pub code: Code,
     /// Engine and per-item limits; must match what compiled the artifact.
     pub settings: EngineSettings,
     /// For a `kernel-with-init` component: the configuration its `init`
@@ -91,6 +93,30 @@ pub struct Hello {
     pub probe_sandbox: bool,
 }
 
+/// Where a worker gets its kernel's code.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum Code {
+    /// A worker on the host's machine: the precompiled artifact the host
+    /// wrote into its private cache.
+    Artifact {
+        /// Path of the artifact in the host-private cache.
+        path: String,
+        /// SHA-256 of the artifact, checked before the `unsafe` deserialize.
+        digest: [u8; 32],
+    },
+    /// A worker started through a launcher, possibly on another machine: the
+    /// kernel's wasm bytes, which the worker compiles itself (or finds in
+    /// its own node-private cache). Precompiled code never crosses the
+    /// network: `deserialize` trusts its input.
+    Wasm {
+        /// The kernel's name, for messages.
+        name: String,
+        /// The component's bytes.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+}
+
 /// The item a reducer's pool runs: one `reduce(key, values)` call.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct ReduceCall<'a> {
@@ -104,7 +130,9 @@ pub struct ReduceCall<'a> {
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub enum WorkerMsg {
     /// The kernel is loaded; the worker takes `Run` frames from now on.
-    Ready { version: u32, pid: u32, sandbox: SandboxStatus },
+    /// `node` is the machine it runs on (the Slurm node name under Slurm,
+    /// else the host name); `pid` is its process id there.
+    Ready { version: u32, pid: u32, node: String, sandbox: SandboxStatus },
     /// Outcomes of items `offset..offset + outcomes.len()` of `chunk`, and
     /// the nanoseconds the worker spent running them (for chunk sizing).
     Results { chunk: u64, offset: u32, outcomes: Vec<Outcome>, busy_ns: u64 },

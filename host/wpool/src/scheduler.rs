@@ -84,6 +84,8 @@ struct Slot {
     exclusive: bool,
     /// The protocol violation the scheduler saw, if that is why.
     violation: Option<String>,
+    /// What its worker said about itself in the handshake.
+    info: Option<WorkerInfo>,
 }
 
 impl Slot {
@@ -223,6 +225,24 @@ pub struct PoolStats {
     pub worker_deaths: u64,
     /// Items put back in the queue because their worker died under them.
     pub retried_items: u64,
+    /// Connections to the dial-back port of launched workers that were
+    /// refused for a missing or wrong token.
+    pub rejected_connections: u64,
+}
+
+/// A worker process as it described itself when it started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerInfo {
+    /// Its slot.
+    pub id: WorkerId,
+    /// The machine it runs on: the Slurm node name under Slurm, else the
+    /// host name.
+    pub node: String,
+    /// Its process id on that machine.
+    pub pid: u32,
+    /// How it confined itself there.
+    pub sandbox: SandboxStatus,
 }
 
 impl Scheduler {
@@ -231,7 +251,10 @@ impl Scheduler {
         let cwd = PrivateDir::create()?;
         cfg.command.cwd = cwd.path().to_path_buf();
         let (tx, rx) = crossbeam_channel::unbounded();
-        let spawner = Spawner::start(cfg.command.clone(), tx.clone());
+        let spawner = Spawner::start(cfg.command.clone(), tx.clone()).map_err(|source| Error::Listen {
+            addr: cfg.command.listen.map_or_else(|| "this machine's address".into(), |a| a.to_string()),
+            source,
+        })?;
         let now = Instant::now();
         let mut s = Scheduler {
             slots: (0..cfg.workers)
@@ -244,6 +267,7 @@ impl Scheduler {
                     killed: None,
                     violation: None,
                     exclusive: false,
+                    info: None,
                 })
                 .collect(),
             cfg,
@@ -287,7 +311,8 @@ impl Scheduler {
     }
 
     pub(crate) fn stats(&self) -> PoolStats {
-        self.stats
+        let rejected_connections = self.spawner.as_ref().map_or(0, Spawner::rejected_connections);
+        PoolStats { rejected_connections, ..self.stats }
     }
 
     /// Handles events that are already waiting, without blocking.
@@ -314,6 +339,16 @@ impl Scheduler {
             self.check_deadlines();
         }
         Ok(())
+    }
+
+    /// The workers that completed the handshake and are alive, by slot.
+    pub(crate) fn worker_info(&self) -> Vec<WorkerInfo> {
+        self.slots.iter().filter(|w| w.state == SlotState::Ready).filter_map(|w| w.info.clone()).collect()
+    }
+
+    /// Where launched workers dial back, if workers are launched.
+    pub(crate) fn dial_addr(&self) -> Option<std::net::SocketAddr> {
+        self.spawner.as_ref().and_then(Spawner::dial_addr)
     }
 
     pub(crate) fn worker_pids(&self) -> Vec<u32> {
@@ -605,7 +640,9 @@ impl Scheduler {
             Event::SpawnFailed { slot, gen, error } => {
                 if self.slots[slot].gen == gen {
                     self.slots[slot].state = SlotState::Dead;
-                    self.job.fatal.get_or_insert(Error::Spawn { program: self.cfg.command.describe(), source: error });
+                    self.job
+                        .fatal
+                        .get_or_insert(Error::Spawn { program: self.cfg.command.describe(slot), source: error });
                 }
             }
             Event::Msg { slot, gen, msg } => {
@@ -623,12 +660,16 @@ impl Scheduler {
 
     fn on_msg(&mut self, slot: usize, msg: WorkerMsg) {
         match (self.slots[slot].state, msg) {
-            (SlotState::Starting(_), WorkerMsg::Ready { version, sandbox, .. }) if version == PROTOCOL_VERSION => {
+            (SlotState::Starting(_), WorkerMsg::Ready { version, pid, node, sandbox })
+                if version == PROTOCOL_VERSION =>
+            {
                 if self.cfg.require_sandbox && !sandbox.is_complete() {
                     self.kill(slot, KillReason::Abandoned);
                     self.job.fatal.get_or_insert(Error::SandboxUnavailable { status: sandbox.to_string() });
                     return;
                 }
+                self.slots[slot].info =
+                    Some(WorkerInfo { id: WorkerId(slot as u32 + 1), node, pid, sandbox: sandbox.clone() });
                 self.sandbox = Some(sandbox);
                 self.slots[slot].state = SlotState::Ready;
                 self.startup_failures = 0;
@@ -735,14 +776,21 @@ impl Scheduler {
             self.stats.worker_deaths += 1;
             if let SlotState::Starting(_) = was {
                 self.startup_failures += 1;
-                let mut last = format!("worker {} {crash}", slot + 1);
-                if killed == Some(KillReason::Handshake) {
-                    last = format!(
-                        "worker {} did not complete the handshake within {:?}",
-                        slot + 1,
-                        self.cfg.handshake_timeout
-                    );
-                }
+                let worker = slot + 1;
+                let timeout = self.cfg.handshake_timeout;
+                let mut last = match (killed, end.unconnected) {
+                    (Some(KillReason::Handshake), Some(addr)) => format!(
+                        "worker {worker} did not connect back to {addr} within {timeout:?} (can workers reach that \
+                         address from where the launcher starts them?)"
+                    ),
+                    (Some(KillReason::Handshake), None) => {
+                        format!("worker {worker} did not complete the handshake within {timeout:?}")
+                    }
+                    (_, Some(addr)) => {
+                        format!("worker {worker}: its launcher {crash} before the worker connected back to {addr}")
+                    }
+                    _ => format!("worker {worker} {crash}"),
+                };
                 if !self.last_startup_failure.is_empty() {
                     last = format!("{last}: {}", std::mem::take(&mut self.last_startup_failure));
                 } else if !end.stderr.is_empty() {
@@ -840,6 +888,7 @@ impl Scheduler {
         w.killed = None;
         w.violation = None;
         w.exclusive = false;
+        w.info = None;
         self.stats.spawned += 1;
         let mut hello = self.cfg.hello.clone();
         hello.worker = slot as u32 + 1;

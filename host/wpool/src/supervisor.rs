@@ -6,10 +6,12 @@
 //! and restart policy belong to the scheduler.
 
 use std::collections::VecDeque;
-use std::io::Read;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -18,6 +20,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::Crash;
 use crate::protocol::{self, frame_cap, FrameError, Hello, HostMsg, WorkerMsg, HANDSHAKE_FRAME_CAP};
+use crate::remote::{self, Listener};
 use crate::worker::WORKER_ARG;
 
 /// Bytes of a worker's own stderr kept for error messages.
@@ -26,44 +29,66 @@ const WORKER_STDERR_TAIL: usize = 4096;
 /// How to start a worker process.
 #[derive(Debug, Clone)]
 pub(crate) struct WorkerCommand {
-    /// Prefix such as `srun -N1 -n1` or `ssh host`; empty for local workers.
-    pub launcher: Vec<String>,
+    /// Launcher prefixes such as `srun -N1 -n1` or `ssh host`: worker slot
+    /// `i` is started through `launchers[i % len]`. Empty for local workers.
+    pub launchers: Vec<Vec<String>>,
     /// A binary that links the `wpool` library; default: this executable.
     pub program: Option<PathBuf>,
-    /// The workers' working directory (empty and private).
+    /// The local workers' working directory (empty and private).
     pub cwd: PathBuf,
+    /// Where workers started through a launcher connect back to; default:
+    /// this machine's address (see [`remote::default_ip`]), a free port.
+    pub listen: Option<SocketAddr>,
 }
 
 impl WorkerCommand {
-    pub(crate) fn describe(&self) -> String {
-        let mut parts = self.launcher.clone();
+    pub(crate) fn is_remote(&self) -> bool {
+        !self.launchers.is_empty()
+    }
+
+    fn launcher(&self, slot: usize) -> &[String] {
+        match self.launchers.len() {
+            0 => &[],
+            n => &self.launchers[slot % n],
+        }
+    }
+
+    /// The command line of worker `slot`, for messages.
+    pub(crate) fn describe(&self, slot: usize) -> String {
+        let mut parts = self.launcher(slot).to_vec();
         parts.push(self.program_path().display().to_string());
         parts.push(WORKER_ARG.into());
+        if self.is_remote() {
+            parts.push(remote::DIAL_ARG.into());
+        }
         parts.join(" ")
     }
 
     fn program_path(&self) -> PathBuf {
-        // `/proc/self/exe` still works when the binary was replaced on disk
-        // after start (as `cargo build` does).
-        self.program.clone().unwrap_or_else(|| PathBuf::from("/proc/self/exe"))
+        match &self.program {
+            Some(p) => p.clone(),
+            // A launcher runs the program elsewhere: name the real file.
+            // Locally, `/proc/self/exe` still works when the binary was
+            // replaced on disk after start (as `cargo build` does).
+            None if self.is_remote() => std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+            None => PathBuf::from("/proc/self/exe"),
+        }
     }
 
-    fn command(&self) -> Command {
+    fn command(&self, slot: usize) -> Command {
         let program = self.program_path();
-        let mut cmd = match self.launcher.split_first() {
+        match self.launcher(slot).split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
-                c.args(rest).arg(&program);
+                c.args(rest).arg(&program).arg(WORKER_ARG).arg(remote::DIAL_ARG);
                 c
             }
             None => {
                 let mut c = Command::new(&program);
-                c.arg0("wpool-worker");
+                c.arg0("wpool-worker").arg(WORKER_ARG);
                 c
             }
-        };
-        cmd.arg(WORKER_ARG);
-        cmd
+        }
     }
 }
 
@@ -85,12 +110,18 @@ pub(crate) enum Event {
 /// How a worker process ended, as seen from the host.
 #[derive(Debug)]
 pub(crate) struct WorkerEnd {
-    /// `None` for a clean exit with status 0.
+    /// `None` for a clean exit with status 0. For a worker started through
+    /// a launcher, how the launcher ended (srun and ssh pass on the remote
+    /// worker's exit status).
     pub crash: Option<Crash>,
     /// A malformed or oversized frame the host refused, if that is why it ended.
     pub violation: Option<String>,
-    /// The tail of the worker process's own stderr.
+    /// The tail of the worker process's own stderr (or its launcher's,
+    /// which carries the remote worker's).
     pub stderr: String,
+    /// For a launched worker that never connected back: the address it
+    /// was told to dial.
+    pub unconnected: Option<SocketAddr>,
 }
 
 /// A live worker process and the handles to talk to it.
@@ -98,9 +129,29 @@ pub(crate) struct WorkerEnd {
 pub(crate) struct WorkerProc {
     pub slot: usize,
     pub gen: u64,
+    /// The worker's pid, or its launcher's.
     pub pid: u32,
     frames: Option<Sender<Vec<u8>>>,
     child: Arc<Mutex<Child>>,
+    link: Option<Arc<Link>>,
+}
+
+/// The connection of a worker started through a launcher, once it dialed
+/// back.
+#[derive(Debug, Default)]
+struct Link {
+    conn: Mutex<Option<TcpStream>>,
+    killed: AtomicBool,
+}
+
+impl Link {
+    /// Closing the connection ends the remote worker wherever it runs: it
+    /// exits when its connection closes, whatever its launcher does.
+    fn cut(&self) {
+        if let Some(conn) = &*self.conn.lock().unwrap_or_else(|p| p.into_inner()) {
+            let _ = conn.shutdown(Shutdown::Both);
+        }
+    }
 }
 
 impl WorkerProc {
@@ -118,13 +169,13 @@ impl WorkerProc {
         self.frames = None;
     }
 
-    /// SIGKILLs the process unless it was already reaped (so the pid cannot
-    /// have been reused).
+    /// SIGKILLs the process (a launcher: also cuts its worker's connection).
     pub(crate) fn kill(&self) {
-        let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
-        if let Ok(None) = child.try_wait() {
-            let _ = child.kill();
+        if let Some(link) = &self.link {
+            link.killed.store(true, Ordering::SeqCst);
+            link.cut();
         }
+        kill(&self.child);
     }
 }
 
@@ -140,16 +191,23 @@ struct SpawnRequest {
 pub(crate) struct Spawner {
     requests: Option<Sender<SpawnRequest>>,
     thread: Option<thread::JoinHandle<()>>,
+    listener: Option<Arc<Listener>>,
 }
 
 impl Spawner {
-    pub(crate) fn start(command: WorkerCommand, events: Sender<Event>) -> Spawner {
+    /// Starts the spawning thread and, for launched workers, the listening
+    /// socket they dial back to.
+    pub(crate) fn start(command: WorkerCommand, events: Sender<Event>) -> std::io::Result<Spawner> {
+        let listener = match command.is_remote() {
+            true => Some(Arc::new(Listener::bind(command.listen)?)),
+            false => None,
+        };
         let (tx, rx) = crossbeam_channel::unbounded::<SpawnRequest>();
-        let thread = thread::Builder::new()
-            .name("wpool-spawner".into())
-            .spawn(move || {
+        let thread = {
+            let listener = listener.clone();
+            thread::Builder::new().name("wpool-spawner".into()).spawn(move || {
                 for req in rx {
-                    let event = match spawn_one(&command, &req, &events) {
+                    let event = match spawn_one(&command, listener.as_ref(), &req, &events) {
                         Ok(proc) => Event::Spawned(proc),
                         Err(error) => Event::SpawnFailed { slot: req.slot, gen: req.gen, error },
                     };
@@ -157,15 +215,25 @@ impl Spawner {
                         return;
                     }
                 }
-            })
-            .expect("spawning the wpool spawner thread");
-        Spawner { requests: Some(tx), thread: Some(thread) }
+            })?
+        };
+        Ok(Spawner { requests: Some(tx), thread: Some(thread), listener })
     }
 
     pub(crate) fn spawn(&self, slot: usize, gen: u64, hello: Hello) {
         if let Some(tx) = &self.requests {
             let _ = tx.send(SpawnRequest { slot, gen, hello });
         }
+    }
+
+    /// Where launched workers dial back, if workers are launched.
+    pub(crate) fn dial_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().map(|l| l.addr())
+    }
+
+    /// Connections to the dial-back port refused for a missing or wrong token.
+    pub(crate) fn rejected_connections(&self) -> u64 {
+        self.listener.as_ref().map_or(0, |l| l.rejected())
     }
 }
 
@@ -178,65 +246,166 @@ impl Drop for Spawner {
     }
 }
 
-fn spawn_one(command: &WorkerCommand, req: &SpawnRequest, events: &Sender<Event>) -> std::io::Result<WorkerProc> {
-    let mut cmd = command.command();
-    // Workers see none of the host's environment (secrets included) and
-    // start in an empty private directory, not the caller's.
-    cmd.env_clear().current_dir(&command.cwd).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+/// What the per-worker threads share.
+struct Session {
+    slot: usize,
+    gen: u64,
+    cap: usize,
+    child: Arc<Mutex<Child>>,
+    tail: Arc<Mutex<VecDeque<u8>>>,
+    stderr_thread: thread::JoinHandle<()>,
+    events: Sender<Event>,
+}
+
+fn spawn_one(
+    command: &WorkerCommand,
+    listener: Option<&Arc<Listener>>,
+    req: &SpawnRequest,
+    events: &Sender<Event>,
+) -> std::io::Result<WorkerProc> {
+    let mut cmd = command.command(req.slot);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let host_pid = std::process::id() as libc::pid_t;
-    if command.launcher.is_empty() {
-        // The worker sets its parent-death signal itself (see
-        // `sandbox::die_with_parent`): no `pre_exec`, so `posix_spawn`.
-        cmd.arg(host_pid.to_string()).process_group(0);
-    } else {
-        // SAFETY: the closure only makes async-signal-safe syscalls.
-        unsafe {
-            cmd.pre_exec(move || crate::sandbox::in_child_before_exec(host_pid));
+    let dial = match listener {
+        None => {
+            // Workers see none of the host's environment (secrets included)
+            // and start in an empty private directory, not the caller's. The
+            // worker sets its parent-death signal itself (see
+            // `sandbox::die_with_parent`): no `pre_exec`, so `posix_spawn`.
+            cmd.env_clear().current_dir(&command.cwd).arg(host_pid.to_string()).process_group(0);
+            None
         }
-    }
-    let mut child = cmd.spawn()?;
+        Some(listener) => {
+            // A launcher needs the caller's environment (SLURM_*, PATH,
+            // HOME, SSH_AUTH_SOCK); the worker clears whatever reaches it.
+            // `/` exists on every node.
+            cmd.current_dir("/");
+            // SAFETY: the closure only makes async-signal-safe syscalls.
+            unsafe {
+                cmd.pre_exec(move || crate::sandbox::in_child_before_exec(host_pid));
+            }
+            Some((Arc::clone(listener), listener.expect()?))
+        }
+    };
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            if let Some((listener, (token, _))) = &dial {
+                listener.forget(token);
+            }
+            return Err(e);
+        }
+    };
     let pid = child.id();
-    let stdin = child.stdin.take().expect("piped stdin");
+    let mut stdin = child.stdin.take().expect("piped stdin");
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
     let child = Arc::new(Mutex::new(child));
     let (frames_tx, frames_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
 
     let mut hello_frame = Vec::new();
-    let cap = frame_cap(req.hello.settings.limits.max_item_size);
     protocol::encode(&HostMsg::Hello(Box::new(req.hello.clone())), &mut hello_frame);
     let _ = frames_tx.send(hello_frame);
 
     let tail = Arc::new(Mutex::new(VecDeque::<u8>::new()));
+    let name = |what: &str| format!("wpool-w{}-{what}", req.slot + 1);
     let stderr_thread = {
         let tail = Arc::clone(&tail);
-        thread::Builder::new()
-            .name(format!("wpool-w{}-stderr", req.slot + 1))
-            .spawn(move || drain_stderr(stderr, &tail))?
+        thread::Builder::new().name(name("stderr")).spawn(move || drain_into_tail(stderr, &tail))?
     };
-    thread::Builder::new()
-        .name(format!("wpool-w{}-write", req.slot + 1))
-        .spawn(move || write_frames(stdin, frames_rx))?;
-    {
-        let (slot, gen, events, child) = (req.slot, req.gen, events.clone(), Arc::clone(&child));
-        thread::Builder::new()
-            .name(format!("wpool-w{}-read", req.slot + 1))
-            .spawn(move || read_frames(slot, gen, stdout, cap, child, tail, stderr_thread, events))?;
+    let session = Session {
+        slot: req.slot,
+        gen: req.gen,
+        cap: frame_cap(req.hello.settings.limits.max_item_size),
+        child: Arc::clone(&child),
+        tail: Arc::clone(&tail),
+        stderr_thread,
+        events: events.clone(),
+    };
+    let link = match dial {
+        None => {
+            thread::Builder::new().name(name("write")).spawn(move || write_frames(stdin, frames_rx))?;
+            thread::Builder::new().name(name("read")).spawn(move || {
+                let violation = read_frames(&session, stdout);
+                session.finish(violation, None);
+            })?;
+            None
+        }
+        Some((listener, (token, arrived))) => {
+            // The launcher's stdio carries only this line (and whatever the
+            // launcher prints, kept with the stderr tail). Its stdin stays
+            // open while the worker lives: a worker also exits when it
+            // closes.
+            let _ = stdin.write_all(listener.line(&token).as_bytes());
+            {
+                let tail = Arc::clone(&tail);
+                thread::Builder::new().name(name("stdout")).spawn(move || drain_into_tail(stdout, &tail))?;
+            }
+            let link = Arc::new(Link::default());
+            let session_link = Arc::clone(&link);
+            thread::Builder::new().name(name("read")).spawn(move || {
+                let (violation, unconnected) = match wait_for_connection(&session, &arrived) {
+                    Some(conn) => (remote_session(&session, conn, &session_link, frames_rx), None),
+                    None => {
+                        listener.forget(&token);
+                        (None, Some(listener.addr()))
+                    }
+                };
+                drop(stdin);
+                session.finish(violation, unconnected);
+            })?;
+            Some(link)
+        }
+    };
+    Ok(WorkerProc { slot: req.slot, gen: req.gen, pid, frames: Some(frames_tx), child, link })
+}
+
+/// Waits until the worker dials back, or its launcher ends first.
+fn wait_for_connection(session: &Session, arrived: &Receiver<TcpStream>) -> Option<TcpStream> {
+    loop {
+        match arrived.recv_timeout(Duration::from_millis(20)) {
+            Ok(conn) => return Some(conn),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) if !has_exited(&session.child) => {}
+            Err(_) => return arrived.try_recv().ok(),
+        }
     }
-    Ok(WorkerProc { slot: req.slot, gen: req.gen, pid, frames: Some(frames_tx), child })
+}
+
+/// Frames over a launched worker's connection; returns the violation that
+/// ended it, if one did.
+fn remote_session(session: &Session, conn: TcpStream, link: &Link, frames: Receiver<Vec<u8>>) -> Option<String> {
+    let (Ok(reader), Ok(mut writer)) = (conn.try_clone(), conn.try_clone()) else {
+        return Some("cannot use the worker's connection".into());
+    };
+    *link.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+    if link.killed.load(Ordering::SeqCst) {
+        // Killed while connecting: `kill` found no connection to cut.
+        link.cut();
+    }
+    let writer_thread = thread::Builder::new().name(format!("wpool-w{}-write", session.slot + 1)).spawn(move || {
+        write_frames(&mut writer, frames);
+        // EOF for the worker: it exits.
+        let _ = writer.shutdown(Shutdown::Write);
+    });
+    if writer_thread.is_err() {
+        link.cut();
+        return Some("cannot start the writer thread".into());
+    }
+    let violation = read_frames(session, reader);
+    link.cut();
+    violation
 }
 
 /// Writes queued frames, coalescing small ones that are already waiting into
 /// one write: with small chunks, one syscall then carries many.
-fn write_frames(mut stdin: ChildStdin, frames: Receiver<Vec<u8>>) {
-    use std::io::Write;
+fn write_frames(mut out: impl Write, frames: Receiver<Vec<u8>>) {
     const COALESCE: usize = 256 << 10;
     let mut batch = Vec::new();
     while let Ok(mut frame) = frames.recv() {
         loop {
             if batch.is_empty() && frame.len() >= COALESCE {
                 // Large frames go out as they are, without a copy.
-                if stdin.write_all(&frame).is_err() {
+                if out.write_all(&frame).is_err() {
                     return;
                 }
             } else {
@@ -251,19 +420,19 @@ fn write_frames(mut stdin: ChildStdin, frames: Receiver<Vec<u8>>) {
             }
         }
         if !batch.is_empty() {
-            if stdin.write_all(&batch).is_err() {
+            if out.write_all(&batch).is_err() {
                 return;
             }
             batch.clear();
         }
     }
-    // Dropping stdin closes the worker's input: it exits on EOF.
+    // Dropping the output closes the worker's input: it exits on EOF.
 }
 
-fn drain_stderr(mut stderr: impl Read, tail: &Mutex<VecDeque<u8>>) {
+fn drain_into_tail(mut from: impl Read, tail: &Mutex<VecDeque<u8>>) {
     let mut buf = [0u8; 8192];
     loop {
-        match stderr.read(&mut buf) {
+        match from.read(&mut buf) {
             Ok(0) | Err(_) => return,
             Ok(n) => {
                 let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
@@ -275,82 +444,103 @@ fn drain_stderr(mut stderr: impl Read, tail: &Mutex<VecDeque<u8>>) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn read_frames(
-    slot: usize,
-    gen: u64,
-    stdout: impl Read,
-    cap: usize,
-    child: Arc<Mutex<Child>>,
-    tail: Arc<Mutex<VecDeque<u8>>>,
-    stderr_thread: thread::JoinHandle<()>,
-    events: Sender<Event>,
-) {
+/// Turns frames into events until the stream ends; returns the violation
+/// that ended it, if one did.
+fn read_frames(session: &Session, from: impl Read) -> Option<String> {
     let mut buf = Vec::new();
     let mut first = true;
     // Small frames arrive many per read.
-    let mut stdout = std::io::BufReader::with_capacity(64 << 10, stdout);
-    let violation = loop {
-        let frame_cap = if first { HANDSHAKE_FRAME_CAP } else { cap };
-        match protocol::read_frame(&mut stdout, frame_cap, &mut buf) {
+    let mut from = std::io::BufReader::with_capacity(64 << 10, from);
+    loop {
+        let frame_cap = if first { HANDSHAKE_FRAME_CAP } else { session.cap };
+        match protocol::read_frame(&mut from, frame_cap, &mut buf) {
             Ok(()) => {}
-            Err(FrameError::Eof) => break None,
-            Err(e) => break Some(e.to_string()),
+            Err(FrameError::Eof) => return None,
+            Err(e) => return Some(e.to_string()),
         }
         first = false;
         match protocol::decode::<WorkerMsg>(&buf) {
             Ok(msg) => {
-                if events.send(Event::Msg { slot, gen, msg }).is_err() {
-                    break None;
+                if session.events.send(Event::Msg { slot: session.slot, gen: session.gen, msg }).is_err() {
+                    return None;
                 }
             }
-            Err(e) => break Some(e.to_string()),
+            Err(e) => return Some(e.to_string()),
         }
-    };
-    // Whatever ended the stream, make sure the process is gone, then reap it.
-    if violation.is_some() {
-        kill(&child);
     }
-    let status = reap(&child);
-    // Give the stderr drain a moment to see EOF so the tail is complete.
-    let deadline = Instant::now() + Duration::from_millis(200);
-    while !stderr_thread.is_finished() && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(2));
-    }
-    let stderr = {
-        let t = tail.lock().unwrap_or_else(|p| p.into_inner());
-        String::from_utf8_lossy(&t.iter().copied().collect::<Vec<u8>>()).trim_end().to_string()
-    };
-    let crash = match (status.code(), status.signal()) {
-        (Some(0), _) => None,
-        (Some(code), _) => Some(Crash::Exited { code }),
-        (None, Some(signal)) => Some(Crash::Signaled { signal }),
-        (None, None) => Some(Crash::Exited { code: -1 }),
-    };
-    let _ = events.send(Event::Exited { slot, gen, end: WorkerEnd { crash, violation, stderr } });
 }
 
+impl Session {
+    /// Whatever ended the stream: makes sure the process is gone, reaps it
+    /// and reports how it ended.
+    fn finish(self, violation: Option<String>, unconnected: Option<SocketAddr>) {
+        if violation.is_some() {
+            kill(&self.child);
+        }
+        let status = reap(&self.child);
+        // Give the stderr drain a moment to see EOF so the tail is complete.
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while !self.stderr_thread.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(2));
+        }
+        let stderr = {
+            let t = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+            String::from_utf8_lossy(&t.iter().copied().collect::<Vec<u8>>()).trim_end().to_string()
+        };
+        let crash = match (status.code(), status.signal()) {
+            (Some(0), _) => None,
+            (Some(code), _) => Some(Crash::Exited { code }),
+            (None, Some(signal)) => Some(Crash::Signaled { signal }),
+            (None, None) => Some(Crash::Exited { code: -1 }),
+        };
+        let end = WorkerEnd { crash, violation, stderr, unconnected };
+        let _ = self.events.send(Event::Exited { slot: self.slot, gen: self.gen, end });
+    }
+}
+
+/// Whether the process has exited, without reaping it (its pid stays ours).
+fn has_exited(child: &Mutex<Child>) -> bool {
+    let c = child.lock().unwrap_or_else(|p| p.into_inner());
+    exited_unreaped(c.id())
+}
+
+fn exited_unreaped(pid: u32) -> bool {
+    // SAFETY: waitid with WNOWAIT only inspects; `info` is a valid buffer.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let r = libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT);
+        // Already reaped (ECHILD) counts as exited.
+        r != 0 || info.si_pid() != 0
+    }
+}
+
+/// SIGKILLs the process unless it already exited. Under the lock that
+/// reaping also takes, so the pid cannot have been reused.
 fn kill(child: &Mutex<Child>) {
     let mut c = child.lock().unwrap_or_else(|p| p.into_inner());
-    if let Ok(None) = c.try_wait() {
+    if !exited_unreaped(c.id()) {
         let _ = c.kill();
     }
 }
 
 /// Waits for the process to exit; one that closed its output but lingers is
-/// killed after a grace period.
+/// killed after a grace period. Then whatever is left of its process group
+/// (a launcher's helpers) is killed, before the reap frees the pid.
 fn reap(child: &Mutex<Child>) -> ExitStatus {
     let grace = Instant::now() + Duration::from_secs(2);
     loop {
         {
             let mut c = child.lock().unwrap_or_else(|p| p.into_inner());
-            match c.try_wait() {
-                Ok(Some(status)) => return status,
-                Ok(None) if Instant::now() >= grace => {
-                    let _ = c.kill();
-                }
-                Ok(None) => {}
-                Err(_) => return ExitStatus::from_raw(-1),
+            let pid = c.id();
+            if exited_unreaped(pid) {
+                // SAFETY: the group is the one this child leads (it was
+                // created with it) and the child is not reaped yet, so the
+                // id cannot name anyone else's group.
+                unsafe { libc::killpg(pid as libc::pid_t, libc::SIGKILL) };
+                return c.wait().unwrap_or_else(|_| ExitStatus::from_raw(-1));
+            }
+            if Instant::now() >= grace {
+                let _ = c.kill();
             }
         }
         thread::sleep(Duration::from_millis(1));

@@ -15,8 +15,10 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
+use crate::kernel::ArtifactCache;
 use crate::protocol::{
-    self, frame_cap, FrameError, Hello, HostMsg, Outcome, WorkerMsg, BATCH_BYTES, HELLO_FRAME_CAP, PROTOCOL_VERSION,
+    self, frame_cap, Code, FrameError, Hello, HostMsg, Outcome, WorkerMsg, BATCH_BYTES, HELLO_FRAME_CAP,
+    PROTOCOL_VERSION,
 };
 use crate::runtime::Runtime;
 use crate::sandbox;
@@ -27,13 +29,22 @@ pub(crate) const WORKER_ARG: &str = "--wpool-worker";
 /// How often the epoch ticker advances the engine's epoch.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
-/// Entry point of a worker process. Never returns. `parent` is the host's
-/// pid when the host spawned this process directly (not via a launcher).
-pub(crate) fn main(parent: Option<libc::pid_t>) -> ! {
-    if let Some(host) = parent {
-        sandbox::die_with_parent(host);
-    }
-    let code = match run() {
+/// How the host started this worker process.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Start {
+    /// Spawned directly by the host (whose pid this is), with the protocol
+    /// on stdin/stdout.
+    Local(libc::pid_t),
+    /// Started through a launcher (srun, ssh), perhaps on another machine:
+    /// it dials back to the host (see [`crate::remote`]).
+    Dial,
+    /// The worker flag without a valid mode (run by hand, or an old host).
+    Unknown,
+}
+
+/// Entry point of a worker process. Never returns.
+pub(crate) fn main(start: Start) -> ! {
+    let code = match run(start) {
         Ok(()) => 0,
         Err(message) => {
             eprintln!("wpool worker {}: {message}", std::process::id());
@@ -43,10 +54,26 @@ pub(crate) fn main(parent: Option<libc::pid_t>) -> ! {
     std::process::exit(code)
 }
 
-fn run() -> Result<(), String> {
-    // SAFETY: called once at start-up, before any other thread exists, on
-    // the fds the host set up; the helpers only dup/close them.
-    let (mut input, output) = unsafe { sandbox::take_protocol_fds() }.map_err(|e| format!("protocol fds: {e}"))?;
+fn run(start: Start) -> Result<(), String> {
+    let node = crate::remote::node_name();
+    let (mut input, output, node_cache) = match start {
+        Start::Local(host) => {
+            sandbox::die_with_parent(host);
+            // SAFETY: called once at start-up, before any other thread
+            // exists, on the fds the host set up; the helpers only dup/close
+            // them.
+            let (input, output) = unsafe { sandbox::take_protocol_fds() }.map_err(|e| format!("protocol fds: {e}"))?;
+            (input, output, None)
+        }
+        Start::Dial => dial()?,
+        Start::Unknown => {
+            return Err(format!(
+                "{WORKER_ARG} is for worker processes that a wpool host starts, followed by the host's pid \
+                 or `{}`",
+                crate::remote::DIAL_ARG
+            ))
+        }
+    };
     sandbox::harden_worker();
 
     let mut buf = Vec::new();
@@ -65,7 +92,7 @@ fn run() -> Result<(), String> {
         let mut out = output.lock().unwrap_or_else(|p| p.into_inner());
         protocol::write_frame(&mut *out, msg).map_err(|e| format!("writing to host: {e}"))
     };
-    let runtime = match load(&hello) {
+    let runtime = match load(&hello, node_cache.as_ref()) {
         Ok(rt) => rt,
         Err(message) => {
             let _ = send(&WorkerMsg::Failed { message: message.clone() });
@@ -112,7 +139,7 @@ fn run() -> Result<(), String> {
         }
         Err(_) => return Err("the wasm thread is gone".into()),
     }
-    send(&WorkerMsg::Ready { version: PROTOCOL_VERSION, pid: std::process::id(), sandbox })?;
+    send(&WorkerMsg::Ready { version: PROTOCOL_VERSION, pid: std::process::id(), node, sandbox })?;
 
     let cap = frame_cap(hello.settings.limits.max_item_size);
     // Small frames arrive many per read.
@@ -138,27 +165,75 @@ fn run() -> Result<(), String> {
     }
 }
 
-/// Verifies, deserializes and prepares the kernel named in the handshake.
-fn load(hello: &Hello) -> Result<Runtime, String> {
+/// A worker started through a launcher: find its node-private artifact
+/// cache (from the environment, which is then cleared: the launcher passed
+/// on the caller's, secrets included), dial back to the host, and make the
+/// connection the protocol stream.
+fn dial() -> Result<(File, File, Option<ArtifactCache>), String> {
+    // Without a usable cache the worker compiles the kernel every time.
+    let cache = ArtifactCache::default_location().ok();
+    // SAFETY: no other thread exists yet (this runs before `main`), so
+    // nothing reads the environment concurrently.
+    unsafe { libc::clearenv() };
+    // The launcher's working directory may not exist on this node and means
+    // nothing to the worker.
+    let _ = std::env::set_current_dir("/");
+    let conn = crate::remote::dial_back()?;
+    // The launcher's stdin stays open while the host lives: its end (srun or
+    // ssh killed, the host gone) ends the worker even if the connection
+    // lingers. Stray prints go to stderr, which the launcher forwards.
+    // SAFETY: dup2 on fds this process owns.
+    unsafe { libc::dup2(2, 1) };
+    std::thread::Builder::new()
+        .name("wpool-stdin".into())
+        .spawn(|| {
+            let mut byte = [0u8; 64];
+            // SAFETY: reads into a stack buffer.
+            while unsafe { libc::read(0, byte.as_mut_ptr().cast(), byte.len()) } > 0 {}
+            std::process::exit(0)
+        })
+        .map_err(|e| format!("spawning the stdin watcher: {e}"))?;
+    let fd = std::os::fd::OwnedFd::from(conn);
+    let input = fd.try_clone().map_err(|e| format!("connection: {e}"))?;
+    Ok((File::from(input), File::from(fd), cache))
+}
+
+/// Verifies, deserializes (or compiles) and prepares the kernel of the
+/// handshake.
+fn load(hello: &Hello, node_cache: Option<&ArtifactCache>) -> Result<Runtime, String> {
     if hello.version != PROTOCOL_VERSION {
         return Err(format!("protocol version {} from host, worker speaks {PROTOCOL_VERSION}", hello.version));
-    }
-    let bytes = std::fs::read(&hello.artifact).map_err(|e| format!("reading artifact {}: {e}", hello.artifact))?;
-    let digest: [u8; 32] = Sha256::digest(&bytes).into();
-    if digest != hello.digest {
-        return Err(format!("artifact {} does not match the digest the host recorded", hello.artifact));
     }
     let mut config = hello.settings.wasmtime_config();
     if hello.settings.limits.max_items_per_instance.is_some() {
         config.allocation_strategy(pooling(&hello.settings.limits));
     }
     let engine = Engine::new(&config).map_err(|e| format!("engine: {e:#}"))?;
-
-    // SAFETY: `deserialize` trusts its input to be a wasmtime artifact. These
-    // bytes come from the host's private (0700) cache, written by the host
-    // itself, and match the digest the host recorded when it wrote them;
-    // wasmtime further checks that the artifact fits this engine.
-    let component = unsafe { Component::deserialize(&engine, &bytes) }.map_err(|e| format!("artifact: {e:#}"))?;
+    let component = match &hello.code {
+        Code::Artifact { path, digest } => {
+            let bytes = std::fs::read(path).map_err(|e| format!("reading artifact {path}: {e}"))?;
+            let actual: [u8; 32] = Sha256::digest(&bytes).into();
+            if actual != *digest {
+                return Err(format!("artifact {path} does not match the digest the host recorded"));
+            }
+            // SAFETY: `deserialize` trusts its input to be a wasmtime
+            // artifact. These bytes come from the host's private (0700)
+            // cache, written by the host itself, and match the digest the
+            // host recorded when it wrote them; wasmtime further checks that
+            // the artifact fits this engine.
+            unsafe { Component::deserialize(&engine, &bytes) }.map_err(|e| format!("artifact: {e:#}"))?
+        }
+        // Wasm from the network is compiled here, never deserialized.
+        Code::Wasm { name, bytes } => match node_cache {
+            // A cache that cannot be written (a read-only home) only costs
+            // the compile next time.
+            Some(cache) => match cache.component(&engine, name, bytes, &hello.settings) {
+                Ok(component) => component,
+                Err(_) => Component::new(&engine, bytes).map_err(|e| format!("{name}: {e:#}"))?,
+            },
+            None => Component::new(&engine, bytes).map_err(|e| format!("{name}: {e:#}"))?,
+        },
+    };
     let ticks = hello.settings.limits.timeout.map(|t| (t.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64).max(1));
     Runtime::new(engine, &component, hello.settings.clone(), ticks, hello.init.clone(), hello.reducer)
         .map_err(|e| format!("preparing kernel: {e:#}"))

@@ -27,8 +27,16 @@ fn main() {
         None => true,
     };
     let mode = if evil { mode.as_str() } else { "honest" };
-    let mut input = std::io::stdin().lock();
-    let mut output = std::io::stdout().lock();
+    // Started through a launcher, like a remote worker: it dials back.
+    let conn = match wpool::remote::dial_back() {
+        Ok(conn) => conn,
+        Err(e) => {
+            eprintln!("evil-worker: {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut input = conn.try_clone().unwrap();
+    let mut output = conn;
     let mut buf = Vec::new();
     if protocol::read_frame(&mut input, HANDSHAKE_FRAME_CAP, &mut buf).is_err() {
         return;
@@ -44,6 +52,7 @@ fn main() {
         &WorkerMsg::Ready {
             version: PROTOCOL_VERSION,
             pid: std::process::id(),
+            node: "evil".into(),
             sandbox: wpool::SandboxStatus::unconfined("evil"),
         },
     )

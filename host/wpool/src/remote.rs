@@ -1,0 +1,387 @@
+//! The dial-back transport of workers started through a launcher (`srun`,
+//! `ssh`): the host listens on a TCP port, hands each worker the address and
+//! a one-time random token on the launcher's stdin, and the worker connects
+//! back and presents the token. Frames then travel over that connection; the
+//! launcher's stdio carries only the one handshake line (srun's stdio is
+//! line-buffered and slow: tens of milliseconds per message).
+//!
+//! Owns sockets, tokens and the handshake line, nothing else: what travels
+//! over the connection is the ordinary protocol, and processes belong to the
+//! supervisor. The token authenticates a worker; it does not encrypt
+//! anything (items and results cross the network in clear).
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::protocol::PROTOCOL_VERSION;
+
+/// The argument after the worker flag that makes a worker dial back.
+pub(crate) const DIAL_ARG: &str = "dial";
+
+/// First word of the handshake line on the launcher's stdin.
+const LINE_TAG: &str = "wpool-dial";
+
+/// What a worker writes first on its connection, before the token.
+const MAGIC: &[u8; 8] = b"wpool-dl";
+
+/// A one-time secret for one worker process.
+pub(crate) type Token = [u8; 16];
+
+/// How long a connection may take to present its token.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a worker tries to reach the host.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Waiting = Arc<Mutex<HashMap<Token, Sender<TcpStream>>>>;
+
+/// The host's listening socket and the workers it is waiting for.
+pub(crate) struct Listener {
+    addr: SocketAddr,
+    waiting: Waiting,
+    rejected: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Listener {
+    /// Listens on `addr`, or on this machine's address (see
+    /// [`default_ip`]) with a free port.
+    pub(crate) fn bind(addr: Option<SocketAddr>) -> io::Result<Listener> {
+        let addr = addr.unwrap_or_else(|| SocketAddr::new(default_ip(), 0));
+        let socket = TcpListener::bind(addr)?;
+        let mut addr = socket.local_addr()?;
+        if addr.ip().is_unspecified() {
+            // Listening everywhere: workers need one concrete address.
+            addr.set_ip(default_ip());
+        }
+        let waiting: Waiting = Arc::default();
+        let rejected = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (waiting, rejected, stop) = (Arc::clone(&waiting), Arc::clone(&rejected), Arc::clone(&stop));
+            thread::Builder::new()
+                .name("wpool-listener".into())
+                .spawn(move || accept_loop(socket, &waiting, &rejected, &stop))?
+        };
+        Ok(Listener { addr, waiting, rejected, stop, thread: Some(thread) })
+    }
+
+    /// The address workers dial.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections refused so far (no or wrong token).
+    pub(crate) fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// A fresh token, and where its worker's connection will arrive.
+    pub(crate) fn expect(&self) -> io::Result<(Token, Receiver<TcpStream>)> {
+        let token = random_token()?;
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).insert(token, tx);
+        Ok((token, rx))
+    }
+
+    /// Stops waiting for `token` (its worker ended without connecting): a
+    /// late connection with it is refused.
+    pub(crate) fn forget(&self, token: &Token) {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(token);
+    }
+
+    /// The handshake line written to a launcher's stdin.
+    pub(crate) fn line(&self, token: &Token) -> String {
+        format!("{LINE_TAG} {PROTOCOL_VERSION} {} {}\n", self.addr, hex(token))
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking `accept`.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn accept_loop(socket: TcpListener, waiting: &Waiting, rejected: &Arc<AtomicU64>, stop: &AtomicBool) {
+    for conn in socket.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(conn) = conn else { continue };
+        // Each connection gets its own short-lived thread, so that one that
+        // never sends its token cannot hold up the others.
+        let (waiting, rejected) = (Arc::clone(waiting), Arc::clone(rejected));
+        let _ = thread::Builder::new().name("wpool-auth".into()).spawn(move || authenticate(conn, &waiting, &rejected));
+    }
+}
+
+/// Reads the magic and the token; hands the connection to the worker that
+/// token was issued for. Anything else is counted and closed.
+fn authenticate(mut conn: TcpStream, waiting: &Waiting, rejected: &AtomicU64) {
+    let mut hello = [0u8; 24];
+    let read = conn.set_read_timeout(Some(AUTH_TIMEOUT)).and_then(|()| conn.read_exact(&mut hello));
+    let sender = if read.is_ok() && &hello[..8] == MAGIC {
+        let presented: Token = hello[8..].try_into().expect("16 bytes");
+        let mut waiting = waiting.lock().unwrap_or_else(|p| p.into_inner());
+        // Compare in constant time; each token is used once.
+        let found = waiting.keys().find(|t| constant_time_eq(t, &presented)).copied();
+        found.and_then(|t| waiting.remove(&t))
+    } else {
+        None
+    };
+    match sender {
+        Some(sender) if conn.set_read_timeout(None).is_ok() && tune(&conn).is_ok() => {
+            // The worker may have been given up on meanwhile: then this drops.
+            let _ = sender.send(conn);
+        }
+        _ => {
+            rejected.fetch_add(1, Ordering::Relaxed);
+            let _ = conn.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+fn constant_time_eq(a: &Token, b: &Token) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// No Nagle delay (frames are already batched), and keepalive probes so
+/// that a node that vanished without closing the connection (power loss,
+/// network partition) shows up as an error within about 25 s instead of
+/// never.
+fn tune(conn: &TcpStream) -> io::Result<()> {
+    conn.set_nodelay(true)?;
+    let fd = conn.as_raw_fd();
+    for (level, name, value) in [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 10),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 5),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3),
+    ] {
+        let value: libc::c_int = value;
+        // SAFETY: setsockopt on a socket we own with a pointer to a c_int
+        // and its size.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn random_token() -> io::Result<Token> {
+    let mut token = [0u8; 16];
+    let mut filled = 0;
+    while filled < token.len() {
+        // SAFETY: getrandom writes at most the given length into the buffer.
+        let n = unsafe { libc::getrandom(token[filled..].as_mut_ptr().cast(), token.len() - filled, 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        } else {
+            filled += n as usize;
+        }
+    }
+    Ok(token)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Token> {
+    if s.len() != 32 || !s.is_ascii() {
+        return None;
+    }
+    let mut token = [0u8; 16];
+    for (i, byte) in token.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(token)
+}
+
+/// The address workers dial when none was given: the first non-loopback
+/// IPv4 address this host's name resolves to, else the first non-loopback
+/// IPv4 address of an interface that is up (Debian maps the host name to
+/// 127.0.1.1), else loopback (a single machine).
+pub(crate) fn default_ip() -> IpAddr {
+    let by_name = hostname()
+        .and_then(|h| (h.as_str(), 0).to_socket_addrs().ok())
+        .into_iter()
+        .flatten()
+        .map(|a| a.ip())
+        .find(|ip| ip.is_ipv4() && !ip.is_loopback());
+    by_name.or_else(interface_ipv4).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+fn interface_ipv4() -> Option<IpAddr> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates a list we free below; each entry is
+    // read only while the list lives.
+    unsafe {
+        if libc::getifaddrs(&mut list) != 0 {
+            return None;
+        }
+        let mut found = None;
+        let mut cur = list;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            let up = ifa.ifa_flags & (libc::IFF_UP as libc::c_uint) != 0;
+            if up && !ifa.ifa_addr.is_null() && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET {
+                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                if !ip.is_loopback() {
+                    found = Some(IpAddr::V4(ip));
+                    break;
+                }
+            }
+            cur = ifa.ifa_next;
+        }
+        libc::freeifaddrs(list);
+        found
+    }
+}
+
+/// This machine's name: the Slurm node name inside a Slurm step (several
+/// nodes may share one host name, as in the test cluster), else the host
+/// name.
+pub(crate) fn node_name() -> String {
+    std::env::var("SLURMD_NODENAME").ok().filter(|n| !n.is_empty()).or_else(hostname).unwrap_or_default()
+}
+
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8(buf[..end].to_vec()).ok()
+}
+
+/// The worker's side: reads the handshake line from stdin (byte by byte, so
+/// that nothing after it is consumed), connects to the host and presents
+/// the token. Public (hidden) for the compromised-worker test binary.
+#[doc(hidden)]
+pub fn dial_back() -> Result<TcpStream, String> {
+    let line = read_line_fd0().map_err(|e| format!("reading the handshake line from stdin: {e}"))?;
+    let mut words = line.split_ascii_whitespace();
+    let (tag, version, addr, token) = (words.next(), words.next(), words.next(), words.next());
+    if tag != Some(LINE_TAG) {
+        return Err(format!(
+            "stdin does not start with a wpool handshake line (got {:?}); a worker started through a launcher \
+             reads one from the host",
+            line.chars().take(80).collect::<String>()
+        ));
+    }
+    let version: u32 = version.and_then(|v| v.parse().ok()).ok_or("handshake line without a version")?;
+    if version != PROTOCOL_VERSION {
+        return Err(format!("protocol version {version} from host, worker speaks {PROTOCOL_VERSION}"));
+    }
+    let addr: SocketAddr = addr.and_then(|a| a.parse().ok()).ok_or("handshake line without an address")?;
+    let token = token.and_then(unhex).ok_or("handshake line without a valid token")?;
+    let mut conn = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+        .map_err(|e| format!("cannot connect back to the host at {addr}: {e}"))?;
+    let mut hello = Vec::with_capacity(24);
+    hello.extend_from_slice(MAGIC);
+    hello.extend_from_slice(&token);
+    conn.write_all(&hello).map_err(|e| format!("sending the token to {addr}: {e}"))?;
+    tune(&conn).map_err(|e| format!("socket options: {e}"))?;
+    Ok(conn)
+}
+
+fn read_line_fd0() -> io::Result<String> {
+    let mut line = Vec::new();
+    loop {
+        let mut byte = 0u8;
+        // SAFETY: reads one byte into a stack variable.
+        let n = unsafe { libc::read(0, (&mut byte as *mut u8).cast(), 1) };
+        match n {
+            1 if byte == b'\n' => break,
+            1 => line.push(byte),
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+        if line.len() > 512 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "handshake line over 512 bytes"));
+        }
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_and_round_trip_through_hex() {
+        let a = random_token().unwrap();
+        let b = random_token().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(unhex(&hex(&a)), Some(a));
+        assert_eq!(unhex("zz"), None);
+        assert!(constant_time_eq(&a, &a));
+        assert!(!constant_time_eq(&a, &b));
+    }
+
+    #[test]
+    fn a_connection_with_a_wrong_token_is_refused_and_the_right_one_accepted() {
+        let listener = Listener::bind(Some("127.0.0.1:0".parse().unwrap())).unwrap();
+        let (token, arrived) = listener.expect().unwrap();
+        // No token at all: the host closes the connection.
+        let mut stranger = TcpStream::connect(listener.addr()).unwrap();
+        stranger.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        stranger.shutdown(Shutdown::Write).unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(stranger.read(&mut buf).unwrap_or(0), 0);
+        // A wrong token: closed too, and the real one still works after it.
+        let mut wrong = TcpStream::connect(listener.addr()).unwrap();
+        let mut bad = MAGIC.to_vec();
+        bad.extend_from_slice(&[0u8; 16]);
+        wrong.write_all(&bad).unwrap();
+        assert_eq!(wrong.read(&mut buf).unwrap_or(0), 0);
+        assert!(arrived.try_recv().is_err());
+        assert_eq!(listener.rejected(), 2);
+        let mut good = TcpStream::connect(listener.addr()).unwrap();
+        let mut hello = MAGIC.to_vec();
+        hello.extend_from_slice(&token);
+        good.write_all(&hello).unwrap();
+        let mut conn = arrived.recv_timeout(Duration::from_secs(30)).unwrap();
+        conn.write_all(b"x").unwrap();
+        good.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"x");
+        // A token is good once.
+        let mut again = TcpStream::connect(listener.addr()).unwrap();
+        again.write_all(&hello).unwrap();
+        assert_eq!(again.read(&mut buf).unwrap_or(0), 0);
+    }
+}

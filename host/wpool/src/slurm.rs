@@ -1,0 +1,162 @@
+//! Slurm as a launcher: read the allocation this process runs in from the
+//! environment Slurm sets up, and turn it into one `srun` command prefix per
+//! worker, spread over the allocated nodes.
+//!
+//! Owns the reading of `SLURM_*` variables and the shape of the `srun`
+//! command, nothing else: workers started this way are ordinary launched
+//! workers (see `remote`), and scheduling stays on the host.
+
+use std::process::Command;
+
+use crate::error::Error;
+
+/// The Slurm allocation this process runs in (under `salloc` or in an
+/// `sbatch` script), and the `srun` launchers that start workers on its
+/// nodes.
+///
+/// ```no_run
+/// use wpool::{Kernel, Pool, Slurm};
+/// // Inside `salloc -N2 -n8 ./my-program`:
+/// let slurm = Slurm::from_env()?;
+/// let mut pool = Pool::builder(Kernel::from_file("kernel.wasm")?)
+///     .workers(slurm.tasks)
+///     .launchers(slurm.launchers(slurm.tasks))
+///     .build()?;
+/// # Ok::<(), wpool::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Slurm {
+    /// The job id (`SLURM_JOB_ID`).
+    pub job_id: String,
+    /// Tasks of the allocation (`SLURM_NTASKS`): the natural worker count.
+    pub tasks: usize,
+    /// The allocated nodes, each with its number of tasks
+    /// (`SLURM_JOB_NODELIST`, `SLURM_TASKS_PER_NODE`).
+    pub nodes: Vec<(String, usize)>,
+}
+
+impl Slurm {
+    /// Reads the allocation from `SLURM_JOB_ID`, `SLURM_JOB_NODELIST`
+    /// (expanded by `scontrol show hostnames`), `SLURM_TASKS_PER_NODE` and
+    /// `SLURM_NTASKS`.
+    pub fn from_env() -> Result<Slurm, Error> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let job_id = var("SLURM_JOB_ID").ok_or_else(|| {
+            Error::Slurm(
+                "not inside a Slurm allocation (SLURM_JOB_ID is not set): run under salloc or in an sbatch \
+                 script, e.g. `salloc -N2 -n4 wpool map --slurm KERNEL INPUT`"
+                    .into(),
+            )
+        })?;
+        let list = var("SLURM_JOB_NODELIST")
+            .or_else(|| var("SLURM_NODELIST"))
+            .ok_or_else(|| Error::Slurm(format!("job {job_id}: SLURM_JOB_NODELIST is not set")))?;
+        let names = expand_nodelist(&list)?;
+        let counts = match var("SLURM_TASKS_PER_NODE") {
+            Some(spec) => parse_tasks_per_node(&spec)
+                .ok_or_else(|| Error::Slurm(format!("cannot read SLURM_TASKS_PER_NODE={spec:?}")))?,
+            None => vec![1; names.len()],
+        };
+        if counts.len() != names.len() {
+            return Err(Error::Slurm(format!(
+                "SLURM_TASKS_PER_NODE gives {} counts for the {} nodes of {list}",
+                counts.len(),
+                names.len()
+            )));
+        }
+        let nodes: Vec<(String, usize)> = names.into_iter().zip(counts).collect();
+        let tasks = match var("SLURM_NTASKS") {
+            Some(n) => n.parse().map_err(|_| Error::Slurm(format!("cannot read SLURM_NTASKS={n:?}")))?,
+            None => nodes.iter().map(|(_, n)| n).sum(),
+        };
+        if tasks == 0 {
+            return Err(Error::Slurm(format!("job {job_id} has no tasks")));
+        }
+        Ok(Slurm { job_id, tasks, nodes })
+    }
+
+    /// One launcher per worker for `workers` workers: `srun` starting one
+    /// task on one node as a step of this job (`--exact`, so that steps run
+    /// side by side), nodes taken in turn (node1, node2, node1, …) as far
+    /// as each has tasks, then round again.
+    pub fn launchers(&self, workers: usize) -> Vec<Vec<String>> {
+        let most = self.nodes.iter().map(|(_, n)| *n).max().unwrap_or(0);
+        let order: Vec<&str> = (0..most)
+            .flat_map(|round| self.nodes.iter().filter(move |(_, n)| *n > round).map(|(name, _)| name.as_str()))
+            .collect();
+        (0..workers)
+            .map(|i| {
+                let node = order[i % order.len()];
+                [
+                    "srun",
+                    "--jobid",
+                    &self.job_id,
+                    "--nodes=1",
+                    "--ntasks=1",
+                    "--exact",
+                    "--unbuffered",
+                    "--nodelist",
+                    node,
+                ]
+                .map(String::from)
+                .to_vec()
+            })
+            .collect()
+    }
+}
+
+/// `node[1-2],gpu01` → its host names, as Slurm itself expands them.
+fn expand_nodelist(list: &str) -> Result<Vec<String>, Error> {
+    let out = Command::new("scontrol")
+        .args(["show", "hostnames", list])
+        .output()
+        .map_err(|e| Error::Slurm(format!("running `scontrol show hostnames {list}`: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::Slurm(format!(
+            "`scontrol show hostnames {list}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let names: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
+    if names.is_empty() {
+        return Err(Error::Slurm(format!("node list {list:?} names no nodes")));
+    }
+    Ok(names)
+}
+
+/// `2(x3),1` → `[2, 2, 2, 1]`.
+fn parse_tasks_per_node(spec: &str) -> Option<Vec<usize>> {
+    let mut counts = Vec::new();
+    for part in spec.split(',') {
+        let (n, times) = match part.split_once("(x") {
+            Some((n, rest)) => (n, rest.strip_suffix(')')?.parse().ok()?),
+            None => (part, 1),
+        };
+        let n: usize = n.trim().parse().ok()?;
+        counts.extend(std::iter::repeat_n(n, times));
+    }
+    Some(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tasks_per_node_expands_repeats() {
+        assert_eq!(parse_tasks_per_node("2(x3),1"), Some(vec![2, 2, 2, 1]));
+        assert_eq!(parse_tasks_per_node("4"), Some(vec![4]));
+        assert_eq!(parse_tasks_per_node("2(x"), None);
+        assert_eq!(parse_tasks_per_node("x"), None);
+    }
+
+    #[test]
+    fn launchers_take_nodes_in_turn() {
+        let s = Slurm { job_id: "7".into(), tasks: 5, nodes: vec![("a".into(), 3), ("b".into(), 2)] };
+        let nodes: Vec<String> = s.launchers(6).iter().map(|l| l.last().unwrap().clone()).collect();
+        assert_eq!(nodes, ["a", "b", "a", "b", "a", "a"]);
+        assert_eq!(s.launchers(1)[0][..3], ["srun", "--jobid", "7"]);
+    }
+}
