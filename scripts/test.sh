@@ -38,9 +38,37 @@ echo "== comparison, quick" >&2
 # its figures mean nothing here; see the README for real ones).
 "${CARGO_TARGET_DIR:-target}/debug/compare" --quick --reps 1
 
+echo "== test services" >&2
+# The launched-worker tests need a Slurm cluster (../shared/slurm, two slurmd
+# nodes on this machine) and an sshd on 127.0.0.1. Started here, stopped when
+# this script exits; a machine that cannot run them skips those tests, loudly.
+stop_services() {
+  [ -n "${started_slurm:-}" ] && "$slurm_dir/stop-slurm.sh" >&2 || true
+  [ -n "${started_sshd:-}" ] && scripts/sshd.sh stop >&2 || true
+}
+trap stop_services EXIT
+slurm_dir=$(cd .. && pwd)/shared/slurm
+if [ ! -x "$slurm_dir/start-slurm.sh" ]; then
+  export WPOOL_SLURM_SKIP="no $slurm_dir/start-slurm.sh (../shared beside the clone)"
+elif out=$("$slurm_dir/start-slurm.sh"); then
+  eval "$out"
+  started_slurm=1
+else
+  export WPOOL_SLURM_SKIP="start-slurm.sh failed (see above)"
+fi
+if out=$(scripts/sshd.sh start); then
+  eval "$out"
+  started_sshd=1
+else
+  export WPOOL_SSH_SKIP="scripts/sshd.sh start failed (see above)"
+fi
+for skipped in "${WPOOL_SLURM_SKIP:+Slurm tests: $WPOOL_SLURM_SKIP}" "${WPOOL_SSH_SKIP:+ssh tests: $WPOOL_SSH_SKIP}"; do
+  [ -n "$skipped" ] && printf '\n!!!!!!!!\nSKIPPED: %s\n!!!!!!!!\n\n' "$skipped" >&2
+done
+
 echo "== tests" >&2
 profile=default
 [ "${CI:-}" = "true" ] && profile=ci
 cargo test --workspace --doc --locked
-# Last, so that its summary line closes the run.
+# Last, so that its summary line closes the run (the services stop after).
 cargo nextest run --workspace --locked --profile "$profile" --no-fail-fast

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The repository root.
@@ -204,4 +205,89 @@ pub fn temp_file(contents: &[u8]) -> tempfile::NamedTempFile {
     f.write_all(contents).unwrap();
     f.flush().unwrap();
     f
+}
+
+/// The environment (`NAME=VALUE` pairs) of a test service started by a
+/// script that prints `export NAME=VALUE` lines, started once per test
+/// process (the scripts are idempotent; `scripts/test.sh` stops them).
+/// `None` when it cannot run here: then `skip_var` (set by
+/// `scripts/test.sh`, which says why loudly) must explain it, or the test
+/// fails. Never a silent skip.
+fn service(
+    cell: &'static OnceLock<Result<Vec<(String, String)>, String>>,
+    script: &[&str],
+    skip_var: &str,
+    test: &str,
+) -> Option<Vec<(String, String)>> {
+    let started = cell.get_or_init(|| {
+        let out = Command::new("bash").args(script).stdin(Stdio::null()).stderr(Stdio::piped()).output();
+        match out {
+            Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.replace("\\ ", " ").trim_matches('\'').to_string()))
+                .collect()),
+            Ok(o) => Err(format!("{} failed: {}", script.join(" "), String::from_utf8_lossy(&o.stderr).trim())),
+            Err(e) => Err(format!("{}: {e}", script.join(" "))),
+        }
+    });
+    match started {
+        Ok(env) => Some(env.clone()),
+        Err(why) => match std::env::var(skip_var) {
+            Ok(reason) if !reason.is_empty() => {
+                eprintln!("SKIPPED {test}: {reason}");
+                None
+            }
+            _ => panic!("{test}: {why} (set {skip_var} to a reason to skip instead)"),
+        },
+    }
+}
+
+/// The throwaway Slurm cluster of `../shared/slurm` (two `slurmd` nodes on
+/// this machine): the environment Slurm commands need.
+pub fn slurm_cluster(test: &str) -> Option<Vec<(String, String)>> {
+    static CELL: OnceLock<Result<Vec<(String, String)>, String>> = OnceLock::new();
+    let script = root().join("../shared/slurm/start-slurm.sh");
+    service(&CELL, &[script.to_str().unwrap()], "WPOOL_SLURM_SKIP", test)
+}
+
+/// A private sshd on 127.0.0.1 (`scripts/sshd.sh`): the `ssh …` command
+/// prefix that reaches it.
+pub fn ssh_launcher(test: &str) -> Option<String> {
+    static CELL: OnceLock<Result<Vec<(String, String)>, String>> = OnceLock::new();
+    let script = root().join("scripts/sshd.sh");
+    let env = service(&CELL, &[script.to_str().unwrap(), "start"], "WPOOL_SSH_SKIP", test)?;
+    env.into_iter().find(|(k, _)| k == "WPOOL_TEST_SSH").map(|(_, v)| v)
+}
+
+/// A worker as `wpool -v` announces it on stderr.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announced {
+    pub worker: u32,
+    pub node: String,
+    pub pid: u32,
+}
+
+/// Parses one `wpool: worker N: node NODE, pid PID, sandbox …` line.
+pub fn announced(line: &str) -> Option<Announced> {
+    let rest = line.strip_prefix("wpool: worker ")?;
+    let (worker, rest) = rest.split_once(": node ")?;
+    let (node, rest) = rest.split_once(", pid ")?;
+    let (pid, _) = rest.split_once(", sandbox")?;
+    Some(Announced { worker: worker.parse().ok()?, node: node.to_string(), pid: pid.parse().ok()? })
+}
+
+/// Processes whose command line is that of a launched worker of `program`
+/// (`PROGRAM --wpool-worker dial`), wherever they were started from.
+pub fn launched_workers(program: &Path) -> Vec<u32> {
+    let want = format!("{}\0--wpool-worker\0dial\0", program.display());
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        if cmdline == want.as_bytes() && alive(pid) {
+            out.push(pid);
+        }
+    }
+    out
 }

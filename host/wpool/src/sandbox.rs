@@ -78,6 +78,31 @@ pub(crate) unsafe fn take_protocol_fds() -> io::Result<(File, File)> {
     }
 }
 
+/// Empties the environment a launcher passed on, secrets included: the
+/// strings are overwritten in place, since `clearenv` alone leaves them in
+/// memory and in `/proc/<pid>/environ` (which reads the original block).
+///
+/// # Safety
+/// Call before any other thread exists: nothing may read the environment
+/// meanwhile.
+pub(crate) unsafe fn scrub_environment() {
+    extern "C" {
+        static mut environ: *mut *mut libc::c_char;
+    }
+    // SAFETY: `environ` is the C library's NULL-terminated array of
+    // NUL-terminated strings; each is overwritten within its own length, and
+    // no one else looks at it (see the contract above).
+    unsafe {
+        let mut entry = environ;
+        while !entry.is_null() && !(*entry).is_null() {
+            let s = *entry;
+            std::ptr::write_bytes(s, 0, libc::strlen(s));
+            entry = entry.add(1);
+        }
+        libc::clearenv();
+    }
+}
+
 /// Start-up hardening every worker applies to itself: no core dumps (a
 /// crashing worker must not write kernel memory to disk), a bounded number
 /// of open files, and `SIGPIPE` ignored so a vanished host is an `EPIPE`

@@ -79,7 +79,9 @@ impl Slurm {
     /// One launcher per worker for `workers` workers: `srun` starting one
     /// task on one node as a step of this job (`--exact`, so that steps run
     /// side by side), nodes taken in turn (node1, node2, node1, …) as far
-    /// as each has tasks, then round again.
+    /// as each has tasks, then round again. More workers than tasks share
+    /// the allocated CPUs (`--overlap`); otherwise the extra steps would
+    /// wait for CPUs that never free up.
     pub fn launchers(&self, workers: usize) -> Vec<Vec<String>> {
         let most = self.nodes.iter().map(|(_, n)| *n).max().unwrap_or(0);
         let order: Vec<&str> = (0..most)
@@ -87,20 +89,15 @@ impl Slurm {
             .collect();
         (0..workers)
             .map(|i| {
-                let node = order[i % order.len()];
-                [
-                    "srun",
-                    "--jobid",
-                    &self.job_id,
-                    "--nodes=1",
-                    "--ntasks=1",
-                    "--exact",
-                    "--unbuffered",
-                    "--nodelist",
-                    node,
-                ]
-                .map(String::from)
-                .to_vec()
+                let mut srun: Vec<String> =
+                    ["srun", "--jobid", &self.job_id, "--nodes=1", "--ntasks=1", "--exact", "--unbuffered"]
+                        .map(String::from)
+                        .to_vec();
+                if workers > self.tasks {
+                    srun.push("--overlap".into());
+                }
+                srun.extend(["--nodelist".to_string(), order[i % order.len()].to_string()]);
+                srun
             })
             .collect()
     }
@@ -158,5 +155,7 @@ mod tests {
         let nodes: Vec<String> = s.launchers(6).iter().map(|l| l.last().unwrap().clone()).collect();
         assert_eq!(nodes, ["a", "b", "a", "b", "a", "a"]);
         assert_eq!(s.launchers(1)[0][..3], ["srun", "--jobid", "7"]);
+        assert!(!s.launchers(5)[0].contains(&"--overlap".to_string()));
+        assert!(s.launchers(6)[0].contains(&"--overlap".to_string()));
     }
 }

@@ -1,9 +1,11 @@
 //! Worker processes from the host's side: spawning, the threads that move
 //! frames to and from each process, killing and reaping.
 //!
-//! Owns OS processes and their pipes. It turns everything a worker does into
-//! [`Event`]s on one channel and does not interpret them: retries, deadlines
-//! and restart policy belong to the scheduler.
+//! Owns OS processes, their pipes and, for workers started through a
+//! launcher, the connection each dials back on (see [`crate::remote`]). It
+//! turns everything a worker does into [`Event`]s on one channel and does
+//! not interpret them: retries, deadlines and restart policy belong to the
+//! scheduler.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};

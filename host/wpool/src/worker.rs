@@ -174,7 +174,7 @@ fn dial() -> Result<(File, File, Option<ArtifactCache>), String> {
     let cache = ArtifactCache::default_location().ok();
     // SAFETY: no other thread exists yet (this runs before `main`), so
     // nothing reads the environment concurrently.
-    unsafe { libc::clearenv() };
+    unsafe { sandbox::scrub_environment() };
     // The launcher's working directory may not exist on this node and means
     // nothing to the worker.
     let _ = std::env::set_current_dir("/");
