@@ -239,6 +239,24 @@ fn slurm_map_spreads_over_both_nodes_and_matches_the_local_run() {
 }
 
 #[test]
+fn slurm_pipeline_stages_share_the_allocation() {
+    let Some(env) = slurm_cluster("slurm_pipeline_stages_share_the_allocation") else { return };
+    // Two stages of two workers in an allocation of two tasks: the stages'
+    // steps must share the CPUs instead of waiting for each other.
+    let (upper, echo) = (kernel_path("upper"), kernel_path("echo"));
+    let input: String = (0..300).map(|i| format!("p {i}\n")).collect();
+    let mut cmd = Command::new("salloc");
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    cmd.args(["-N2", "-n2"]).arg(wpool_bin()).args(["pipeline", "-v", "--slurm", "--stage"]).arg(&upper);
+    cmd.arg("--stage").arg(&echo);
+    let out = run(cmd, input.as_bytes());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), local_output(&upper, &input));
+    let err = stderr(&out);
+    assert_eq!(err.lines().filter(|l| l.starts_with("wpool: stage 2: worker ")).count(), 2, "{err}");
+}
+
+#[test]
 fn slurm_killing_a_remote_worker_mid_run_loses_nothing() {
     let Some(env) = slurm_cluster("slurm_killing_a_remote_worker_mid_run_loses_nothing") else { return };
     let kernel = kernel_path("hostile");

@@ -326,7 +326,9 @@ impl Setup {
         Ok(Setup { limits, grants, max_item, jobs, slurm, _data_dir: data_dir })
     }
 
-    fn builder(&self, kernel: Kernel, args: &MapArgs, workers: usize) -> wpool::PoolBuilder {
+    /// A pool of `workers`, one of several alive at once that start
+    /// `all_workers` in all (under --slurm they share the allocation).
+    fn builder(&self, kernel: Kernel, args: &MapArgs, workers: usize, all_workers: usize) -> wpool::PoolBuilder {
         let mut builder = Pool::builder(kernel)
             .workers(workers)
             .chunksize(args.chunksize)
@@ -338,12 +340,24 @@ impl Setup {
             builder = builder.launcher(launcher.0.clone());
         }
         if let Some(slurm) = &self.slurm {
-            builder = builder.launchers(slurm.launchers(workers));
+            builder = builder.launchers(slurm.launchers_among(workers, all_workers));
         }
         if let Some(addr) = args.listen {
             builder = builder.listen(addr);
         }
         builder
+    }
+
+    /// Pipelines and MapReduce start several pools, each listening for its
+    /// own workers: a fixed port can serve only one.
+    fn check_one_port(&self, args: &MapArgs, what: &str) -> Result<()> {
+        match args.listen {
+            Some(addr) if addr.port() != 0 => anyhow::bail!(
+                "--listen {addr}: {what} starts one pool per kernel, each with its own port; give only the IP \
+                 address (free ports are picked)"
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// Starts a pool; with --verbose, waits for all its workers and says
@@ -417,10 +431,12 @@ fn pipeline(cmd: PipelineCmd) -> Result<u8> {
     let names: Vec<String> = kernels.iter().map(|k| k.name().to_string()).collect();
     let sources = input::sources(&args.inputs)?;
     let setup = Setup::new(args)?;
+    setup.check_one_port(args, "a pipeline")?;
+    let jobs: Vec<usize> = (0..kernels.len()).map(|i| jobs.get(i).copied().unwrap_or(setup.jobs)).collect();
+    let all: usize = jobs.iter().sum();
     let mut pools = Vec::new();
-    for (i, kernel) in kernels.into_iter().enumerate() {
-        let workers = jobs.get(i).copied().unwrap_or(setup.jobs);
-        pools.push(setup.start(setup.builder(kernel, args, workers), args, &format!(" stage {}:", i + 1))?);
+    for (i, (kernel, workers)) in kernels.into_iter().zip(jobs).enumerate() {
+        pools.push(setup.start(setup.builder(kernel, args, workers, all), args, &format!(" stage {}:", i + 1))?);
     }
     let interrupted = cancel_on_ctrl_c(pools.iter().map(Pool::canceller).collect())?;
     let items = Items::new(sources, split_of(args), setup.max_item);
@@ -500,8 +516,10 @@ fn mapreduce(cmd: MapReduceCmd) -> Result<u8> {
     }
     let sources = input::sources(&args.inputs)?;
     let setup = Setup::new(args)?;
-    let map = setup.start(setup.builder(map, args, setup.jobs), args, " map:")?;
-    let reduce = setup.start(setup.builder(reduce, args, setup.jobs), args, " reduce:")?;
+    setup.check_one_port(args, "mapreduce")?;
+    let all = 2 * setup.jobs;
+    let map = setup.start(setup.builder(map, args, setup.jobs, all), args, " map:")?;
+    let reduce = setup.start(setup.builder(reduce, args, setup.jobs, all), args, " reduce:")?;
     let interrupted = cancel_on_ctrl_c(vec![map.canceller(), reduce.canceller()])?;
     let items = Items::new(sources, split_of(args), setup.max_item);
     let read_error = items.error();
@@ -545,7 +563,7 @@ fn map(kernel: &std::path::Path, args: MapArgs) -> Result<u8> {
     let split = split_of(&args);
     let setup = Setup::new(&args)?;
     let max_item = setup.max_item;
-    let mut builder = setup.builder(kernel, &args, setup.jobs);
+    let mut builder = setup.builder(kernel, &args, setup.jobs, setup.jobs);
     if let Some(file) = &args.init {
         let config = std::fs::read(file).with_context(|| format!("--init {}", file.display()))?;
         builder = builder.init(config);

@@ -83,17 +83,30 @@ impl Slurm {
     /// the allocated CPUs (`--overlap`); otherwise the extra steps would
     /// wait for CPUs that never free up.
     pub fn launchers(&self, workers: usize) -> Vec<Vec<String>> {
+        self.launchers_among(workers, workers)
+    }
+
+    /// Like [`Slurm::launchers`], for one of several pools alive at once
+    /// (the stages of a pipeline, MapReduce's two pools) that start
+    /// `all_workers` in all: they overlap when those outnumber the tasks.
+    pub fn launchers_among(&self, workers: usize, all_workers: usize) -> Vec<Vec<String>> {
         let most = self.nodes.iter().map(|(_, n)| *n).max().unwrap_or(0);
-        let order: Vec<&str> = (0..most)
+        let mut order: Vec<&str> = (0..most)
             .flat_map(|round| self.nodes.iter().filter(move |(_, n)| *n > round).map(|(name, _)| name.as_str()))
             .collect();
+        if order.is_empty() {
+            order = self.nodes.iter().map(|(name, _)| name.as_str()).collect();
+        }
+        if order.is_empty() {
+            return Vec::new();
+        }
         (0..workers)
             .map(|i| {
                 let mut srun: Vec<String> =
                     ["srun", "--jobid", &self.job_id, "--nodes=1", "--ntasks=1", "--exact", "--unbuffered"]
                         .map(String::from)
                         .to_vec();
-                if workers > self.tasks {
+                if workers.max(all_workers) > self.tasks {
                     srun.push("--overlap".into());
                 }
                 srun.extend(["--nodelist".to_string(), order[i % order.len()].to_string()]);
