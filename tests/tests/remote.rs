@@ -191,13 +191,16 @@ fn a_launcher_that_fails_is_a_clear_error_with_exit_2() {
 }
 
 #[test]
-fn a_launched_worker_exits_when_the_host_dies_even_if_its_launcher_lives() {
-    // `setsid -w` forks the worker into a session of its own and waits: the
-    // worker is no child of the host and has no parent-death signal. Only
-    // its connection (and stdin) tie it to the host.
+fn a_launched_worker_exits_when_its_connection_closes_whatever_its_launcher_does() {
+    // This launcher hands the worker the handshake line and then holds the
+    // worker's stdin open by itself (`sleep`), in a session of its own
+    // (`setsid -w`): the worker is no child of the host, has no parent-death
+    // signal, and its stdin never closes. Only its connection ties it to the
+    // host.
+    let launcher = r#"sh -c 'read l; (echo "$l"; exec sleep 60) | setsid -w "$0" "$@"'"#;
     let kernel = kernel_path("hostile");
     let mut cmd = wpool();
-    cmd.args(["map", "-v", "-j", "2", "--listen", "127.0.0.1", "--launcher", "setsid -w"]).arg(&kernel);
+    cmd.args(["map", "-v", "-j", "2", "--listen", "127.0.0.1", "--launcher", launcher]).arg(&kernel);
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut host = cmd.spawn().unwrap();
     let mut stdin = host.stdin.take().unwrap();
@@ -235,7 +238,10 @@ fn slurm_map_spreads_over_both_nodes_and_matches_the_local_run() {
     }
     // Each worker confined itself on its node like a local one.
     assert!(err.lines().filter(|l| announced(l).is_some()).all(|l| l.contains("seccomp=true")), "{err}");
-    assert!(launched_workers(&wpool_bin()).is_empty(), "no worker outlives the run");
+    assert!(
+        eventually(Duration::from_secs(10), || launched_workers(&wpool_bin()).is_empty()),
+        "no worker outlives the run"
+    );
 }
 
 #[test]
@@ -270,13 +276,17 @@ fn slurm_killing_a_remote_worker_mid_run_loses_nothing() {
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let (workers, seen) = read_announcements(&mut err, 2);
     let victim = workers.iter().find(|w| w.node == "node2").unwrap_or_else(|| panic!("no worker on node2: {seen}"));
+    assert!(launched_workers(&wpool_bin()).contains(&victim.pid), "the leak check sees running workers");
     std::thread::sleep(Duration::from_millis(300));
     signal(victim.pid, libc::SIGKILL);
     let (code, out, rest) = finish(child, err, Duration::from_secs(180));
     assert_eq!(code, Some(0), "{seen}{rest}");
     assert_eq!(out, local_output(&kernel, &input), "every item once, in order");
-    assert!(rest.contains("1 died"), "the kill was seen as a worker death: {rest}");
-    assert!(launched_workers(&wpool_bin()).is_empty(), "no worker outlives the run");
+    assert!(rest.contains(", 1 died,"), "the kill was seen as a worker death: {rest}");
+    assert!(
+        eventually(Duration::from_secs(10), || launched_workers(&wpool_bin()).is_empty()),
+        "no worker outlives the run"
+    );
 }
 
 #[test]
@@ -383,12 +393,13 @@ fn ssh_worker_killed_mid_run_loses_nothing_and_none_outlive_the_host() {
     drop(stdin);
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let (workers, seen) = read_announcements(&mut err, 2);
+    assert!(launched_workers(&wpool_bin()).contains(&workers[0].pid), "the leak check sees running workers");
     std::thread::sleep(Duration::from_millis(200));
     signal(workers[0].pid, libc::SIGKILL);
     let (code, out, rest) = finish(child, err, Duration::from_secs(120));
     assert_eq!(code, Some(0), "{seen}{rest}");
     assert_eq!(out, local_output(&kernel, &input));
-    assert!(rest.contains("1 died"), "{rest}");
+    assert!(rest.contains(", 1 died,"), "{rest}");
     assert!(
         eventually(Duration::from_secs(10), || launched_workers(&wpool_bin()).is_empty()),
         "no worker outlives the run"

@@ -112,9 +112,25 @@ pub enum Code {
         /// The kernel's name, for messages.
         name: String,
         /// The component's bytes.
-        #[serde(with = "serde_bytes")]
-        bytes: Vec<u8>,
+        bytes: SharedBytes,
     },
+}
+
+/// Bytes that clones share: a kernel's wasm goes to every launched worker,
+/// and a `Hello` is cloned for each.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedBytes(pub std::sync::Arc<[u8]>);
+
+impl Serialize for SharedBytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SharedBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(SharedBytes(serde_bytes::ByteBuf::deserialize(d)?.into_vec().into()))
+    }
 }
 
 /// The item a reducer's pool runs: one `reduce(key, values)` call.

@@ -45,6 +45,7 @@ type Waiting = Arc<Mutex<HashMap<Token, Sender<TcpStream>>>>;
 
 /// The host's listening socket and the workers it is waiting for.
 pub(crate) struct Listener {
+    socket: Arc<TcpListener>,
     addr: SocketAddr,
     waiting: Waiting,
     rejected: Arc<AtomicU64>,
@@ -57,7 +58,7 @@ impl Listener {
     /// [`default_ip`]) with a free port.
     pub(crate) fn bind(addr: Option<SocketAddr>) -> io::Result<Listener> {
         let addr = addr.unwrap_or_else(|| SocketAddr::new(default_ip(), 0));
-        let socket = TcpListener::bind(addr)?;
+        let socket = Arc::new(TcpListener::bind(addr)?);
         let mut addr = socket.local_addr()?;
         if addr.ip().is_unspecified() {
             // Listening everywhere: workers need one concrete address.
@@ -67,12 +68,13 @@ impl Listener {
         let rejected = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (waiting, rejected, stop) = (Arc::clone(&waiting), Arc::clone(&rejected), Arc::clone(&stop));
+            let (socket, waiting, rejected, stop) =
+                (Arc::clone(&socket), Arc::clone(&waiting), Arc::clone(&rejected), Arc::clone(&stop));
             thread::Builder::new()
                 .name("wpool-listener".into())
-                .spawn(move || accept_loop(socket, &waiting, &rejected, &stop))?
+                .spawn(move || accept_loop(&socket, &waiting, &rejected, &stop))?
         };
-        Ok(Listener { addr, waiting, rejected, stop, thread: Some(thread) })
+        Ok(Listener { socket, addr, waiting, rejected, stop, thread: Some(thread) })
     }
 
     /// The address workers dial.
@@ -108,24 +110,49 @@ impl Listener {
 impl Drop for Listener {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking `accept`.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        // Wake the blocking `accept` (Linux makes it fail). The socket stays
+        // open until both sides drop their `Arc`, so the fd is still ours.
+        // SAFETY: shutdown on an open socket we own.
+        unsafe { libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR) };
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-fn accept_loop(socket: TcpListener, waiting: &Waiting, rejected: &Arc<AtomicU64>, stop: &AtomicBool) {
+/// Connections being authenticated at once, at most; more are refused
+/// until some finish (each has `AUTH_TIMEOUT` to present its token).
+const MAX_AUTHENTICATING: usize = 512;
+
+fn accept_loop(socket: &TcpListener, waiting: &Waiting, rejected: &Arc<AtomicU64>, stop: &AtomicBool) {
+    let busy = Arc::new(AtomicU64::new(0));
     for conn in socket.incoming() {
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        let Ok(conn) = conn else { continue };
+        let conn = match conn {
+            Ok(conn) => conn,
+            // Out of fds or similar: do not spin.
+            Err(_) => {
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        if busy.load(Ordering::SeqCst) >= MAX_AUTHENTICATING as u64 {
+            rejected.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         // Each connection gets its own short-lived thread, so that one that
         // never sends its token cannot hold up the others.
-        let (waiting, rejected) = (Arc::clone(waiting), Arc::clone(rejected));
-        let _ = thread::Builder::new().name("wpool-auth".into()).spawn(move || authenticate(conn, &waiting, &rejected));
+        busy.fetch_add(1, Ordering::SeqCst);
+        let (waiting, rejected, done) = (Arc::clone(waiting), Arc::clone(rejected), Arc::clone(&busy));
+        let spawned = thread::Builder::new().name("wpool-auth".into()).spawn(move || {
+            authenticate(conn, &waiting, &rejected);
+            done.fetch_sub(1, Ordering::SeqCst);
+        });
+        if spawned.is_err() {
+            busy.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -159,10 +186,11 @@ fn constant_time_eq(a: &Token, b: &Token) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// No Nagle delay (frames are already batched), and keepalive probes so
-/// that a node that vanished without closing the connection (power loss,
-/// network partition) shows up as an error within about 25 s instead of
-/// never.
+/// No Nagle delay (frames are already batched); keepalive probes so that a
+/// node that vanished without closing the connection (power loss, network
+/// partition) shows up as an error within about 25 s instead of never, and
+/// a user timeout for the same when data is in flight (keepalive is off
+/// then, and retransmissions alone take about 15 minutes to give up).
 fn tune(conn: &TcpStream) -> io::Result<()> {
     conn.set_nodelay(true)?;
     let fd = conn.as_raw_fd();
@@ -171,6 +199,7 @@ fn tune(conn: &TcpStream) -> io::Result<()> {
         (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 10),
         (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 5),
         (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3),
+        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 60_000),
     ] {
         let value: libc::c_int = value;
         // SAFETY: setsockopt on a socket we own with a pointer to a c_int

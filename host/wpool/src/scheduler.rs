@@ -251,6 +251,7 @@ impl Scheduler {
         let cwd = PrivateDir::create()?;
         cfg.command.cwd = cwd.path().to_path_buf();
         let (tx, rx) = crossbeam_channel::unbounded();
+        crate::supervisor::ensure_fd_room(cfg.workers);
         let spawner = Spawner::start(cfg.command.clone(), tx.clone()).map_err(|source| Error::Listen {
             addr: cfg.command.listen.map_or_else(|| "this machine's address".into(), |a| a.to_string()),
             source,

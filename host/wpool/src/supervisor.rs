@@ -142,7 +142,7 @@ pub(crate) struct WorkerProc {
 /// back.
 #[derive(Debug, Default)]
 struct Link {
-    conn: Mutex<Option<TcpStream>>,
+    conn: Mutex<Option<Arc<TcpStream>>>,
     killed: AtomicBool,
 }
 
@@ -150,8 +150,12 @@ impl Link {
     /// Closing the connection ends the remote worker wherever it runs: it
     /// exits when its connection closes, whatever its launcher does.
     fn cut(&self) {
+        self.shutdown(Shutdown::Both);
+    }
+
+    fn shutdown(&self, how: Shutdown) {
         if let Some(conn) = &*self.conn.lock().unwrap_or_else(|p| p.into_inner()) {
-            let _ = conn.shutdown(Shutdown::Both);
+            let _ = conn.shutdown(how);
         }
     }
 }
@@ -248,6 +252,22 @@ impl Drop for Spawner {
     }
 }
 
+/// Raises this process's soft limit on open files (up to the hard limit)
+/// when `workers` workers may not fit: each holds about five fds on the
+/// host (pipes, its connection), and the usual soft limit of 1024 would
+/// stop a pool of a few hundred launched workers.
+pub(crate) fn ensure_fd_room(workers: usize) {
+    let need = (workers as u64).saturating_mul(6).saturating_add(256);
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a pointer to a stack value.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < need {
+            lim.rlim_cur = need.min(lim.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 /// What the per-worker threads share.
 struct Session {
     slot: usize,
@@ -305,10 +325,6 @@ fn spawn_one(
     let child = Arc::new(Mutex::new(child));
     let (frames_tx, frames_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
 
-    let mut hello_frame = Vec::new();
-    protocol::encode(&HostMsg::Hello(Box::new(req.hello.clone())), &mut hello_frame);
-    let _ = frames_tx.send(hello_frame);
-
     let tail = Arc::new(Mutex::new(VecDeque::<u8>::new()));
     let name = |what: &str| format!("wpool-w{}-{what}", req.slot + 1);
     let stderr_thread = {
@@ -326,6 +342,9 @@ fn spawn_one(
     };
     let link = match dial {
         None => {
+            let mut hello_frame = Vec::new();
+            protocol::encode(&HostMsg::Hello(Box::new(req.hello.clone())), &mut hello_frame);
+            let _ = frames_tx.send(hello_frame);
             thread::Builder::new().name(name("write")).spawn(move || write_frames(stdin, frames_rx))?;
             thread::Builder::new().name(name("read")).spawn(move || {
                 let violation = read_frames(&session, stdout);
@@ -339,15 +358,28 @@ fn spawn_one(
             // open while the worker lives: a worker also exits when it
             // closes.
             let _ = stdin.write_all(listener.line(&token).as_bytes());
-            {
-                let tail = Arc::clone(&tail);
-                thread::Builder::new().name(name("stdout")).spawn(move || drain_into_tail(stdout, &tail))?;
-            }
             let link = Arc::new(Link::default());
+            {
+                // The launcher closes its stdout when it exits. A launcher
+                // gone is a worker gone, even if the worker lives on (as a
+                // remote task may when its srun is killed): cut it off.
+                let (tail, child, link) = (Arc::clone(&tail), Arc::clone(&child), Arc::clone(&link));
+                thread::Builder::new().name(name("stdout")).spawn(move || {
+                    drain_into_tail(stdout, &tail);
+                    while !has_exited(&child) {
+                        thread::sleep(Duration::from_millis(100));
+                    }
+                    // EOF for the worker; what it already sent is still read.
+                    link.shutdown(Shutdown::Write);
+                })?;
+            }
             let session_link = Arc::clone(&link);
+            // Encoded only once connected: a big kernel is not held once per
+            // worker still queueing for its node.
+            let hello = req.hello.clone();
             thread::Builder::new().name(name("read")).spawn(move || {
                 let (violation, unconnected) = match wait_for_connection(&session, &arrived) {
-                    Some(conn) => (remote_session(&session, conn, &session_link, frames_rx), None),
+                    Some(conn) => (remote_session(&session, conn, &session_link, &hello, frames_rx), None),
                     None => {
                         listener.forget(&token);
                         (None, Some(listener.addr()))
@@ -373,19 +405,31 @@ fn wait_for_connection(session: &Session, arrived: &Receiver<TcpStream>) -> Opti
     }
 }
 
-/// Frames over a launched worker's connection; returns the violation that
-/// ended it, if one did.
-fn remote_session(session: &Session, conn: TcpStream, link: &Link, frames: Receiver<Vec<u8>>) -> Option<String> {
-    let (Ok(reader), Ok(mut writer)) = (conn.try_clone(), conn.try_clone()) else {
-        return Some("cannot use the worker's connection".into());
-    };
-    *link.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+/// Frames over a launched worker's connection, the `Hello` first; returns
+/// the violation that ended it, if one did. One fd serves both directions.
+fn remote_session(
+    session: &Session,
+    conn: TcpStream,
+    link: &Link,
+    hello: &Hello,
+    frames: Receiver<Vec<u8>>,
+) -> Option<String> {
+    let conn = Arc::new(conn);
+    *link.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&conn));
     if link.killed.load(Ordering::SeqCst) {
         // Killed while connecting: `kill` found no connection to cut.
         link.cut();
     }
+    let mut hello_frame = Vec::new();
+    protocol::encode(&HostMsg::Hello(Box::new(hello.clone())), &mut hello_frame);
+    if (&*conn).write_all(&hello_frame).is_err() {
+        link.cut();
+        return None;
+    }
+    drop(hello_frame);
+    let writer = Arc::clone(&conn);
     let writer_thread = thread::Builder::new().name(format!("wpool-w{}-write", session.slot + 1)).spawn(move || {
-        write_frames(&mut writer, frames);
+        write_frames(&*writer, frames);
         // EOF for the worker: it exits.
         let _ = writer.shutdown(Shutdown::Write);
     });
@@ -393,7 +437,7 @@ fn remote_session(session: &Session, conn: TcpStream, link: &Link, frames: Recei
         link.cut();
         return Some("cannot start the writer thread".into());
     }
-    let violation = read_frames(session, reader);
+    let violation = read_frames(session, &*conn);
     link.cut();
     violation
 }
@@ -500,27 +544,40 @@ impl Session {
     }
 }
 
-/// Whether the process has exited, without reaping it (its pid stays ours).
+/// Whether the process has exited (reaped or not).
 fn has_exited(child: &Mutex<Child>) -> bool {
     let c = child.lock().unwrap_or_else(|p| p.into_inner());
-    exited_unreaped(c.id())
+    probe(c.id()) != Probe::Running
 }
 
-fn exited_unreaped(pid: u32) -> bool {
+#[derive(Debug, PartialEq, Eq)]
+enum Probe {
+    Running,
+    /// Exited, not reaped: its pid (and process group id) cannot be reused.
+    Exited,
+    /// Not our child any more (already reaped, maybe by someone else).
+    Gone,
+}
+
+fn probe(pid: u32) -> Probe {
     // SAFETY: waitid with WNOWAIT only inspects; `info` is a valid buffer.
     unsafe {
         let mut info: libc::siginfo_t = std::mem::zeroed();
         let r = libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT);
-        // Already reaped (ECHILD) counts as exited.
-        r != 0 || info.si_pid() != 0
+        match (r, info.si_pid()) {
+            (0, 0) => Probe::Running,
+            (0, p) if p as u32 == pid => Probe::Exited,
+            _ => Probe::Gone,
+        }
     }
 }
 
 /// SIGKILLs the process unless it already exited. Under the lock that
-/// reaping also takes, so the pid cannot have been reused.
+/// reaping also takes, so the pid cannot have been reused (std's `kill` is
+/// a no-op once it reaped the child).
 fn kill(child: &Mutex<Child>) {
     let mut c = child.lock().unwrap_or_else(|p| p.into_inner());
-    if !exited_unreaped(c.id()) {
+    if probe(c.id()) == Probe::Running {
         let _ = c.kill();
     }
 }
@@ -534,12 +591,18 @@ fn reap(child: &Mutex<Child>) -> ExitStatus {
         {
             let mut c = child.lock().unwrap_or_else(|p| p.into_inner());
             let pid = c.id();
-            if exited_unreaped(pid) {
-                // SAFETY: the group is the one this child leads (it was
-                // created with it) and the child is not reaped yet, so the
-                // id cannot name anyone else's group.
-                unsafe { libc::killpg(pid as libc::pid_t, libc::SIGKILL) };
-                return c.wait().unwrap_or_else(|_| ExitStatus::from_raw(-1));
+            match probe(pid) {
+                Probe::Exited => {
+                    // SAFETY: the group is the one this child leads (it was
+                    // created with it) and the child is not reaped yet, so
+                    // the id cannot name anyone else's group.
+                    unsafe { libc::killpg(pid as libc::pid_t, libc::SIGKILL) };
+                    return c.wait().unwrap_or_else(|_| ExitStatus::from_raw(-1));
+                }
+                // Reaped behind our back (a program that reaps every child):
+                // the status is lost, and so is the group id.
+                Probe::Gone => return c.try_wait().ok().flatten().unwrap_or_else(|| ExitStatus::from_raw(-1)),
+                Probe::Running => {}
             }
             if Instant::now() >= grace {
                 let _ = c.kill();

@@ -109,6 +109,9 @@ fn run(start: Start) -> Result<(), String> {
     if hello.settings.limits.timeout.is_some() {
         start_epoch_ticker(runtime.engine());
     }
+    if let Start::Dial = start {
+        watch_launcher_stdin()?;
+    }
 
     // The wasm thread runs `init` (on the first instance) before anything
     // else, and says how it went: a failing `init` stops the run.
@@ -179,23 +182,31 @@ fn dial() -> Result<(File, File, Option<ArtifactCache>), String> {
     // nothing to the worker.
     let _ = std::env::set_current_dir("/");
     let conn = crate::remote::dial_back()?;
-    // The launcher's stdin stays open while the host lives: its end (srun or
-    // ssh killed, the host gone) ends the worker even if the connection
-    // lingers. Stray prints go to stderr, which the launcher forwards.
+    // Stray prints go to stderr, which the launcher forwards.
     // SAFETY: dup2 on fds this process owns.
     unsafe { libc::dup2(2, 1) };
-    std::thread::Builder::new()
-        .name("wpool-stdin".into())
-        .spawn(|| {
-            let mut byte = [0u8; 64];
-            // SAFETY: reads into a stack buffer.
-            while unsafe { libc::read(0, byte.as_mut_ptr().cast(), byte.len()) } > 0 {}
-            std::process::exit(0)
-        })
-        .map_err(|e| format!("spawning the stdin watcher: {e}"))?;
     let fd = std::os::fd::OwnedFd::from(conn);
     let input = fd.try_clone().map_err(|e| format!("connection: {e}"))?;
     Ok((File::from(input), File::from(fd), cache))
+}
+
+/// A launched worker's stdin is its launcher's, open while the host lives:
+/// its end (srun or ssh killed, the host gone) ends the worker even if the
+/// connection lingers. Started after `confine`, like every thread: Landlock
+/// binds only the thread that applies it and the threads it starts later.
+fn watch_launcher_stdin() -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("wpool-stdin".into())
+        .spawn(|| {
+            let mut buf = [0u8; 64];
+            // SAFETY: reads into a stack buffer.
+            while unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+            // SAFETY: ends the process at once, mid-item included: nobody is
+            // left to read its results.
+            unsafe { libc::_exit(0) }
+        })
+        .map(drop)
+        .map_err(|e| format!("spawning the stdin watcher: {e}"))
 }
 
 /// Verifies, deserializes (or compiles) and prepares the kernel of the
@@ -227,11 +238,11 @@ fn load(hello: &Hello, node_cache: Option<&ArtifactCache>) -> Result<Runtime, St
         Code::Wasm { name, bytes } => match node_cache {
             // A cache that cannot be written (a read-only home) only costs
             // the compile next time.
-            Some(cache) => match cache.component(&engine, name, bytes, &hello.settings) {
+            Some(cache) => match cache.component(&engine, name, &bytes.0, &hello.settings) {
                 Ok(component) => component,
-                Err(_) => Component::new(&engine, bytes).map_err(|e| format!("{name}: {e:#}"))?,
+                Err(_) => Component::new(&engine, &bytes.0).map_err(|e| format!("{name}: {e:#}"))?,
             },
-            None => Component::new(&engine, bytes).map_err(|e| format!("{name}: {e:#}"))?,
+            None => Component::new(&engine, &bytes.0).map_err(|e| format!("{name}: {e:#}"))?,
         },
     };
     let ticks = hello.settings.limits.timeout.map(|t| (t.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64).max(1));
