@@ -77,6 +77,41 @@ fn finish(mut child: Child, mut stderr: impl Read + Send + 'static, limit: Durat
     (status.code(), out, reader.join().unwrap())
 }
 
+fn assert_no_worker_outlives_the_run() {
+    assert!(
+        eventually(Duration::from_secs(10), || launched_workers(&wpool_bin()).is_empty()),
+        "no worker outlives the run"
+    );
+}
+
+/// Runs `cmd` (a `-v` map of `kernel` with `workers` launched workers)
+/// over `input`, SIGKILLs the worker `pick` chooses once all are up, and
+/// checks that nothing was lost or duplicated and that nothing is left.
+fn kill_a_worker_mid_run(
+    mut cmd: Command,
+    workers: usize,
+    kernel: &Path,
+    input: &str,
+    pick: fn(&[Announced]) -> usize,
+) {
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    drop(stdin);
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let (announced, seen) = read_announcements(&mut err, workers);
+    let victim = announced[pick(&announced)].pid;
+    assert!(launched_workers(&wpool_bin()).contains(&victim), "the leak check sees running workers: {seen}");
+    std::thread::sleep(Duration::from_millis(300));
+    signal(victim, libc::SIGKILL);
+    let (code, out, rest) = finish(child, err, Duration::from_secs(180));
+    assert_eq!(code, Some(0), "{seen}{rest}");
+    assert_eq!(out, local_output(kernel, input), "every item once, in order");
+    assert!(rest.contains(", 1 died,"), "the kill was seen as a worker death: {rest}");
+    assert_no_worker_outlives_the_run();
+}
+
 // ---------------------------------------------------------------------------
 // Any launcher, over loopback: the transport itself.
 
@@ -238,10 +273,7 @@ fn slurm_map_spreads_over_both_nodes_and_matches_the_local_run() {
     }
     // Each worker confined itself on its node like a local one.
     assert!(err.lines().filter(|l| announced(l).is_some()).all(|l| l.contains("seccomp=true")), "{err}");
-    assert!(
-        eventually(Duration::from_secs(10), || launched_workers(&wpool_bin()).is_empty()),
-        "no worker outlives the run"
-    );
+    assert_no_worker_outlives_the_run();
 }
 
 #[test]
@@ -266,27 +298,10 @@ fn slurm_pipeline_stages_share_the_allocation() {
 fn slurm_killing_a_remote_worker_mid_run_loses_nothing() {
     let Some(env) = slurm_cluster("slurm_killing_a_remote_worker_mid_run_loses_nothing") else { return };
     let kernel = kernel_path("hostile");
-    let input = slow_items(60);
-    let mut cmd = salloc_map(&env, &["-N2", "-n2"], &[], &kernel);
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input.as_bytes()).unwrap();
-    drop(stdin);
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let (workers, seen) = read_announcements(&mut err, 2);
-    let victim = workers.iter().find(|w| w.node == "node2").unwrap_or_else(|| panic!("no worker on node2: {seen}"));
-    assert!(launched_workers(&wpool_bin()).contains(&victim.pid), "the leak check sees running workers");
-    std::thread::sleep(Duration::from_millis(300));
-    signal(victim.pid, libc::SIGKILL);
-    let (code, out, rest) = finish(child, err, Duration::from_secs(180));
-    assert_eq!(code, Some(0), "{seen}{rest}");
-    assert_eq!(out, local_output(&kernel, &input), "every item once, in order");
-    assert!(rest.contains(", 1 died,"), "the kill was seen as a worker death: {rest}");
-    assert!(
-        eventually(Duration::from_secs(10), || launched_workers(&wpool_bin()).is_empty()),
-        "no worker outlives the run"
-    );
+    let cmd = salloc_map(&env, &["-N2", "-n2"], &[], &kernel);
+    kill_a_worker_mid_run(cmd, 2, &kernel, &slow_items(60), |workers| {
+        workers.iter().position(|w| w.node == "node2").expect("a worker on node2")
+    });
 }
 
 #[test]
@@ -383,25 +398,7 @@ fn ssh_launcher_runs_workers_through_sshd_and_matches_the_local_run() {
 fn ssh_worker_killed_mid_run_loses_nothing_and_none_outlive_the_host() {
     let Some(ssh) = ssh_launcher("ssh_worker_killed_mid_run_loses_nothing_and_none_outlive_the_host") else { return };
     let kernel = kernel_path("hostile");
-    let input = slow_items(40);
     let mut cmd = wpool();
     cmd.args(["map", "-v", "-j", "2", "--listen", "127.0.0.1", "--launcher", &ssh]).arg(&kernel);
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input.as_bytes()).unwrap();
-    drop(stdin);
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let (workers, seen) = read_announcements(&mut err, 2);
-    assert!(launched_workers(&wpool_bin()).contains(&workers[0].pid), "the leak check sees running workers");
-    std::thread::sleep(Duration::from_millis(200));
-    signal(workers[0].pid, libc::SIGKILL);
-    let (code, out, rest) = finish(child, err, Duration::from_secs(120));
-    assert_eq!(code, Some(0), "{seen}{rest}");
-    assert_eq!(out, local_output(&kernel, &input));
-    assert!(rest.contains(", 1 died,"), "{rest}");
-    assert!(
-        eventually(Duration::from_secs(10), || launched_workers(&wpool_bin()).is_empty()),
-        "no worker outlives the run"
-    );
+    kill_a_worker_mid_run(cmd, 2, &kernel, &slow_items(40), |_| 0);
 }
