@@ -16,7 +16,7 @@ use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -466,16 +466,31 @@ fn pipeline(cmd: PipelineCmd) -> Result<u8> {
     if let Some(e) = write_error {
         return Err(e.into());
     }
+    exit_code(outcome, &interrupted, &read_error, "results up to that point were printed", failed)
+}
+
+/// How a run that printed its output ends: 130 after Ctrl-C, an error for
+/// a pool failure or an input that could not be read (`after_read_error`
+/// says what was printed), else 1 if an item failed and 0 if none did.
+fn exit_code(
+    outcome: Result<(), Error>,
+    interrupted: &AtomicBool,
+    read_error: &Mutex<Option<String>>,
+    after_read_error: &str,
+    failed: bool,
+) -> Result<u8> {
     match outcome {
         Ok(()) => {}
         Err(Error::Cancelled) if interrupted.load(Ordering::SeqCst) => {
             eprintln!("wpool: interrupted");
             return Ok(130);
         }
+        // Writing the output failed: say how, as `map` always did.
+        Err(Error::Io(e)) => return Err(e.into()),
         Err(e) => return Err(e.into()),
     }
     if let Some(e) = read_error.lock().unwrap().take() {
-        anyhow::bail!("{e}; results up to that point were printed");
+        anyhow::bail!("{e}; {after_read_error}");
     }
     Ok(if failed { 1 } else { 0 })
 }
@@ -537,24 +552,18 @@ fn mapreduce(cmd: MapReduceCmd) -> Result<u8> {
     if let Some(e) = write_error {
         return Err(e.into());
     }
-    let keys = match outcome {
-        Ok(keys) => keys,
-        Err(Error::Cancelled) if interrupted.load(Ordering::SeqCst) => {
-            printer.finish()?;
-            eprintln!("wpool: interrupted");
-            return Ok(130);
+    let outcome = match outcome {
+        Ok(keys) => {
+            for (key, result) in keys {
+                failed |= result.is_err();
+                printer.key(&key, result)?;
+            }
+            Ok(())
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => Err(e),
     };
-    for (key, result) in keys {
-        failed |= result.is_err();
-        printer.key(&key, result)?;
-    }
     printer.finish()?;
-    if let Some(e) = read_error.lock().unwrap().take() {
-        anyhow::bail!("{e}; nothing after it was read");
-    }
-    Ok(if failed { 1 } else { 0 })
+    exit_code(outcome, &interrupted, &read_error, "nothing after it was read", failed)
 }
 
 fn map(kernel: &std::path::Path, args: MapArgs) -> Result<u8> {
@@ -618,19 +627,7 @@ fn map(kernel: &std::path::Path, args: MapArgs) -> Result<u8> {
     printer.finish()?;
     report_end(&pool, &args, "");
     drop(pool);
-    match outcome {
-        Ok(()) => {}
-        Err(Error::Cancelled) if interrupted.load(Ordering::SeqCst) => {
-            eprintln!("wpool: interrupted");
-            return Ok(130);
-        }
-        Err(Error::Io(e)) => return Err(e.into()),
-        Err(e) => return Err(e.into()),
-    }
-    if let Some(e) = read_error.lock().unwrap().take() {
-        anyhow::bail!("{e}; results up to that point were printed");
-    }
-    Ok(if failed { 1 } else { 0 })
+    exit_code(outcome, &interrupted, &read_error, "results up to that point were printed", failed)
 }
 
 /// Sends items in batches of up to `BATCH_ITEMS` items or `BATCH_BYTES`
