@@ -141,8 +141,8 @@ impl Kernel {
     /// The precompiled artifact for these settings (compiling on a cache
     /// miss). Workers check its digest again before deserializing.
     /// The component's bytes, as a launched worker is sent them.
-    pub(crate) fn wasm(&self) -> &[u8] {
-        &self.bytes
+    pub(crate) fn wasm(&self) -> Arc<[u8]> {
+        Arc::clone(&self.bytes)
     }
 
     pub(crate) fn artifact(&self, settings: &EngineSettings) -> Result<Artifact, Error> {
@@ -530,7 +530,8 @@ fn cache_key(engine: &Engine, bytes: &[u8], settings: &EngineSettings) -> String
     hex(&h.0.finalize())[..32].to_string()
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
         let _ = write!(s, "{b:02x}");
         s

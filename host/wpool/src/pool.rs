@@ -218,7 +218,7 @@ impl PoolBuilder {
                     crate::protocol::MAX_REMOTE_KERNEL
                 )));
             }
-            Code::Wasm { name: self.kernel.name().to_string(), bytes: crate::protocol::SharedBytes(bytes.into()) }
+            Code::Wasm { name: self.kernel.name().to_string(), bytes: crate::protocol::SharedBytes(bytes) }
         } else {
             let artifact = self.kernel.artifact(&settings)?;
             Code::Artifact { path: artifact.path.to_string_lossy().into_owned(), digest: artifact.digest }

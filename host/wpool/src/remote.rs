@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::kernel::hex;
 use crate::protocol::PROTOCOL_VERSION;
 
 /// The argument after the worker flag that makes a worker dial back.
@@ -236,10 +237,6 @@ fn random_token() -> io::Result<Token> {
         }
     }
     Ok(token)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unhex(s: &str) -> Option<Token> {

@@ -173,7 +173,6 @@ fn run(start: Start) -> Result<(), String> {
 /// on the caller's, secrets included), dial back to the host, and make the
 /// connection the protocol stream.
 fn dial() -> Result<(File, File, Option<ArtifactCache>), String> {
-    // Without a usable cache the worker compiles the kernel every time.
     let cache = ArtifactCache::default_location().ok();
     // SAFETY: no other thread exists yet (this runs before `main`), so
     // nothing reads the environment concurrently.
@@ -235,15 +234,15 @@ fn load(hello: &Hello, node_cache: Option<&ArtifactCache>) -> Result<Runtime, St
             unsafe { Component::deserialize(&engine, &bytes) }.map_err(|e| format!("artifact: {e:#}"))?
         }
         // Wasm from the network is compiled here, never deserialized.
-        Code::Wasm { name, bytes } => match node_cache {
-            // A cache that cannot be written (a read-only home) only costs
-            // the compile next time.
-            Some(cache) => match cache.component(&engine, name, &bytes.0, &hello.settings) {
-                Ok(component) => component,
-                Err(_) => Component::new(&engine, &bytes.0).map_err(|e| format!("{name}: {e:#}"))?,
-            },
-            None => Component::new(&engine, &bytes.0).map_err(|e| format!("{name}: {e:#}"))?,
-        },
+        Code::Wasm { name, bytes } => {
+            // Without a usable cache (none, or a read-only home) the worker
+            // compiles the kernel itself, every time.
+            let cached = node_cache.and_then(|c| c.component(&engine, name, &bytes.0, &hello.settings).ok());
+            match cached {
+                Some(component) => component,
+                None => Component::new(&engine, &bytes.0).map_err(|e| format!("{name}: {e:#}"))?,
+            }
+        }
     };
     let ticks = hello.settings.limits.timeout.map(|t| (t.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64).max(1));
     Runtime::new(engine, &component, hello.settings.clone(), ticks, hello.init.clone(), hello.reducer)
