@@ -421,14 +421,11 @@ impl Inputs {
     }
 }
 
+/// The median of `reps` runs after one that warms the page cache and the
+/// artifact cache.
 fn median(reps: usize, mut f: impl FnMut() -> Result<f64>) -> Result<f64> {
-    let _ = f()?; // warm the page cache and the artifact cache
-    let mut v = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        v.push(f()?);
-    }
-    v.sort_by(f64::total_cmp);
-    Ok(v[v.len() / 2])
+    let _ = f()?;
+    wpool_benches::median(reps, f)
 }
 
 fn run_peers(env: &Env, opts: &Opts) -> Result<Vec<Value>> {

@@ -20,7 +20,8 @@
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use wpool::{Chunksize, Kernel, Pool, PoolBuilder, Slurm};
+use wpool::{Chunksize, Pool, PoolBuilder, Slurm};
+use wpool_benches::median;
 
 fn main() -> Result<()> {
     let mut reps = 5;
@@ -46,8 +47,7 @@ fn main() -> Result<()> {
     if transports.len() == 1 {
         transports.push(("env (TCP loopback)".into(), vec![vec!["env".into()]]));
     }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    let kernel = Kernel::from_file(root.join("target/kernels/wasip2/echo.wasm"))?;
+    let kernel = wpool_benches::kernel("echo");
     let small: Vec<Vec<u8>> = (0..20_000).map(|i| format!("item {i}").into_bytes()).collect();
     let bulk: Vec<Vec<u8>> = (0..64).map(|i| vec![b'a' + (i % 26) as u8; 1 << 20]).collect();
     let bulk_mb = 2.0 * bulk.iter().map(Vec::len).sum::<usize>() as f64 / 1e6;
@@ -109,10 +109,4 @@ fn check(results: Vec<wpool::ItemResult>, n: usize) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn median(reps: usize, mut f: impl FnMut() -> Result<f64>) -> Result<f64> {
-    let mut v = (0..reps).map(|_| f()).collect::<Result<Vec<f64>>>()?;
-    v.sort_by(f64::total_cmp);
-    Ok(v[v.len() / 2])
 }
