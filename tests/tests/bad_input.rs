@@ -218,6 +218,45 @@ fn inspect_describes_accepted_and_rejected_kernels() {
     assert!(stdout(&o).contains("rejected"), "{}", stdout(&o));
 }
 
+fn inspect(name: &str) -> (Option<i32>, String) {
+    let mut c = wpool();
+    c.arg("inspect").arg(kernel_path(name));
+    let o = run(c, b"");
+    (o.status.code(), stdout(&o))
+}
+
+#[test]
+fn f4_inspect_reports_the_worlds_a_component_satisfies_and_the_command_that_takes_it() {
+    let (code, text) = inspect("sum");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("worlds:  wpool:kernel/reducer (accepted)\n"), "{text}");
+    assert!(text.contains("use:     wpool mapreduce --map MAP.wasm --reduce "), "{text}");
+    assert!(text.contains("reduce: func(key: list<u8>, values: list<list<u8>>) -> result<list<u8>, string>"), "{text}");
+    assert!(!text.contains("wpool:kernel/kernel"), "a reducer is no map kernel: {text}");
+
+    let (code, text) = inspect("dict");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("worlds:  wpool:kernel/kernel-with-init, wpool:kernel/kernel (accepted)\n"), "{text}");
+    assert!(text.contains("use:     wpool map --init FILE "), "{text}");
+    assert!(text.contains("init:    called once per kernel instance"), "{text}");
+    assert!(text.contains("init: func(config: list<u8>) -> result<_, string>"), "{text}");
+
+    let (code, text) = inspect("upper");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("worlds:  wpool:kernel/kernel (accepted)\n"), "{text}");
+    assert!(text.contains(&format!("use:     wpool map {} [INPUT]...", kernel_path("upper").display())), "{text}");
+    assert!(text.contains("wpool pipeline --stage "), "{text}");
+    assert!(!text.contains("init"), "{text}");
+
+    let (code, text) = inspect("wrong-world");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("worlds:  none: rejected: ") && text.contains("export `map` has type func(x: u32) -> u32"),
+        "{text}"
+    );
+    assert!(!text.contains("use:"), "{text}");
+}
+
 #[test]
 fn fail_fast_stops_at_the_first_failure() {
     let mut c = map_cmd(&kernel_path("hostile"));

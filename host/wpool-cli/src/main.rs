@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use wpool::{Chunksize, DirGrant, Error, Grants, Kernel, Limits, Pool};
+use wpool::{Chunksize, DirGrant, Error, Grants, Kernel, Limits, Pool, World};
 
 use crate::input::{Items, Split};
 use crate::output::{Format, Printer};
@@ -257,8 +257,14 @@ fn inspect(path: &std::path::Path, sandbox: bool) -> Result<u8> {
     writeln!(out, "size:    {} bytes", ins.info.size)?;
     writeln!(out, "format:  {}", ins.info.format)?;
     match &ins.rejection {
-        None => writeln!(out, "world:   wpool:kernel/kernel (accepted)")?,
-        Some(e) => writeln!(out, "world:   rejected: {e}")?,
+        None => {
+            let names: Vec<&str> = ins.worlds.iter().map(|w| w.name()).collect();
+            writeln!(out, "worlds:  {} (accepted)", names.join(", "))?;
+            for (label, line) in usage(path, &ins.worlds) {
+                writeln!(out, "{label:9}{line}")?;
+            }
+        }
+        Some(e) => writeln!(out, "worlds:  none: rejected: {e}")?,
     }
     let list = |items: &[String]| if items.is_empty() { vec!["(none)".to_string()] } else { items.to_vec() };
     for (i, imp) in list(&ins.info.imports).iter().enumerate() {
@@ -278,6 +284,38 @@ fn inspect(path: &std::path::Path, sandbox: bool) -> Result<u8> {
         }
     }
     Ok(if ins.rejection.is_none() { 0 } else { 1 })
+}
+
+/// Which commands take a kernel of these worlds (the first is how wpool
+/// runs it), and what the host does with its optional exports, for
+/// `inspect`: (label, line).
+fn usage(path: &std::path::Path, worlds: &[World]) -> Vec<(&'static str, String)> {
+    let k = path.display();
+    let Some(&world) = worlds.first() else { return vec![] };
+    if world == World::Reducer {
+        return vec![
+            ("use:", format!("wpool mapreduce --map MAP.wasm --reduce {k} [INPUT]...")),
+            ("", "(no `map`: not for wpool map or wpool pipeline)".into()),
+        ];
+    }
+    let init = if world.has_init() { "--init FILE " } else { "" };
+    let mut lines = vec![
+        ("use:", format!("wpool map {init}{k} [INPUT]...")),
+        ("", format!("wpool pipeline --stage {k} --stage ... [INPUT]...")),
+        ("", format!("wpool mapreduce --map {k} --reduce REDUCER.wasm [INPUT]...")),
+    ];
+    if world.has_init() {
+        lines.push((
+            "init:",
+            "called once per kernel instance, before any item, with FILE's bytes (empty without --init, and in \
+             pipeline and mapreduce)"
+                .into(),
+        ));
+    }
+    if worlds.iter().any(|w| matches!(w, World::BatchKernel | World::BatchKernelWithInit)) {
+        lines.push(("batch:", "`map-batch` may be given several small items in one call".into()));
+    }
+    lines
 }
 
 /// Limits, grants and the other pool settings shared by `map` and every

@@ -19,7 +19,7 @@ use wasmtime::Engine;
 
 use crate::error::Error;
 use crate::limits::EngineSettings;
-use crate::runtime::{self, INIT_EXPORT, MAP_EXPORT, REDUCE_EXPORT};
+use crate::runtime::{self, INIT_EXPORT, MAP_BATCH_EXPORT, MAP_EXPORT, REDUCE_EXPORT};
 
 /// The contract's type of `map`, for messages.
 const MAP_SIGNATURE: &str = "func(input: list<u8>) -> result<list<u8>, string>";
@@ -77,8 +77,55 @@ pub struct KernelInfo {
 pub struct Inspection {
     /// What was found.
     pub info: KernelInfo,
+    /// The worlds of the contract the component satisfies, the one wpool
+    /// runs it as first; empty when it is rejected.
+    pub worlds: Vec<World>,
     /// `None` when the kernel is accepted, else why not.
     pub rejection: Option<Error>,
+}
+
+/// A world of the contract (`wit/wpool.wit`).
+///
+/// A component satisfies every world whose exports it has with their exact
+/// types: one exporting `map` and `init` is a `kernel-with-init` and also a
+/// `kernel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum World {
+    /// `map`.
+    Kernel,
+    /// `map` and `init`.
+    KernelWithInit,
+    /// `reduce`.
+    Reducer,
+    /// `map` and `map-batch`.
+    BatchKernel,
+    /// `map`, `init` and `map-batch`.
+    BatchKernelWithInit,
+}
+
+impl World {
+    /// The world's full name, e.g. `wpool:kernel/kernel-with-init`.
+    pub fn name(self) -> &'static str {
+        match self {
+            World::Kernel => "wpool:kernel/kernel",
+            World::KernelWithInit => "wpool:kernel/kernel-with-init",
+            World::Reducer => "wpool:kernel/reducer",
+            World::BatchKernel => "wpool:kernel/batch-kernel",
+            World::BatchKernelWithInit => "wpool:kernel/batch-kernel-with-init",
+        }
+    }
+
+    /// Whether a kernel of this world has an `init` export.
+    pub fn has_init(self) -> bool {
+        matches!(self, World::KernelWithInit | World::BatchKernelWithInit)
+    }
+}
+
+impl std::fmt::Display for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl Kernel {
@@ -160,14 +207,17 @@ impl Kernel {
         let name = path.display().to_string();
         let mut info = KernelInfo { size: bytes.len(), format: format_of(&bytes), imports: vec![], exports: vec![] };
         let cache = ArtifactCache::default_location()?;
-        let rejection = match cache.get_or_compile(&name, &bytes, &EngineSettings::default()) {
+        let (worlds, rejection) = match cache.get_or_compile(&name, &bytes, &EngineSettings::default()) {
             Ok((_, component, engine)) => {
                 info = describe(&engine, &component, bytes.len());
-                check_contract(&name, &engine, &component).err()
+                match check_contract(&name, &engine, &component) {
+                    Ok(shape) => (shape.worlds(has_map_batch(&engine, &component)), None),
+                    Err(e) => (vec![], Some(e)),
+                }
             }
-            Err(e) => Some(e),
+            Err(e) => (vec![], Some(e)),
         };
-        Ok(Inspection { info, rejection })
+        Ok(Inspection { info, worlds, rejection })
     }
 }
 
@@ -283,6 +333,46 @@ fn check_export(
 struct Shape {
     init: bool,
     reducer: bool,
+}
+
+impl Shape {
+    /// The worlds satisfied, the one the host runs the kernel as first. A
+    /// component with `map` is run as a map kernel whatever else it exports,
+    /// so it is never reported as a reducer.
+    fn worlds(self, map_batch: bool) -> Vec<World> {
+        if self.reducer {
+            return vec![World::Reducer];
+        }
+        let mut worlds = Vec::new();
+        if map_batch && self.init {
+            worlds.push(World::BatchKernelWithInit);
+        }
+        if self.init {
+            worlds.push(World::KernelWithInit);
+        }
+        if map_batch {
+            worlds.push(World::BatchKernel);
+        }
+        worlds.push(World::Kernel);
+        worlds
+    }
+}
+
+/// Whether the component exports `map-batch` with the contract's type (a
+/// `map-batch` of another type is an extra export, like any other).
+fn has_map_batch(engine: &Engine, component: &Component) -> bool {
+    let ty = component.component_type();
+    matches!(ty.get_export(engine, MAP_BATCH_EXPORT).map(|e| e.ty), Some(ComponentItem::ComponentFunc(f)) if is_map_batch_signature(&f))
+}
+
+/// `map-batch: func(inputs: list<list<u8>>) -> list<result<list<u8>, string>>`.
+fn is_map_batch_signature(f: &ComponentFunc) -> bool {
+    let params: Vec<Type> = f.params().map(|(_, t)| t).collect();
+    let results: Vec<Type> = f.results().collect();
+    let is_bytes = |t: &Type| matches!(t, Type::List(l) if l.ty() == Type::U8);
+    matches!(&params[..], [Type::List(l)] if is_bytes(&l.ty()))
+        && matches!(&results[..], [Type::List(l)] if matches!(l.ty(), Type::Result(r)
+            if r.ok().as_ref().is_some_and(is_bytes) && r.err() == Some(Type::String)))
 }
 
 fn check_imports(name: &str, engine: &Engine, component: &Component) -> Result<(), Error> {

@@ -54,7 +54,7 @@ mod worker;
 
 pub use error::{Crash, Error, ItemIndex, TaskError, TaskErrorKind, WorkerId};
 pub use grants::{DirGrant, Grants};
-pub use kernel::{Inspection, Kernel, KernelInfo};
+pub use kernel::{Inspection, Kernel, KernelInfo, World};
 pub use limits::Limits;
 pub use mapreduce::{reduce_item, KeyResult, MapReduce};
 pub use pipeline::{Pipeline, PipelineResult, StageFailure};

@@ -121,6 +121,8 @@ pub(crate) const MAP_EXPORT: &str = "map";
 pub(crate) const INIT_EXPORT: &str = "init";
 /// The export of world `reducer`.
 pub(crate) const REDUCE_EXPORT: &str = "reduce";
+/// The optional export of worlds `batch-kernel` and `batch-kernel-with-init`.
+pub(crate) const MAP_BATCH_EXPORT: &str = "map-batch";
 type ReduceParams<'a> = (&'a [u8], &'a [&'a [u8]]);
 type InitResults = (Result<(), String>,);
 
