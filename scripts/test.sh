@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# Test traffic stays on loopback: a pool whose launched workers would dial
+# back to anything else fails to build (see README, Scale-out).
+export WPOOL_LOOPBACK_ONLY=1
 
 scripts/setup.sh
 

@@ -64,11 +64,26 @@ pub fn evil_launcher(mode: &str, once: Option<&Path>) -> Vec<String> {
     launcher
 }
 
-/// A `wpool` command with a generous hang guard applied by [`run`].
+/// A `wpool` command with a generous hang guard applied by [`run`], under
+/// the loopback guard (see [`loopback_only`]).
 pub fn wpool() -> Command {
     let mut c = Command::new(wpool_bin());
     c.stdin(Stdio::null());
+    loopback_only(&mut c);
     c
+}
+
+/// Puts a command that runs `wpool` under the loopback guard: a pool whose
+/// launched workers would dial back to anything but loopback fails instead
+/// (test traffic must stay on this machine's loopback). `scripts/test.sh`
+/// sets it for the whole suite; this covers a test run on its own.
+pub fn loopback_only(cmd: &mut Command) -> &mut Command {
+    cmd.env(wpool::remote::LOOPBACK_ONLY_VAR, "1")
+}
+
+/// Where launched workers of library tests dial back: loopback, a free port.
+pub fn loopback() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 /// Starts `wpool map ARGS KERNEL` with `lines` written to its stdin, which

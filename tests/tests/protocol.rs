@@ -11,7 +11,11 @@ use wpool_tests::*;
 
 /// A pool whose workers are all evil (`once: None`) or only the first one.
 fn evil_pool(mode: &str, once: Option<&std::path::Path>) -> PoolBuilder {
-    Pool::builder(kernel("echo")).workers(1).chunksize(Chunksize::Fixed(1)).launcher(evil_launcher(mode, once))
+    Pool::builder(kernel("echo"))
+        .workers(1)
+        .chunksize(Chunksize::Fixed(1))
+        .launcher(evil_launcher(mode, once))
+        .listen(loopback())
 }
 
 fn items(n: usize) -> Vec<String> {

@@ -3,15 +3,19 @@
 //! The Slurm tests run on the real throwaway cluster of `../shared/slurm`
 //! (two `slurmd` nodes on this machine), the ssh tests against a private
 //! sshd on 127.0.0.1 (`scripts/sshd.sh`). Both are started on first use;
-//! `scripts/test.sh` starts and stops them around the suite.
+//! `scripts/test.sh` starts and stops them around the suite. Every run here
+//! listens on 127.0.0.1 and runs under the loopback guard
+//! (`WPOOL_LOOPBACK_ONLY`): the cluster's nodes and the sshd are on this
+//! machine, and test traffic may not leave its loopback.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use wpool::{Kernel, Pool};
+use wpool::remote::LOOPBACK_ONLY_VAR;
+use wpool::{Error, Kernel, Pool};
 use wpool_tests::*;
 
 /// Items that each keep a worker busy for a while (tens of milliseconds).
@@ -27,12 +31,21 @@ fn local_output(kernel: &Path, input: &str) -> String {
     stdout(&out)
 }
 
-/// `salloc ARGS wpool map -v --slurm MAP_ARGS KERNEL` with the cluster's
-/// environment, input on stdin.
-fn salloc_map(env: &[(String, String)], alloc: &[&str], map_args: &[&str], kernel: &Path) -> Command {
+/// `salloc ARGS wpool …` with the cluster's environment, under the
+/// loopback guard (salloc passes its environment on to the command).
+fn salloc(env: &[(String, String)], alloc: &[&str]) -> Command {
     let mut cmd = Command::new("salloc");
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
-    cmd.args(alloc).arg(wpool_bin()).args(["map", "-v", "--slurm"]).args(map_args).arg(kernel);
+    loopback_only(&mut cmd);
+    cmd.args(alloc).arg(wpool_bin());
+    cmd
+}
+
+/// `salloc ARGS wpool map -v --slurm --listen 127.0.0.1 MAP_ARGS KERNEL`,
+/// input on stdin.
+fn salloc_map(env: &[(String, String)], alloc: &[&str], map_args: &[&str], kernel: &Path) -> Command {
+    let mut cmd = salloc(env, alloc);
+    cmd.args(["map", "-v", "--slurm", "--listen", "127.0.0.1"]).args(map_args).arg(kernel);
     cmd
 }
 
@@ -157,7 +170,7 @@ fn connections_without_the_token_are_refused_and_the_run_goes_on() {
         .workers(2)
         .launcher(["env"])
         .worker_program(wpool_bin())
-        .listen("127.0.0.1:0".parse().unwrap())
+        .listen(loopback())
         .build()
         .unwrap();
     let addr = pool.dial_address().expect("launched workers have a dial-back address");
@@ -189,8 +202,13 @@ fn a_launched_worker_compiles_the_wasm_into_its_own_cache() {
     let bytes = std::fs::read(kernel_path("upper")).unwrap();
     let kernel = Kernel::from_bytes_with_cache("upper", bytes, host_cache.path()).unwrap();
     let node_env = format!("WPOOL_CACHE_DIR={}", node_cache.path().display());
-    let mut pool =
-        Pool::builder(kernel).workers(1).launcher(["env", &node_env]).worker_program(wpool_bin()).build().unwrap();
+    let mut pool = Pool::builder(kernel)
+        .workers(1)
+        .launcher(["env", &node_env])
+        .worker_program(wpool_bin())
+        .listen(loopback())
+        .build()
+        .unwrap();
     assert_eq!(pool.map(["x"]).unwrap()[0].as_deref().unwrap(), b"X");
     let compiled = |dir: &Path| {
         std::fs::read_dir(dir).unwrap().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "cwasm")).count()
@@ -253,6 +271,72 @@ fn a_launched_worker_exits_when_its_connection_closes_whatever_its_launcher_does
     }
 }
 
+#[test]
+fn the_loopback_guard_refuses_a_listen_address_beyond_loopback_the_default_included() {
+    let path = kernel_path("upper");
+    // An address of no interface here: without the guard, a bind error.
+    let mut cmd = wpool();
+    cmd.args(["map", "-j", "1", "--launcher", "env", "--listen", "203.0.113.1"]).arg(&path);
+    let out = run(cmd, b"x\n");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "refusing to listen for launched workers on 203.0.113.1 (not a loopback address) while \
+             WPOOL_LOOPBACK_ONLY is set: pass a loopback address (--listen 127.0.0.1"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(out.stdout.is_empty());
+
+    // No --listen: this machine's address is checked as well. `false` as the
+    // launcher, so that nothing would dial it even if it were let through.
+    let mut cmd = wpool();
+    cmd.args(["map", "-j", "1", "--launcher", "false"]).arg(&path);
+    let out = run(cmd, b"x\n");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let named = |after: &str| -> Option<String> {
+        let rest = err.split_once(after)?.1;
+        Some(rest.chars().take_while(|c| c.is_ascii_hexdigit() || ".:".contains(*c)).collect())
+    };
+    match named("refusing to listen for launched workers on ") {
+        Some(ip) => assert!(!ip.parse::<IpAddr>().unwrap().is_loopback(), "{err}"),
+        // A machine without a non-loopback IPv4 address: the default is
+        // loopback, allowed, and the launcher's failure names it.
+        None => {
+            let addr = named("connected back to ").unwrap_or_else(|| panic!("{err}"));
+            assert!(addr.parse::<SocketAddr>().unwrap().ip().is_loopback(), "{err}");
+        }
+    }
+
+    // The library: a typed error, before any worker starts. The guard is
+    // read at build time; nextest runs each test in a process of its own.
+    if std::env::var_os(LOOPBACK_ONLY_VAR).is_none() {
+        std::env::set_var(LOOPBACK_ONLY_VAR, "1");
+    }
+    let err = Pool::builder(kernel("upper"))
+        .workers(1)
+        .launcher(["env"])
+        .worker_program(wpool_bin())
+        .listen("203.0.113.1:0".parse().unwrap())
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::NonLoopbackListen { addr } if addr == IpAddr::from([203, 0, 113, 1])), "{err:?}");
+    assert!(err.to_string().contains("PoolBuilder::listen"), "{err}");
+    // Local pools and launched workers on loopback are not affected.
+    let mut local = Pool::builder(kernel("upper")).workers(1).build().unwrap();
+    assert_eq!(local.map(["a"]).unwrap()[0].as_deref().unwrap(), b"A");
+    let mut launched = Pool::builder(kernel("upper"))
+        .workers(1)
+        .launcher(["env"])
+        .worker_program(wpool_bin())
+        .listen(loopback())
+        .build()
+        .unwrap();
+    assert_eq!(launched.map(["b"]).unwrap()[0].as_deref().unwrap(), b"B");
+}
+
 // ---------------------------------------------------------------------------
 // Slurm: srun inside a real allocation on two nodes.
 
@@ -283,9 +367,8 @@ fn slurm_pipeline_stages_share_the_allocation() {
     // steps must share the CPUs instead of waiting for each other.
     let (upper, echo) = (kernel_path("upper"), kernel_path("echo"));
     let input: String = (0..300).map(|i| format!("p {i}\n")).collect();
-    let mut cmd = Command::new("salloc");
-    cmd.envs(env.iter().map(|(k, v)| (k, v)));
-    cmd.args(["-N2", "-n2"]).arg(wpool_bin()).args(["pipeline", "-v", "--slurm", "--stage"]).arg(&upper);
+    let mut cmd = salloc(&env, &["-N2", "-n2"]);
+    cmd.args(["pipeline", "-v", "--slurm", "--listen", "127.0.0.1", "--stage"]).arg(&upper);
     cmd.arg("--stage").arg(&echo);
     let out = run(cmd, input.as_bytes());
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -332,7 +415,7 @@ fn slurm_host_killed_mid_run_leaves_no_remote_worker_and_no_step() {
         .env("SLURM_JOB_NODELIST", &nodes)
         .env("SLURM_TASKS_PER_NODE", "1(x2)")
         .env("SLURM_NTASKS", "2")
-        .args(["map", "-v", "--slurm"])
+        .args(["map", "-v", "--slurm", "--listen", "127.0.0.1"])
         .arg(kernel_path("hostile"));
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut host = cmd.spawn().unwrap();
@@ -361,10 +444,9 @@ fn slurm_bad_launch_is_a_clear_error_with_exit_2() {
     let kernel = kernel_path("upper");
     // An srun that cannot start the step (no such node) fails the run at
     // start-up, with srun's own words.
-    let mut cmd = Command::new("salloc");
-    cmd.envs(env.iter().map(|(k, v)| (k, v)));
-    cmd.args(["-N1", "-n1"]).arg(wpool_bin());
-    cmd.args(["map", "-j", "2", "--launcher", "srun -N1 -n1 --exact -u -w node9"]).arg(&kernel);
+    let mut cmd = salloc(&env, &["-N1", "-n1"]);
+    cmd.args(["map", "-j", "2", "--listen", "127.0.0.1", "--launcher", "srun -N1 -n1 --exact -u -w node9"])
+        .arg(&kernel);
     let out = run(cmd, b"x\n");
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);

@@ -190,7 +190,7 @@ fn r10_poison_item_fails_as_worker_crashed_and_the_rest_complete() {
 #[test]
 fn r11_workers_dying_at_startup_fail_fast_without_a_fork_storm() {
     let start = Instant::now();
-    let err = Pool::builder(kernel("echo")).workers(2).launcher(["false"]).build().unwrap_err();
+    let err = Pool::builder(kernel("echo")).workers(2).launcher(["false"]).listen(loopback()).build().unwrap_err();
     match &err {
         wpool::Error::WorkerStartup { failures, last } => {
             assert_eq!(*failures, 3, "stops at the bound, no storm");
@@ -201,7 +201,12 @@ fn r11_workers_dying_at_startup_fail_fast_without_a_fork_storm() {
     assert!(start.elapsed() < Duration::from_secs(60));
 
     // A launcher that cannot be executed at all is a spawn error naming it.
-    let err = Pool::builder(kernel("echo")).workers(1).launcher(["/nonexistent/launcher"]).build().unwrap_err();
+    let err = Pool::builder(kernel("echo"))
+        .workers(1)
+        .launcher(["/nonexistent/launcher"])
+        .listen(loopback())
+        .build()
+        .unwrap_err();
     assert!(matches!(err, wpool::Error::Spawn { .. }), "{err:?}");
     assert!(err.to_string().contains("/nonexistent/launcher"), "{err}");
 }

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo build --release -p wpool-benches
-//! target/release/transport [--reps N] [--workers N] [--launcher LABEL=CMD]... [--slurm]
+//! target/release/transport [--reps N] [--workers N] [--launcher LABEL=CMD]... [--slurm] [--listen IP]
 //! # inside an allocation, with the ssh test sshd running:
 //! eval "$(../shared/slurm/start-slurm.sh)"; eval "$(scripts/sshd.sh start)"
 //! salloc -N2 -n2 target/release/transport --launcher "ssh=$WPOOL_TEST_SSH" --slurm
@@ -15,8 +15,11 @@
 //! one small item on a warm pool, per-item cost with `chunksize 1` over
 //! 20 000 items, and bulk echo of 64 × 1 MiB (MB/s counts bytes in and
 //! out). Each figure is a median of `--reps` (5). Launched workers dial
-//! back to 127.0.0.1 except under `--slurm` (this machine's address).
+//! back to `--listen` (default 127.0.0.1, a free port: the test cluster's
+//! nodes and the sshd are on this machine, and traffic here stays on
+//! loopback; on a real cluster pass this machine's address).
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -26,6 +29,7 @@ use wpool_benches::median;
 fn main() -> Result<()> {
     let mut reps = 5;
     let mut workers = 2;
+    let mut listen = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let mut transports: Vec<(String, Vec<Vec<String>>)> = vec![("local".into(), Vec::new())];
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -36,6 +40,10 @@ fn main() -> Result<()> {
                 let spec = args.next().context("--launcher LABEL=CMD")?;
                 let (label, cmd) = spec.split_once('=').context("--launcher LABEL=CMD")?;
                 transports.push((label.into(), vec![cmd.split_whitespace().map(String::from).collect()]));
+            }
+            "--listen" => {
+                let ip = args.next().context("--listen IP")?;
+                listen = ip.parse().with_context(|| format!("--listen {ip}: not an IP address"))?;
             }
             "--slurm" => {
                 let slurm = Slurm::from_env()?;
@@ -58,10 +66,7 @@ fn main() -> Result<()> {
         let builder = |chunks: Chunksize| -> PoolBuilder {
             let mut b = Pool::builder(kernel.clone()).workers(workers).chunksize(chunks);
             if !launchers.is_empty() {
-                b = b.launchers(launchers.clone());
-                if !label.starts_with("srun") {
-                    b = b.listen("127.0.0.1:0".parse().unwrap());
-                }
+                b = b.launchers(launchers.clone()).listen(SocketAddr::new(listen, 0));
             }
             b
         };

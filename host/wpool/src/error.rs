@@ -278,6 +278,18 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// Workers started through a launcher would connect back to an address
+    /// that is not loopback while `WPOOL_LOOPBACK_ONLY` is set (the test
+    /// command sets it: test traffic stays on this machine's loopback).
+    #[error(
+        "refusing to listen for launched workers on {addr} (not a loopback address) while WPOOL_LOOPBACK_ONLY is \
+         set: pass a loopback address (--listen 127.0.0.1, library: PoolBuilder::listen), or unset \
+         WPOOL_LOOPBACK_ONLY on a real cluster"
+    )]
+    NonLoopbackListen {
+        /// The address the pool would listen on (the default included).
+        addr: std::net::IpAddr,
+    },
     /// `--slurm` / [`crate::Slurm`] outside a usable Slurm allocation.
     #[error("slurm: {0}")]
     Slurm(String),

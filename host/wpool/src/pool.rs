@@ -126,7 +126,10 @@ impl PoolBuilder {
     /// The address launched workers connect back to (default: this
     /// machine's first non-loopback IPv4 address, a free port). Port 0
     /// picks a free port. Connections must present a per-worker random
-    /// token; the traffic is not encrypted.
+    /// token; the traffic is not encrypted. With `WPOOL_LOOPBACK_ONLY` set
+    /// (as the test command sets it), [`PoolBuilder::build`] refuses any
+    /// address that is not loopback, the default included, with
+    /// [`Error::NonLoopbackListen`].
     pub fn listen(mut self, addr: std::net::SocketAddr) -> Self {
         self.command.listen = Some(addr);
         self
@@ -204,6 +207,12 @@ impl PoolBuilder {
         }
         if self.command.launchers.iter().any(Vec::is_empty) {
             return Err(Error::Config("a launcher must name a command".into()));
+        }
+        if self.command.is_remote() && crate::remote::loopback_only() {
+            let addr = crate::remote::listen_ip(self.command.listen);
+            if !addr.is_loopback() {
+                return Err(Error::NonLoopbackListen { addr });
+            }
         }
         let settings = EngineSettings { limits: self.limits.clone(), grants: self.grants.clone() };
         let code = if self.command.is_remote() {

@@ -36,6 +36,25 @@ const MAGIC: &[u8; 8] = b"wpool-dl";
 /// A one-time secret for one worker process.
 pub(crate) type Token = [u8; 16];
 
+/// The environment variable that confines launched workers to loopback:
+/// set to anything but empty or `0`, a pool with a launcher whose listen
+/// address (the default included) is not loopback fails to build. The test
+/// command sets it, because the machines this is tested on allow test
+/// traffic only to loopback; a real cluster leaves it unset.
+pub const LOOPBACK_ONLY_VAR: &str = "WPOOL_LOOPBACK_ONLY";
+
+/// Whether [`LOOPBACK_ONLY_VAR`] is in force.
+pub(crate) fn loopback_only() -> bool {
+    std::env::var_os(LOOPBACK_ONLY_VAR).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// The IP address a listener for launched workers binds: the one asked for,
+/// else this machine's (see [`default_ip`]). The loopback guard checks this
+/// same value, so that it sees what [`Listener::bind`] will do.
+pub(crate) fn listen_ip(addr: Option<SocketAddr>) -> IpAddr {
+    addr.map_or_else(default_ip, |a| a.ip())
+}
+
 /// How long a connection may take to present its token.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -58,7 +77,7 @@ impl Listener {
     /// Listens on `addr`, or on this machine's address (see
     /// [`default_ip`]) with a free port.
     pub(crate) fn bind(addr: Option<SocketAddr>) -> io::Result<Listener> {
-        let addr = addr.unwrap_or_else(|| SocketAddr::new(default_ip(), 0));
+        let addr = addr.unwrap_or_else(|| SocketAddr::new(listen_ip(None), 0));
         let socket = Arc::new(TcpListener::bind(addr)?);
         let mut addr = socket.local_addr()?;
         if addr.ip().is_unspecified() {
