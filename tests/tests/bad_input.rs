@@ -139,6 +139,27 @@ fn b09_bad_flag_values_exit_2_with_the_valid_forms() {
 }
 
 #[test]
+fn f5_a_max_item_size_no_item_can_have_is_refused_at_parse_time_with_the_number() {
+    let mut c = map_cmd(&kernel_path("upper"));
+    c.args(["--max-item-size", "3GiB"]);
+    let o = run(c, b"x\n");
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("--max-item-size") && err.contains("3221225472 bytes"), "{err}");
+    assert!(err.contains("2GiB (2147483648 bytes)"), "names the largest that works: {err}");
+    assert!(o.stdout.is_empty());
+    // The library refuses it too, before any worker starts.
+    let limits = wpool::Limits { max_item_size: 3 << 30, ..wpool::Limits::default() };
+    let e = wpool::Pool::builder(kernel("upper")).workers(1).limits(limits).build().unwrap_err();
+    assert!(matches!(e, wpool::Error::Config(_)) && e.to_string().contains("3221225472"), "{e}");
+    // Up to the largest, it is accepted.
+    let mut c = map_cmd(&kernel_path("upper"));
+    c.args(["--max-item-size", "2GiB"]);
+    let o = run(c, b"x\n");
+    assert_eq!(stdout(&o), "X\n", "{}", stderr(&o));
+}
+
+#[test]
 fn b10_non_utf8_results_are_base64_in_json() {
     let mut c = map_cmd(&kernel_path("echo"));
     c.args(["--json", "-0"]);

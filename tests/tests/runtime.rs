@@ -312,6 +312,95 @@ fn r18_legal_large_memory_under_the_cap_succeeds() {
     assert_eq!(out[0].as_deref().unwrap(), (200u64 << 20).to_string().as_bytes());
 }
 
+/// How `memory_limit` messages write a size.
+fn size_text(n: u64) -> String {
+    match n {
+        n if n % (1 << 30) == 0 => format!("{} GiB", n >> 30),
+        n if n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n => format!("{:.1} MiB", n as f64 / f64::from(1 << 20)),
+    }
+}
+
+#[test]
+fn f5_an_item_over_128_mib_passes_under_a_larger_max_item_size() {
+    let limits = Limits { max_item_size: 1 << 30, ..Limits::default() };
+    let mut p = pool_with("upper", 1, limits);
+    let item = vec![b'a'; 200 << 20];
+    let out = p.map([item]).unwrap();
+    let result = out.into_iter().next().unwrap().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(result.len(), 200 << 20);
+    assert!(result.iter().all(|&b| b == b'A'));
+}
+
+#[test]
+fn f5_a_result_over_the_cap_and_over_128_mib_is_item_too_large_not_a_trap() {
+    let mut p = pool("hostile", 1);
+    let pids = p.worker_pids();
+    let out = p.map(["result:200", "result:1"]).unwrap();
+    let e = out[0].as_ref().unwrap_err();
+    assert_eq!(e.kind, TaskErrorKind::ItemTooLarge, "{e}");
+    assert!(e.message.contains(&format!("{}-byte cap", Limits::default().max_item_size)), "{}", e.message);
+    assert_eq!(out[1].as_ref().unwrap().len(), 1 << 20);
+    assert_eq!(p.worker_pids(), pids);
+}
+
+#[test]
+fn f6_without_a_memory_cap_an_allocation_failure_is_memory_limit_naming_the_default_cap() {
+    let mut p = pool("hostile", 1);
+    let pids = p.worker_pids();
+    let out = p.map(["oom", "alloc:8"]).unwrap();
+    let e = out[0].as_ref().unwrap_err();
+    assert_eq!(e.kind, TaskErrorKind::MemoryLimit, "{e}");
+    let cap = Limits::default_memory(1);
+    assert!(e.message.starts_with(&format!("memory limit of {} exceeded: ", size_text(cap))), "{}", e.message);
+    assert!(e.message.contains("the kernel asked for ") && e.message.contains("the default cap"), "{}", e.message);
+    assert_eq!(out[1].as_deref().unwrap(), b"8388608");
+    assert_eq!(p.worker_pids(), pids);
+    // A share of RAM per worker: more workers, no larger a cap each.
+    assert!((256 << 20..=4 << 30).contains(&cap), "{cap}");
+    assert!(Limits::default_memory(64) <= cap);
+
+    // The CLI documents the default and reports it the same way.
+    let mut cmd = wpool();
+    cmd.args(["map", "--help"]);
+    let help = stdout(&run(cmd, b""));
+    assert!(help.contains("[default: half of this machine's RAM"), "{help}");
+    let mut cmd = wpool();
+    cmd.args(["map", "-j", "1"]).arg(kernel_path("hostile"));
+    let o = run(cmd, b"oom\n");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(&format!("memory_limit: memory limit of {} exceeded", size_text(cap))),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn f7_shadow_stack_overflow_is_stack_overflow() {
+    for flavour in ["wasip2", "unknown"] {
+        let kernel = wpool::Kernel::from_file(kernel_path_of(flavour, "hostile")).unwrap();
+        let mut p = Pool::builder(kernel).workers(1).build().unwrap();
+        let pids = p.worker_pids();
+        let out = p.map(["recurse-array", "fine", "recurse"]).unwrap();
+        let e = out[0].as_ref().unwrap_err();
+        assert_eq!(e.kind, TaskErrorKind::StackOverflow, "{flavour}: {e}");
+        assert!(e.message.contains("shadow stack overflow"), "{}", e.message);
+        assert!(e.message.contains("`hostile.wasm!hostile::recurse_array` recursed"), "{}", e.message);
+        assert!(e.message.contains("-zstack-size="), "the hint says how to get a larger stack: {}", e.message);
+        assert_eq!(out[1].as_deref().unwrap(), b"fine");
+        // Recursion on the wasm stack itself is told apart.
+        let e = out[2].as_ref().unwrap_err();
+        assert_eq!((&e.kind, e.message.as_str()), (&TaskErrorKind::StackOverflow, "wasm stack overflow"));
+        assert_eq!(p.worker_pids(), pids);
+    }
+    // An out-of-bounds access outside a recursion is still a trap.
+    let out = pool("hostile", 1).map(["oob"]).unwrap();
+    let e = out[0].as_ref().unwrap_err();
+    assert_eq!(e.kind, TaskErrorKind::Trap, "{e}");
+    assert!(e.message.contains("out of bounds memory access"), "{}", e.message);
+}
+
 fn upper_reference(items: &[String]) -> Vec<Vec<u8>> {
     items.iter().map(|s| s.to_ascii_uppercase().into_bytes()).collect()
 }

@@ -141,7 +141,9 @@ struct MapArgs {
     /// Per-item time limit, e.g. `500ms`, `2s`, `1m`.
     #[arg(long, value_name = "DUR", value_parser = units::parse_duration)]
     timeout: Option<std::time::Duration>,
-    /// Per-instance memory cap, e.g. `64MiB`, `1GiB`.
+    /// Per-instance memory cap, e.g. `64MiB`, `1GiB`; growing past it fails
+    /// the item as `memory_limit` [default: half of this machine's RAM
+    /// (or cgroup limit) divided by the workers, between 256MiB and 4GiB].
     #[arg(long, value_name = "SIZE", value_parser = units::parse_size)]
     memory: Option<u64>,
     /// Per-item fuel (about one unit per wasm instruction).
@@ -154,8 +156,9 @@ struct MapArgs {
     /// A fresh kernel instance for every item (no state carries over).
     #[arg(long, conflicts_with = "max_items_per_instance")]
     isolate: bool,
-    /// Largest item and largest result.
-    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = units::parse_size)]
+    /// Largest item and largest result, at most 2GiB (both must fit in the
+    /// kernel's wasm32 memory, and --memory must leave room for them).
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = units::parse_item_size)]
     max_item_size: u64,
     /// Configuration for a kernel with an `init` export (world
     /// `kernel-with-init`): FILE's bytes are passed to `init` once per kernel

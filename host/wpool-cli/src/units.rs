@@ -67,6 +67,19 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     }
 }
 
+/// `--max-item-size`: a size no larger than an item can be.
+pub fn parse_item_size(s: &str) -> Result<u64, String> {
+    let size = parse_size(s)?;
+    let max = wpool::Limits::MAX_ITEM_SIZE as u64;
+    if size > max {
+        return Err(format!(
+            "`{s}` ({size} bytes) is over the largest item size, 2GiB ({max} bytes): an item and its result must \
+             fit in the kernel's wasm32 memory, which ends at 4GiB"
+        ));
+    }
+    Ok(size)
+}
+
 /// A command line split into words.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Words(pub Vec<String>);

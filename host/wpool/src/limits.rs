@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 
 /// Limits applied to every item a kernel processes.
 ///
-/// The default is what the CLI uses without flags: no timeout, no memory cap
-/// beyond wasm's own 4 GiB, no fuel, 64 MiB items and results.
+/// The default is what the CLI uses without flags: no timeout, the default
+/// memory cap ([`Limits::default_memory`]), no fuel, 64 MiB items and
+/// results.
 ///
 /// ```
 /// use std::time::Duration;
@@ -26,11 +27,13 @@ use serde::{Deserialize, Serialize};
 pub struct Limits {
     /// Wall-clock time one `map` call may take (epoch interruption).
     pub timeout: Option<Duration>,
-    /// Bytes of linear memory one kernel instance may hold.
+    /// Bytes of linear memory one kernel instance may hold; `None`: the
+    /// pool's share of this machine's RAM, [`Limits::default_memory`].
     pub memory: Option<u64>,
     /// Fuel (roughly: wasm instructions) one `map` call may consume.
     pub fuel: Option<u64>,
-    /// Largest item, and largest result, in bytes.
+    /// Largest item, and largest result, in bytes; at most
+    /// [`Limits::MAX_ITEM_SIZE`].
     pub max_item_size: usize,
     /// Bytes of wasm stack; deeper recursion is a `stack_overflow`.
     pub max_wasm_stack: usize,
@@ -51,17 +54,77 @@ impl Default for Limits {
     }
 }
 
+/// wasm32's linear memory ends at 4 GiB, whatever the cap.
+const WASM32_MEMORY: u64 = 4 << 30;
+
+impl Limits {
+    /// The largest `max_item_size` that can work: an item is copied into the
+    /// kernel's linear memory, which wasm32 ends at 4 GiB, and its result is
+    /// made there too.
+    pub const MAX_ITEM_SIZE: usize = 2 << 30;
+
+    /// The memory cap of an instance when [`Limits::memory`] is `None`, for a
+    /// pool of `workers`: half of this machine's RAM (or of the cgroup's
+    /// memory limit, if lower) shared out between the workers, at least
+    /// 256 MiB and at most wasm32's 4 GiB. So a memory-hungry kernel fails
+    /// as `memory_limit` before the machine starts swapping or the OOM
+    /// killer picks a process, while one worker per core still leaves half
+    /// of the RAM to everything else.
+    ///
+    /// ```
+    /// let cap = wpool::Limits::default_memory(2);
+    /// assert!((256 << 20..=4 << 30).contains(&cap));
+    /// ```
+    pub fn default_memory(workers: usize) -> u64 {
+        let share = usable_ram().unwrap_or(0) / 2 / workers.max(1) as u64;
+        share.clamp(256 << 20, WASM32_MEMORY)
+    }
+}
+
+/// Bytes of RAM this process may use: physical RAM, or a cgroup v2 limit
+/// below it (containers, Slurm steps).
+fn usable_ram() -> Option<u64> {
+    // SAFETY: sysconf only reads configuration values.
+    let (pages, page) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let physical = u64::try_from(pages).ok()?.checked_mul(u64::try_from(page).ok()?)?;
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok().and_then(|s| s.trim().parse::<u64>().ok());
+    Some(cgroup.map_or(physical, |c| c.min(physical)))
+}
+
 /// What a worker needs to rebuild the engine that compiled the artifact, plus
 /// the limits it enforces. Crosses the wire in the handshake.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngineSettings {
-    /// The per-item limits.
+    /// The per-item limits, with the memory cap always set.
     pub limits: Limits,
     /// What kernels may reach.
     pub grants: crate::grants::Grants,
+    /// Whether the memory cap is the default share rather than the caller's
+    /// (said in `memory_limit` messages: the fix is then to set one).
+    pub default_memory: bool,
 }
 
 impl EngineSettings {
+    /// The settings of a pool of `workers`: the default memory cap filled
+    /// in, and limits that cannot work refused.
+    pub(crate) fn new(
+        mut limits: Limits,
+        grants: crate::grants::Grants,
+        workers: usize,
+    ) -> Result<EngineSettings, crate::Error> {
+        if limits.max_item_size > Limits::MAX_ITEM_SIZE {
+            return Err(crate::Error::Config(format!(
+                "max_item_size of {} bytes is over the {} bytes an item can have (it must fit in wasm32's \
+                 4 GiB linear memory together with its result)",
+                limits.max_item_size,
+                Limits::MAX_ITEM_SIZE
+            )));
+        }
+        let default_memory = limits.memory.is_none();
+        limits.memory = Some(limits.memory.unwrap_or_else(|| Limits::default_memory(workers)));
+        Ok(EngineSettings { limits, grants, default_memory })
+    }
+
     /// The part of the settings that changes generated code: artifacts are
     /// cached under it.
     pub(crate) fn codegen_key(&self) -> String {

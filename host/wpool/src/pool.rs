@@ -214,7 +214,7 @@ impl PoolBuilder {
                 return Err(Error::NonLoopbackListen { addr });
             }
         }
-        let settings = EngineSettings { limits: self.limits.clone(), grants: self.grants.clone() };
+        let settings = EngineSettings::new(self.limits.clone(), self.grants.clone(), self.workers)?;
         let code = if self.command.is_remote() {
             // Launched workers may run anywhere: they get the wasm and
             // compile it themselves, never a precompiled artifact.

@@ -43,18 +43,33 @@ impl WasiView for State {
 /// failure would look like a bare trap.
 struct Limiter {
     memory: Option<u64>,
-    refused: Option<usize>,
+    refused: Option<Refusal>,
+}
+
+/// A `memory.grow` that did not happen.
+#[derive(Debug, Clone)]
+enum Refusal {
+    /// Refused by the cap.
+    OverCap { current: usize, desired: usize },
+    /// Failed otherwise: past wasm32's 4 GiB (wasmtime refuses before asking
+    /// the limiter), or the host could not map the memory.
+    Failed { reason: String },
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
         match self.memory {
             Some(cap) if desired as u64 > cap => {
-                self.refused = Some(desired);
+                self.refused = Some(Refusal::OverCap { current, desired });
                 Ok(false)
             }
             _ => Ok(true),
         }
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.refused = Some(Refusal::Failed { reason: format!("{error:#}") });
+        Ok(())
     }
 
     fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
@@ -111,8 +126,20 @@ fn new_store(
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
+    store.set_hostcall_fuel(hostcall_fuel(settings.limits.max_item_size));
     store.epoch_deadline_trap();
     Ok(store)
+}
+
+/// wasmtime's default bound on the bytes one call may copy out of the guest.
+const DEFAULT_HOSTCALL_FUEL: usize = 128 << 20;
+
+/// The bound on the bytes one call may copy out of the guest: wasmtime's
+/// default (a DoS guard) would fail results over 128 MiB as a trap however
+/// large the item cap, so it grows with the cap, plus room for the
+/// `result`'s own bookkeeping. Never below the default: WASI calls rely on it.
+fn hostcall_fuel(max_item_size: usize) -> usize {
+    max_item_size.saturating_add(64 << 10).max(DEFAULT_HOSTCALL_FUEL)
 }
 
 /// The kernel export the host calls.
@@ -242,7 +269,7 @@ impl Runtime {
             Ok((_, Some(Err(message)))) => {
                 Err(err(WireKind::Kernel, format!("init failed: {message}"), self.stderr.take()))
             }
-            Err(e) => Err(self.classify(&e, store.data().limiter.refused)),
+            Err(e) => Err(self.classify(&e, store.data_mut().limiter.refused.take())),
         }
     }
 
@@ -301,7 +328,7 @@ impl Runtime {
             Ok((Err(message),)) => err(WireKind::Kernel, message, self.stderr.take()),
             Err(e) => {
                 // A trapped instance refuses further calls: drop it.
-                return self.classify(&e, live.store.data().limiter.refused);
+                return self.classify(&e, live.store.data_mut().limiter.refused.take());
             }
         };
         live.items += 1;
@@ -312,30 +339,49 @@ impl Runtime {
         outcome
     }
 
-    fn classify(&self, e: &wasmtime::Error, refused: Option<usize>) -> Outcome {
+    fn classify(&self, e: &wasmtime::Error, refused: Option<Refusal>) -> Outcome {
         let stderr = self.stderr.take();
-        if let Some(desired) = refused {
-            let cap = self.settings.limits.memory.unwrap_or_default();
-            return err(
-                WireKind::MemoryLimit,
-                format!(
-                    "memory limit of {} exceeded: the kernel asked for {}",
-                    bytes_human(cap),
-                    bytes_human(desired as u64)
-                ),
-                stderr,
-            );
+        if let Some(refusal) = refused {
+            return err(WireKind::MemoryLimit, self.memory_message(&refusal), stderr);
         }
         if let Some(exit) = e.downcast_ref::<I32Exit>() {
             return err(WireKind::KernelExit(exit.0), format!("kernel called exit({})", exit.0), stderr);
         }
-        let backtrace = e.downcast_ref::<wasmtime::WasmBacktrace>().map(|b| b.to_string()).unwrap_or_default();
-        let (kind, message) = match e.downcast_ref::<Trap>() {
-            Some(Trap::StackOverflow) => (WireKind::StackOverflow, "wasm stack overflow".to_string()),
-            Some(Trap::OutOfFuel) => (WireKind::OutOfFuel, "the item used up its fuel".to_string()),
-            Some(Trap::Interrupt) => (WireKind::Timeout, "the item ran past its timeout".to_string()),
-            Some(trap) => (WireKind::Trap, trap.to_string()),
-            None => (WireKind::Trap, format!("{:#}", e.root_cause())),
+        // wasmtime's message; its error type is private.
+        if e.chain().any(|c| c.to_string().contains("fuel allocated for hostcalls has been exhausted")) {
+            let max = self.settings.limits.max_item_size;
+            return err(
+                WireKind::ItemTooLarge,
+                format!(
+                    "the kernel passed more than {} bytes to the host in one call: its result is over the \
+                     {max}-byte cap",
+                    hostcall_fuel(max)
+                ),
+                stderr,
+            );
+        }
+        let trace = e.downcast_ref::<wasmtime::WasmBacktrace>();
+        let backtrace = trace.map(|b| b.to_string()).unwrap_or_default();
+        let trap = e.downcast_ref::<Trap>();
+        let recursion = match trap {
+            Some(Trap::MemoryOutOfBounds) => trace.and_then(runaway_recursion),
+            _ => None,
+        };
+        let (kind, message) = match (trap, recursion) {
+            (Some(Trap::StackOverflow), _) => (WireKind::StackOverflow, "wasm stack overflow".to_string()),
+            (_, Some(function)) => (
+                WireKind::StackOverflow,
+                format!(
+                    "shadow stack overflow: `{function}` recursed until its frames ran off the start of linear \
+                     memory (the stack in linear memory, where locals whose address is taken live, such as \
+                     arrays and borrowed locals, is separate from the wasm stack and usually 1 MiB); recurse \
+                     less, or link the kernel with a larger stack (Rust: `-C link-arg=-zstack-size=8388608`)"
+                ),
+            ),
+            (Some(Trap::OutOfFuel), _) => (WireKind::OutOfFuel, "the item used up its fuel".to_string()),
+            (Some(Trap::Interrupt), _) => (WireKind::Timeout, "the item ran past its timeout".to_string()),
+            (Some(trap), _) => (WireKind::Trap, trap.to_string()),
+            (None, _) => (WireKind::Trap, format!("{:#}", e.root_cause())),
         };
         let message = match kind {
             WireKind::Trap if !backtrace.is_empty() => format!("{message}\n{}", backtrace.trim_end()),
@@ -344,6 +390,81 @@ impl Runtime {
         };
         err(kind, message, stderr)
     }
+
+    /// What a `memory_limit` says: the cap, what the kernel asked for, and
+    /// where the cap came from when the caller did not set it.
+    fn memory_message(&self, refusal: &Refusal) -> String {
+        let cap = self.settings.limits.memory.unwrap_or(4 << 30);
+        let mut message = match refusal {
+            Refusal::OverCap { current: 0, desired } => format!(
+                "memory limit of {} exceeded: the kernel asked for {} of linear memory to start with",
+                bytes_human(cap),
+                bytes_human(*desired as u64)
+            ),
+            Refusal::OverCap { current, desired } => format!(
+                "memory limit of {} exceeded: the kernel asked for {} more, to grow its linear memory from {} to {}",
+                bytes_human(cap),
+                bytes_human((desired - current) as u64),
+                bytes_human(*current as u64),
+                bytes_human(*desired as u64)
+            ),
+            Refusal::Failed { reason } => format!(
+                "memory limit of {} exceeded: the kernel asked for more memory than it can have ({reason}; \
+                 wasm32 memory ends at 4 GiB)",
+                bytes_human(cap)
+            ),
+        };
+        if self.settings.default_memory {
+            message.push_str(
+                " (the default cap: half of this machine's RAM shared by the pool's workers, between 256 MiB and \
+                 4 GiB; set one with --memory / Limits::memory)",
+            );
+        }
+        message
+    }
+}
+
+/// The function of a backtrace that calls itself over and over, if the
+/// trap happened deep in such a recursion. A recursion whose frames hold
+/// address-taken locals (arrays, borrowed locals) keeps them on the shadow
+/// stack in linear memory, which grows down from its top towards address 0;
+/// running past 0 wraps around to an address near 4 GiB, so the recursion
+/// ends in an out-of-bounds trap long before the wasm stack overflows.
+fn runaway_recursion(trace: &wasmtime::WasmBacktrace) -> Option<String> {
+    let frames = trace.frames();
+    // wasmtime keeps the innermost 20 frames by default: a recursion that
+    // fills most of them is deep; a few repeats are ordinary code.
+    if frames.len() < 16 {
+        return None;
+    }
+    let key = |f: &wasmtime::FrameInfo| (f.module().name().map(str::to_string), f.func_index());
+    let (top, count) = frames
+        .iter()
+        .map(key)
+        .fold(Vec::<((Option<String>, u32), usize)>::new(), |mut counts, k| {
+            match counts.iter_mut().find(|(seen, _)| *seen == k) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((k, 1)),
+            }
+            counts
+        })
+        .into_iter()
+        .max_by_key(|(_, n)| *n)?;
+    if count * 2 < frames.len() {
+        return None;
+    }
+    let position = frames.iter().position(|f| key(f) == top)?;
+    // The backtrace's own rendering has the demangled name.
+    let prefix = format!("  {position:>3}: ");
+    let shown = trace.to_string();
+    let line = shown.lines().find_map(|l| l.strip_prefix(prefix.as_str()))?;
+    let name = line.split_once(" - ").map_or(line, |(_, name)| name).trim();
+    // Rust's legacy mangling ends in a hash that only adds noise here.
+    let name = match name.rsplit_once("::h") {
+        Some((path, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => path,
+        _ => name,
+    };
+    Some(name.to_string())
 }
 
 fn err(kind: WireKind, mut message: String, stderr: Vec<u8>) -> Outcome {
@@ -358,18 +479,20 @@ fn err(kind: WireKind, mut message: String, stderr: Vec<u8>) -> Outcome {
     Outcome::Err(WireError { kind, message, stderr })
 }
 
+/// `64 MiB`, `4 GiB`, `65.1 MiB`, `4095.9 MiB`, `1000 bytes`: exact when it
+/// is a whole number of the unit, else to a tenth of a KiB or MiB (memory
+/// grows by 64 KiB pages; a tenth of a GiB would hide such steps).
 pub(crate) fn bytes_human(n: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 && (v / 1024.0).fract() == 0.0 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} bytes")
+    let (shift, unit) = match n {
+        0..1024 => return format!("{n} bytes"),
+        n if n >= 1 << 30 && n % (1 << 30) == 0 => return format!("{} GiB", n >> 30),
+        n if n >= 1 << 20 => (20, "MiB"),
+        _ => (10, "KiB"),
+    };
+    if n % (1 << shift) == 0 {
+        format!("{} {unit}", n >> shift)
     } else {
-        format!("{v} {}", UNITS[unit])
+        format!("{:.1} {unit}", n as f64 / (1u64 << shift) as f64)
     }
 }
 
@@ -472,5 +595,9 @@ mod tests {
     fn bytes_human_prefers_exact_units() {
         assert_eq!(bytes_human(64 << 20), "64 MiB");
         assert_eq!(bytes_human(1000), "1000 bytes");
+        assert_eq!(bytes_human((64 << 20) + (64 << 10)), "64.1 MiB");
+        assert_eq!(bytes_human(4 << 30), "4 GiB");
+        assert_eq!(bytes_human((4 << 30) - (64 << 10)), "4095.9 MiB");
+        assert_eq!(bytes_human(1536), "1.5 KiB");
     }
 }
