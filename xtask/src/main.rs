@@ -1,6 +1,8 @@
 //! Project tasks that need more than cargo: `cargo xtask kernels` builds the
 //! guest kernels for both targets and turns the `wasm32-unknown-unknown` core
-//! modules into import-free components.
+//! modules into import-free components; `cargo xtask component CORE OUT`
+//! does that last step for a kernel of one's own (README, "Writing a
+//! kernel").
 //!
 //! Output: `target/kernels/wasip2/NAME.wasm` (components that import WASI
 //! 0.2) and `target/kernels/unknown/NAME.wasm` (components without imports).
@@ -14,8 +16,9 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("kernels") => kernels(),
+        Some("component") if args.len() == 3 => component(Path::new(&args[1]), Path::new(&args[2])),
         _ => {
-            eprintln!("usage: cargo xtask kernels");
+            eprintln!("usage: cargo xtask kernels\n       cargo xtask component CORE.wasm OUT.wasm");
             std::process::exit(2);
         }
     }
@@ -69,6 +72,18 @@ fn kernels() -> Result<()> {
         println!("{}: {}", dest.display(), names.join(" "));
     }
     python_kernel(&root, &target_dir, &out.join("python"))
+}
+
+/// A `wasm32-unknown-unknown` core module (with the component type that
+/// wit-bindgen embeds) as a component without imports.
+fn component(core: &Path, out: &Path) -> Result<()> {
+    let bytes = std::fs::read(core).with_context(|| format!("reading {}", core.display()))?;
+    let component = wit_component::ComponentEncoder::default()
+        .module(&bytes)
+        .and_then(|e| e.validate(true).encode())
+        .with_context(|| format!("turning {} into a component", core.display()))?;
+    std::fs::write(out, component).with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
 }
 
 /// The Python example kernel, built with componentize-py from the venv that

@@ -8,6 +8,8 @@
 //! kernel-load or input errors (nothing run) and pool failures; 130
 //! interrupted.
 
+mod cache;
+mod completions;
 mod input;
 mod output;
 mod units;
@@ -75,6 +77,27 @@ Example:\n  wpool mapreduce --map target/kernels/wasip2/wordcount.wasm --reduce 
         /// itself on this machine (seccomp, Landlock, no_new_privs).
         #[arg(long)]
         sandbox: bool,
+    },
+    /// Show the compiled-artifact cache: directory, artifacts, bytes, cap.
+    ///
+    /// Kernels are compiled once and kept here; when a new artifact takes
+    /// the cache over its cap (`WPOOL_CACHE_MAX`, default 2GiB), the least
+    /// recently used are removed.
+    #[command(
+        after_long_help = "Example:\n  wpool cache\n  wpool cache clean\n  WPOOL_CACHE_MAX=500MiB wpool map kernel.wasm items.txt"
+    )]
+    Cache {
+        #[command(subcommand)]
+        action: Option<cache::CacheCmd>,
+    },
+    /// Print a shell completion script.
+    #[command(
+        after_long_help = "Example:\n  wpool completions bash > ~/.local/share/bash-completion/completions/wpool\n  \
+wpool completions zsh > ~/.zfunc/_wpool\n  wpool completions fish > ~/.config/fish/completions/wpool.fish"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
 }
 
@@ -236,6 +259,8 @@ fn main() -> ExitCode {
         Command::Pipeline(cmd) => pipeline(*cmd),
         Command::Mapreduce(cmd) => mapreduce(*cmd),
         Command::Inspect { kernel, sandbox } => inspect(&kernel, sandbox),
+        Command::Cache { action } => cache::run(action),
+        Command::Completions { shell } => completions::run(shell),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use wasmtime::component::types::{ComponentFunc, ComponentItem, Type};
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
+use crate::cache;
 use crate::error::Error;
 use crate::limits::EngineSettings;
 use crate::runtime::{self, INIT_EXPORT, MAP_BATCH_EXPORT, MAP_EXPORT, REDUCE_EXPORT};
@@ -193,7 +194,9 @@ impl Kernel {
     }
 
     pub(crate) fn artifact(&self, settings: &EngineSettings) -> Result<Artifact, Error> {
-        if settings.codegen_key() == EngineSettings::default().codegen_key() {
+        // Removed by hand since the kernel was loaded (`wpool cache clean`
+        // keeps artifacts in use): compile it again.
+        if settings.codegen_key() == EngineSettings::default().codegen_key() && self.default_artifact.path.exists() {
             return Ok(self.default_artifact.clone());
         }
         self.cache.get_or_compile(&self.name, &self.bytes, settings).map(|(a, _, _)| a)
@@ -477,6 +480,8 @@ pub(crate) struct Artifact {
 #[derive(Debug, Clone)]
 pub(crate) struct ArtifactCache {
     dir: PathBuf,
+    /// Above this, writing an artifact evicts the least recently used.
+    max_bytes: u64,
 }
 
 impl ArtifactCache {
@@ -512,7 +517,16 @@ impl ArtifactCache {
                 meta.permissions().mode() & 0o777
             )));
         }
-        Ok(ArtifactCache { dir })
+        let max_bytes = cache::max_from_env(&dir)?;
+        Ok(ArtifactCache { dir, max_bytes })
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(crate) fn max_bytes(&self) -> u64 {
+        self.max_bytes
     }
 
     /// Returns the artifact for `bytes` under `settings`, compiling and
@@ -562,16 +576,27 @@ impl ArtifactCache {
             .serialize()
             .map_err(|e| Error::InvalidKernel { kernel: name.into(), message: format!("serializing: {e:#}") })?;
         let digest: [u8; 32] = Sha256::digest(&serialized).into();
-        self.write_atomic(&path, &serialized)?;
-        self.write_atomic(&sum_path, hex(&digest).as_bytes())?;
+        // Held before eviction runs, so that no other process evicts it
+        // before this one's workers have read it; a cleaner racing the
+        // write gets one more write.
+        for _ in 0..2 {
+            self.write_atomic(&path, &serialized)?;
+            self.write_atomic(&sum_path, hex(&digest).as_bytes())?;
+            if cache::hold(&path).is_some() {
+                break;
+            }
+        }
+        cache::evict(&self.dir, self.max_bytes, &path);
         Ok((Artifact { path, digest }, component))
     }
 
     /// A cache hit is used only if its recorded digest matches; anything
     /// else (missing, truncated, tampered) is a miss and gets recompiled.
     fn load(&self, engine: &Engine, path: &Path, sum_path: &Path) -> Option<(Artifact, Component)> {
+        let mut file = cache::hold(path)?;
         let recorded = fs::read_to_string(sum_path).ok()?;
-        let bytes = fs::read(path).ok()?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).ok()?;
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
         if hex(&digest) != recorded.trim() {
             return None;
@@ -581,6 +606,7 @@ impl ArtifactCache {
         // recorded then; wasmtime also checks the artifact's engine
         // compatibility header. Nothing here came over the network.
         let component = unsafe { Component::deserialize(engine, &bytes) }.ok()?;
+        cache::touch(&file);
         Some((Artifact { path: path.to_path_buf(), digest }, component))
     }
 

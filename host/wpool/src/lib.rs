@@ -34,6 +34,7 @@
 #![deny(missing_docs)]
 #![cfg(target_os = "linux")]
 
+mod cache;
 mod error;
 mod grants;
 mod kernel;
@@ -52,6 +53,7 @@ mod slurm;
 mod supervisor;
 mod worker;
 
+pub use cache::{Cache, CacheUsage, Cleaned, DEFAULT_MAX_BYTES as CACHE_DEFAULT_MAX_BYTES, MAX_ENV as CACHE_MAX_ENV};
 pub use error::{Crash, Error, ItemIndex, TaskError, TaskErrorKind, WorkerId};
 pub use grants::{DirGrant, Grants};
 pub use kernel::{Inspection, Kernel, KernelInfo, World};

@@ -1,0 +1,208 @@
+//! The CLI's housekeeping commands: `wpool cache` (listing, cleaning, the
+//! size cap with least-recently-used eviction, cleaning during a run) and
+//! `wpool completions`. Every test uses a private cache directory.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use wpool_tests::*;
+
+/// `wpool` with its cache in `cache`.
+fn wpool_in(cache: &Path) -> Command {
+    let mut c = wpool();
+    c.env("WPOOL_CACHE_DIR", cache).env_remove("WPOOL_CACHE_MAX");
+    c
+}
+
+fn with_args(mut c: Command, args: &[&str]) -> Command {
+    c.args(args);
+    c
+}
+
+fn map_one(cache: &Path, kernel: &str, item: &str, cap: Option<&str>) -> String {
+    let mut c = wpool_in(cache);
+    c.args(["map", "-j", "1"]).arg(kernel_path(kernel));
+    if let Some(cap) = cap {
+        c.env("WPOOL_CACHE_MAX", cap);
+    }
+    let o = run(c, format!("{item}\n").as_bytes());
+    assert!(o.status.success(), "map {kernel}: {}", stderr(&o));
+    stdout(&o)
+}
+
+/// `KEY.cwasm` file names in the cache, sorted.
+fn artifacts(cache: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".cwasm"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The value after `field:` in `wpool cache`'s listing.
+fn listing(cache: &Path, field: &str) -> String {
+    let o = run(with_args(wpool_in(cache), &["cache"]), b"");
+    assert!(o.status.success(), "wpool cache: {}", stderr(&o));
+    let out = stdout(&o);
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no `{field}:` in {out}"))
+        .trim()
+        .to_string()
+}
+
+/// The artifact a kernel compiles to (name, bytes with its digest), learnt
+/// in a scratch cache: names are keyed by wasm, engine and settings only.
+fn artifact_of(kernel: &str) -> (String, u64) {
+    let scratch = tempfile::tempdir().unwrap();
+    map_one(scratch.path(), kernel, "x", None);
+    let names = artifacts(scratch.path());
+    assert_eq!(names.len(), 1, "{names:?}");
+    let size = |p: PathBuf| std::fs::metadata(p).unwrap().len();
+    let key = names[0].trim_end_matches(".cwasm");
+    let bytes = size(scratch.path().join(&names[0])) + size(scratch.path().join(format!("{key}.sha256")));
+    (names[0].clone(), bytes)
+}
+
+#[test]
+fn cache_lists_cleans_and_a_run_after_clean_compiles_again() {
+    let cache = tempfile::tempdir().unwrap();
+    assert_eq!(listing(cache.path(), "artifacts"), "0");
+    assert_eq!(map_one(cache.path(), "upper", "abc", None), "ABC\n");
+    assert_eq!(map_one(cache.path(), "echo", "abc", None), "abc\n");
+
+    assert_eq!(listing(cache.path(), "directory"), cache.path().display().to_string());
+    assert_eq!(listing(cache.path(), "artifacts"), "2");
+    let on_disk: u64 = std::fs::read_dir(cache.path()).unwrap().flatten().map(|e| e.metadata().unwrap().len()).sum();
+    assert!(listing(cache.path(), "size").starts_with(&format!("{on_disk} bytes (")));
+    assert!(listing(cache.path(), "cap").starts_with("2147483648 bytes (2.0 GiB"));
+
+    let o = run(with_args(wpool_in(cache.path()), &["cache", "clean"]), b"");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("removed 2 artifacts ({on_disk} bytes) from {}\n", cache.path().display()));
+    assert_eq!(listing(cache.path(), "artifacts"), "0");
+    assert_eq!(listing(cache.path(), "size"), "0 bytes (0 B)");
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 0, "clean leaves nothing behind");
+
+    assert_eq!(map_one(cache.path(), "upper", "again", None), "AGAIN\n");
+    assert_eq!(listing(cache.path(), "artifacts"), "1");
+}
+
+#[test]
+fn eviction_over_the_cap_removes_the_least_recently_used() {
+    let (upper, upper_bytes) = artifact_of("upper");
+    let (echo, echo_bytes) = artifact_of("echo");
+    let (sha, sha_bytes) = artifact_of("sha256");
+    let cache = tempfile::tempdir().unwrap();
+    map_one(cache.path(), "upper", "a", None);
+    std::thread::sleep(Duration::from_millis(50));
+    map_one(cache.path(), "echo", "a", None);
+    std::thread::sleep(Duration::from_millis(50));
+    // A cache hit makes upper the most recently used, echo the least.
+    map_one(cache.path(), "upper", "a", None);
+    std::thread::sleep(Duration::from_millis(50));
+    // One byte short of holding all three: one must go.
+    let cap = (upper_bytes + echo_bytes + sha_bytes - 1).to_string();
+    map_one(cache.path(), "sha256", "a", Some(&cap));
+
+    let mut expected = vec![upper.clone(), sha.clone()];
+    expected.sort();
+    assert_eq!(artifacts(cache.path()), expected, "echo ({echo}) was the least recently used");
+    assert!(!cache.path().join(echo.replace(".cwasm", ".sha256")).exists());
+
+    // A cap below one artifact keeps just the one written last.
+    map_one(cache.path(), "echo", "a", Some("1"));
+    assert_eq!(artifacts(cache.path()), vec![echo]);
+}
+
+#[test]
+fn a_cap_that_is_not_a_size_is_an_error_naming_it() {
+    let cache = tempfile::tempdir().unwrap();
+    for args in [&["cache"][..], &["map", kernel_path("upper").to_str().unwrap()][..]] {
+        let mut c = with_args(wpool_in(cache.path()), args);
+        c.env("WPOOL_CACHE_MAX", "lots");
+        let o = run(c, b"a\n");
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&o).contains("WPOOL_CACHE_MAX=`lots` is not a size"), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn clean_during_a_run_keeps_its_artifact_for_respawned_workers() {
+    let cache = tempfile::tempdir().unwrap();
+    map_one(cache.path(), "echo", "a", None);
+    let mut c = wpool_in(cache.path());
+    c.args(["map", "-j", "1"]).arg(kernel_path("upper"));
+    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    writeln!(stdin, "first").unwrap();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "FIRST\n");
+
+    let o = run(with_args(wpool_in(cache.path()), &["cache", "clean"]), b"");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("removed 1 artifacts"), "echo's goes: {}", stdout(&o));
+    assert!(stdout(&o).contains("kept 1 in use by a running wpool"), "{}", stdout(&o));
+    assert_eq!(listing(cache.path(), "artifacts"), "1");
+
+    // The replacement worker loads the kernel from the artifact again.
+    let workers = children_of(child.id());
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    signal(workers[0], libc::SIGKILL);
+    assert!(eventually(Duration::from_secs(60), || !alive(workers[0])));
+    writeln!(stdin, "second").unwrap();
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(rest, "SECOND\n", "stderr: {err}");
+    assert!(status.success(), "{status}: {err}");
+}
+
+#[test]
+fn completions_for_each_shell_name_the_subcommands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = run(with_args(wpool(), &["completions", shell]), b"");
+        assert!(o.status.success(), "{shell}: {}", stderr(&o));
+        let script = stdout(&o);
+        for sub in ["map", "pipeline", "mapreduce", "inspect", "cache", "completions"] {
+            assert!(script.contains(sub), "{shell} completions lack `{sub}`");
+        }
+    }
+}
+
+#[test]
+fn bash_completion_script_registers_wpool() {
+    let o = run(with_args(wpool(), &["completions", "bash"]), b"");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let script = temp_file(&o.stdout);
+    let check = Command::new("bash")
+        .arg("-c")
+        .arg(r#"source "$1" && complete -p wpool && COMP_WORDS=(wpool ca) COMP_CWORD=1 && _wpool wpool ca wpool && echo "${COMPREPLY[@]}""#)
+        .arg("bash")
+        .arg(script.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{out} {}", String::from_utf8_lossy(&check.stderr));
+    assert!(out.lines().next().is_some_and(|l| l.starts_with("complete ") && l.ends_with(" -F _wpool wpool")), "{out}");
+    assert_eq!(out.lines().last(), Some("cache"), "completing `wpool ca`: {out}");
+}
+
+#[test]
+fn completions_for_an_unknown_shell_exit_2_naming_it() {
+    let o = run(with_args(wpool(), &["completions", "tcsh"]), b"");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("tcsh") && stderr(&o).contains("bash"), "{}", stderr(&o));
+}
