@@ -57,14 +57,7 @@ fn kernels() -> Result<()> {
             }
             let name = path.file_name().unwrap().to_string_lossy().replace('_', "-");
             let bytes = std::fs::read(&path)?;
-            let component = if flavour == "unknown" {
-                wit_component::ComponentEncoder::default()
-                    .module(&bytes)
-                    .and_then(|e| e.validate(true).encode())
-                    .with_context(|| format!("turning {} into a component", path.display()))?
-            } else {
-                bytes
-            };
+            let component = if flavour == "unknown" { encode(&bytes, &path)? } else { bytes };
             write_if_changed(&dest.join(&name), &component)?;
             names.push(name);
         }
@@ -78,12 +71,16 @@ fn kernels() -> Result<()> {
 /// wit-bindgen embeds) as a component without imports.
 fn component(core: &Path, out: &Path) -> Result<()> {
     let bytes = std::fs::read(core).with_context(|| format!("reading {}", core.display()))?;
-    let component = wit_component::ComponentEncoder::default()
-        .module(&bytes)
-        .and_then(|e| e.validate(true).encode())
-        .with_context(|| format!("turning {} into a component", core.display()))?;
+    let component = encode(&bytes, core)?;
     std::fs::write(out, component).with_context(|| format!("writing {}", out.display()))?;
     Ok(())
+}
+
+fn encode(core: &[u8], path: &Path) -> Result<Vec<u8>> {
+    wit_component::ComponentEncoder::default()
+        .module(core)
+        .and_then(|e| e.validate(true).encode())
+        .with_context(|| format!("turning {} into a component", path.display()))
 }
 
 /// The Python example kernel, built with componentize-py from the venv that
