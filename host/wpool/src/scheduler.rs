@@ -190,6 +190,8 @@ struct Job {
     per_item: Option<Duration>,
     fatal: Option<Error>,
     finished: bool,
+    /// Cancelled, and the events waiting at that moment were handled.
+    drained: bool,
 }
 
 /// The scheduler and the workers it drives; lives as long as the pool.
@@ -248,7 +250,7 @@ pub struct WorkerInfo {
 impl Scheduler {
     /// Starts all workers and waits until one is ready (or they fail).
     pub(crate) fn start(mut cfg: SchedConfig) -> Result<Scheduler, Error> {
-        let cwd = PrivateDir::create()?;
+        let cwd = PrivateDir::create("pool")?;
         cfg.command.cwd = cwd.path().to_path_buf();
         let (tx, rx) = crossbeam_channel::unbounded();
         crate::supervisor::ensure_fd_room(cfg.workers);
@@ -379,6 +381,14 @@ impl Scheduler {
                 return Some(Ok(r));
             }
             if self.cancelled.load(Ordering::SeqCst) && self.job.fatal.is_none() {
+                // Results that already reached the host are the caller's:
+                // handle what is waiting, hand out what is ready in order,
+                // and only then stop.
+                if !self.job.drained {
+                    self.job.drained = true;
+                    self.poll();
+                    continue;
+                }
                 self.job.fatal = Some(Error::Cancelled);
             }
             if let Some(e) = self.job.fatal.take() {

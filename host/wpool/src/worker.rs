@@ -284,20 +284,60 @@ fn start_epoch_ticker(engine: &Engine) {
         .expect("spawning the epoch ticker");
 }
 
-/// A result waits at most about this long (or one item, if that is longer)
-/// before it is written: results of fast items go out together, and the host
-/// still learns often how far a worker got.
+/// A result waits at most about this long before it is written: results of
+/// fast items go out together, and the host still learns often how far a
+/// worker got. The flusher thread enforces it while the wasm thread is inside
+/// a long item, so a finished result never waits behind a slow one.
 const HOLD_RESULTS: Duration = Duration::from_millis(1);
 
-/// Encoded result frames not yet written, and when the oldest was produced.
+/// Results of the chunk being run that are not encoded yet.
+struct OpenBatch {
+    chunk: u64,
+    /// Offset in the chunk of `outcomes[0]`.
+    offset: u32,
+    outcomes: Vec<Outcome>,
+    /// Time spent in the kernel on `outcomes`.
+    busy: Duration,
+    bytes: usize,
+}
+
+/// Results not yet written: whole encoded frames, then the open batch of
+/// the current chunk, and when the oldest of them was produced.
 struct Pending {
     frames: Vec<u8>,
+    open: Option<OpenBatch>,
     since: Option<Instant>,
 }
 
-/// Results waiting to be written, shared by the wasm thread (which adds and
-/// writes when idle or when they are due) and a flusher thread (which writes
-/// them when they are due while the wasm thread is inside a long item).
+impl Pending {
+    /// Encodes the open batch into `frames`; the chunk's later results
+    /// continue at the next offset.
+    fn seal(&mut self) {
+        let Some(open) = self.open.as_mut().filter(|o| !o.outcomes.is_empty()) else { return };
+        let outcomes = std::mem::take(&mut open.outcomes);
+        let count = outcomes.len() as u32;
+        let msg = WorkerMsg::Results {
+            chunk: open.chunk,
+            offset: open.offset,
+            outcomes,
+            busy_ns: open.busy.as_nanos() as u64,
+        };
+        protocol::append_frame(&msg, &mut self.frames);
+        open.offset += count;
+        open.busy = Duration::ZERO;
+        open.bytes = 0;
+    }
+
+    fn bytes(&self) -> usize {
+        self.frames.len() + self.open.as_ref().map_or(0, |o| o.bytes)
+    }
+}
+
+/// Results waiting to be written, shared by the wasm thread (which adds each
+/// result as it is produced, and writes when idle or when they are due) and
+/// a flusher thread (which writes them when they are due while the wasm
+/// thread is inside a long item). Every finished result is here, never in a
+/// buffer private to the wasm thread, so the flusher sees all of them.
 #[derive(Clone)]
 struct Outbox {
     pending: Arc<(std::sync::Mutex<Pending>, std::sync::Condvar)>,
@@ -306,10 +346,8 @@ struct Outbox {
 
 impl Outbox {
     fn new(out: Arc<std::sync::Mutex<File>>) -> Outbox {
-        let outbox = Outbox {
-            pending: Arc::new((std::sync::Mutex::new(Pending { frames: Vec::new(), since: None }), Default::default())),
-            out,
-        };
+        let pending = Pending { frames: Vec::new(), open: None, since: None };
+        let outbox = Outbox { pending: Arc::new((std::sync::Mutex::new(pending), Default::default())), out };
         let flusher = outbox.clone();
         std::thread::Builder::new()
             .name("wpool-flush".into())
@@ -322,9 +360,29 @@ impl Outbox {
         self.pending.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn push(&self, msg: &WorkerMsg, now: Instant) {
+    /// Adds the result at `offset` of `chunk`, produced at `now` after
+    /// `took` in the kernel; `last` says it ends the chunk.
+    fn push(&self, chunk: u64, outcome: Outcome, took: Duration, last: bool, now: Instant) {
+        let bytes = match &outcome {
+            Outcome::Ok(b) => b.len(),
+            Outcome::Err(e) => e.message.len() + e.stderr.len(),
+        };
         let mut p = self.lock();
-        protocol::append_frame(msg, &mut p.frames);
+        if p.open.as_ref().is_some_and(|o| o.chunk != chunk) {
+            p.seal();
+            p.open = None;
+        }
+        let open =
+            p.open.get_or_insert(OpenBatch { chunk, offset: 0, outcomes: Vec::new(), busy: Duration::ZERO, bytes: 0 });
+        open.outcomes.push(outcome);
+        open.busy += took;
+        open.bytes += bytes;
+        if last || open.bytes >= BATCH_BYTES {
+            p.seal();
+        }
+        if last {
+            p.open = None;
+        }
         if p.since.is_none() {
             p.since = Some(now);
             self.pending.1.notify_one();
@@ -334,7 +392,7 @@ impl Outbox {
     /// Whether pending results should go out now: old enough, or big.
     fn due(&self, now: Instant) -> bool {
         let p = self.lock();
-        p.frames.len() >= BATCH_BYTES || p.since.is_some_and(|t| now.saturating_duration_since(t) >= HOLD_RESULTS)
+        p.bytes() >= BATCH_BYTES || p.since.is_some_and(|t| now.saturating_duration_since(t) >= HOLD_RESULTS)
     }
 
     fn flush(&self) {
@@ -343,7 +401,9 @@ impl Outbox {
     }
 
     fn write(&self, p: &mut Pending) {
+        p.seal();
         if p.frames.is_empty() {
+            p.since = None;
             return;
         }
         let mut o = self.out.lock().unwrap_or_else(|p| p.into_inner());
@@ -399,12 +459,7 @@ fn wasm_loop(mut rt: Runtime, rx: Receiver<Vec<u8>>, out: Arc<std::sync::Mutex<F
         let Ok(HostMsg::Run { chunk, items }) = protocol::decode::<HostMsg>(&payload) else {
             std::process::exit(3);
         };
-        let mut batch: Vec<Outcome> = Vec::with_capacity(items.len());
-        let mut batch_bytes = 0usize;
         let mut now = Instant::now();
-        let mut batch_started = now;
-        let mut busy = Duration::ZERO;
-        let mut offset = 0u32;
         let n = items.len();
         for (i, item) in items.iter().enumerate() {
             // Do not hold results back during an item that may be long.
@@ -418,25 +473,7 @@ fn wasm_loop(mut rt: Runtime, rx: Receiver<Vec<u8>>, out: Arc<std::sync::Mutex<F
             let end = Instant::now();
             last_took = end.saturating_duration_since(now);
             now = end;
-            busy += last_took;
-            batch_bytes += match &outcome {
-                Outcome::Ok(b) => b.len(),
-                Outcome::Err(e) => e.message.len() + e.stderr.len(),
-            };
-            batch.push(outcome);
-            let last = i + 1 == n;
-            if last || batch_bytes >= BATCH_BYTES || now.saturating_duration_since(batch_started) >= HOLD_RESULTS {
-                let count = batch.len() as u32;
-                let busy_ns = busy.as_nanos() as u64;
-                outbox.push(&WorkerMsg::Results { chunk, offset, outcomes: std::mem::take(&mut batch), busy_ns }, now);
-                offset += count;
-                batch_bytes = 0;
-                batch_started = now;
-                busy = Duration::ZERO;
-                if outbox.due(now) {
-                    outbox.flush();
-                }
-            }
+            outbox.push(chunk, outcome, last_took, i + 1 == n, now);
         }
     }
 }
