@@ -256,6 +256,16 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
+    /// The shared data file ([`crate::PoolBuilder::data_file`]) could not be
+    /// read or made available to the workers.
+    #[error("data file {}", path.display())]
+    DataFile {
+        /// The file that was given.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
     /// A builder value is out of range.
     #[error("invalid configuration: {0}")]
     Config(String),

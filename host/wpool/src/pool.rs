@@ -16,7 +16,7 @@ use crate::grants::Grants;
 use crate::kernel::Kernel;
 use crate::limits::{EngineSettings, Limits};
 use crate::protocol::{Code, Hello, PROTOCOL_VERSION};
-use crate::sandbox::SandboxStatus;
+use crate::sandbox::{PrivateDir, SandboxStatus};
 use crate::scheduler::{Chunksize, Input, ItemResult, PoolStats, SchedConfig, Scheduler, WorkerInfo};
 use crate::supervisor::{Event, WorkerCommand};
 
@@ -47,6 +47,7 @@ pub struct PoolBuilder {
     init: Option<Vec<u8>>,
     require_sandbox: bool,
     probe_sandbox: bool,
+    data_file: Option<PathBuf>,
 }
 
 impl PoolBuilder {
@@ -160,6 +161,19 @@ impl PoolBuilder {
         self
     }
 
+    /// Read-only data shared by every kernel instance: `file` is visible to
+    /// the kernel as `/data` (and nothing else of the host through it).
+    ///
+    /// The pool links the file into a private (0700) directory of its own
+    /// under the temporary directory, so the workers read the same file and
+    /// the OS page cache shares it between them; where that directory is on
+    /// another file system, it holds a copy instead. Nothing is ever created
+    /// beside `file`. The directory goes with the pool.
+    pub fn data_file(mut self, file: impl Into<PathBuf>) -> Self {
+        self.data_file = Some(file.into());
+        self
+    }
+
     /// Test hook: workers try forbidden syscalls after confining themselves
     /// and report the outcomes in [`SandboxStatus::probes`].
     #[doc(hidden)]
@@ -214,7 +228,20 @@ impl PoolBuilder {
                 return Err(Error::NonLoopbackListen { addr });
             }
         }
-        let settings = EngineSettings::new(self.limits.clone(), self.grants.clone(), self.workers)?;
+        let mut grants = self.grants.clone();
+        let data = match &self.data_file {
+            Some(file) => {
+                let dir = data_dir(file)?;
+                grants.dirs.push(crate::grants::DirGrant {
+                    host: dir.path().to_path_buf(),
+                    guest: "/".into(),
+                    writable: false,
+                });
+                Some(dir)
+            }
+            None => None,
+        };
+        let settings = EngineSettings::new(self.limits.clone(), grants, self.workers)?;
         let code = if self.command.is_remote() {
             // Launched workers may run anywhere: they get the wasm and
             // compile it themselves, never a precompiled artifact.
@@ -254,8 +281,30 @@ impl PoolBuilder {
             command: self.command,
             kernel: self.kernel.name().to_string(),
         };
-        Ok(Pool { sched: Scheduler::start(cfg)?, workers: self.workers, reducer: self.kernel.is_reducer() })
+        Ok(Pool {
+            sched: Scheduler::start(cfg)?,
+            workers: self.workers,
+            reducer: self.kernel.is_reducer(),
+            _data: data,
+        })
     }
+}
+
+/// A private directory holding `file` as `data`: a hard link (the same
+/// file, nothing copied) where the directory is on the file's file system,
+/// else a copy.
+fn data_dir(file: &std::path::Path) -> Result<PrivateDir, Error> {
+    let err = |source| Error::DataFile { path: file.to_path_buf(), source };
+    let meta = std::fs::metadata(file).map_err(err)?;
+    if !meta.is_file() {
+        return Err(err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")));
+    }
+    let dir = PrivateDir::create("data").map_err(err)?;
+    let link = dir.path().join("data");
+    if std::fs::hard_link(file, &link).is_err() {
+        std::fs::copy(file, &link).map_err(err)?;
+    }
+    Ok(dir)
 }
 
 /// A pool of sandboxed worker processes running one kernel.
@@ -267,6 +316,8 @@ pub struct Pool {
     sched: Scheduler,
     workers: usize,
     reducer: bool,
+    /// The shared data file's directory; removed after the workers are gone.
+    _data: Option<PrivateDir>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -294,6 +345,7 @@ impl Pool {
             init: None,
             require_sandbox: false,
             probe_sandbox: false,
+            data_file: None,
         }
     }
 
