@@ -278,7 +278,7 @@ fn library_mapreduce_checks_its_kernels() {
     assert!(matches!(wpool::MapReduce::new(reduce(), reduce()), Err(Error::Config(_))));
     assert!(matches!(wpool::MapReduce::new(map(), map()), Err(Error::Config(_))));
     let mut mr = wpool::MapReduce::new(map(), reduce()).unwrap();
-    let out = mr.run(["b a b", "a c"], |e| panic!("{e}")).unwrap();
+    let out = mr.run(["b a b", "a c"], |_, r| r.map(|()| true).unwrap_or_else(|e| panic!("{e}"))).unwrap();
     let out: Vec<(String, String)> =
         out.into_iter().map(|(k, v)| (String::from_utf8(k).unwrap(), String::from_utf8(v.unwrap()).unwrap())).collect();
     assert_eq!(out, [("a", "2"), ("b", "2"), ("c", "1")].map(|(k, v)| (k.to_string(), v.to_string())));

@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -22,26 +23,28 @@ pub enum Split {
 #[derive(Debug, Clone)]
 pub enum Source {
     Stdin,
+    /// With --files, an explicit `-`: stdin names the files, one per item.
+    Names,
     File(PathBuf),
 }
 
 impl Source {
     pub fn name(&self) -> String {
         match self {
-            Source::Stdin => "<stdin>".into(),
+            Source::Stdin | Source::Names => "<stdin>".into(),
             Source::File(p) => p.display().to_string(),
         }
     }
 
     /// A regular file (not stdin, a FIFO or a device): reading never waits
     /// on another process.
-    fn is_regular_file(&self) -> bool {
+    pub fn is_regular_file(&self) -> bool {
         matches!(self, Source::File(p) if std::fs::metadata(p).is_ok_and(|m| m.is_file()))
     }
 
     fn open(&self) -> io::Result<Box<dyn Read + Send>> {
         Ok(match self {
-            Source::Stdin => Box::new(io::stdin()),
+            Source::Stdin | Source::Names => Box::new(io::stdin()),
             Source::File(p) => Box::new(File::open(p)?),
         })
     }
@@ -59,13 +62,27 @@ pub fn sources(inputs: &[PathBuf]) -> Result<Vec<Source>> {
             out.push(Source::Stdin);
             continue;
         }
-        match File::open(p) {
-            Ok(f) => {
-                if f.metadata().is_ok_and(|m| m.is_dir()) {
-                    bail!("input {} is a directory", p.display());
-                }
-            }
+        let meta = match std::fs::metadata(p) {
+            Ok(meta) => meta,
             Err(e) => bail!("cannot read input {}: {e}", p.display()),
+        };
+        if meta.is_dir() {
+            bail!("input {} is a directory", p.display());
+        }
+        if meta.is_file() {
+            if let Err(e) = File::open(p) {
+                bail!("cannot read input {}: {e}", p.display());
+            }
+        } else {
+            // A FIFO, a pipe (`<(cmd)`) or a device: opening it here would
+            // wait for a writer, and closing it again could make that writer
+            // fail. Only ask whether it may be read.
+            let path = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+                .map_err(|_| anyhow::anyhow!("input {}: a NUL byte in the name", p.display()))?;
+            // SAFETY: access(2) on a valid NUL-terminated path.
+            if unsafe { libc::access(path.as_ptr(), libc::R_OK) } != 0 {
+                bail!("cannot read input {}: {}", p.display(), io::Error::last_os_error());
+            }
         }
         out.push(Source::File(p.clone()));
     }
@@ -78,9 +95,17 @@ pub fn sources(inputs: &[PathBuf]) -> Result<Vec<Source>> {
 pub struct Origins {
     starts: Vec<(u64, String)>,
     split: Option<Split>,
+    /// Real sizes of items over the cap (the pool sees them cut at cap + 1),
+    /// until their error is printed.
+    oversized: std::collections::HashMap<u64, u64>,
 }
 
 impl Origins {
+    /// The real size of item `index` if it was over the cap; forgets it.
+    pub fn oversized(&mut self, index: u64) -> Option<u64> {
+        self.oversized.remove(&index)
+    }
+
     /// `file:line` (lines), `file:record N` (NUL) or `file` (whole files).
     pub fn describe(&self, index: u64) -> String {
         let pos = self.starts.partition_point(|(first, _)| *first <= index);
@@ -108,6 +133,10 @@ pub struct Items {
     error: Arc<Mutex<Option<String>>>,
     current_name: String,
     current_is_file: bool,
+    /// With --files: the current source is stdin, a list of file names...
+    current_is_list: bool,
+    /// ...NUL-terminated (-0) rather than one per line.
+    list_nul: bool,
 }
 
 impl Items {
@@ -118,11 +147,19 @@ impl Items {
             split,
             max_item,
             next_index: 0,
-            origins: Arc::new(Mutex::new(Origins { starts: Vec::new(), split: Some(split) })),
+            origins: Arc::new(Mutex::new(Origins { starts: Vec::new(), split: Some(split), ..Origins::default() })),
             error: Arc::new(Mutex::new(None)),
             current_name: String::new(),
             current_is_file: false,
+            current_is_list: false,
+            list_nul: false,
         }
+    }
+
+    /// With --files: file names on stdin are NUL-terminated, not lines.
+    pub fn names_nul(mut self, yes: bool) -> Items {
+        self.list_nul = yes;
+        self
     }
 
     pub fn origins(&self) -> Arc<Mutex<Origins>> {
@@ -138,6 +175,7 @@ impl Items {
         let Some(source) = self.sources.next() else { return false };
         self.current_name = source.name();
         self.current_is_file = source.is_regular_file();
+        self.current_is_list = matches!(source, Source::Names);
         match source.open() {
             Ok(r) => {
                 self.origins.lock().unwrap().starts.push((self.next_index, source.name()));
@@ -166,31 +204,87 @@ impl Items {
         reader.buffer().contains(&sep) || (self.current_is_file && next_is_file)
     }
 
-    /// Reads up to the separator (exclusive); `None` at end of source.
+    /// Reads up to the separator (exclusive); `None` at end of source. An
+    /// item over the cap is kept cut at cap + 1 bytes and its real size
+    /// noted for the error message.
     fn read_record(&mut self, sep: Option<u8>) -> io::Result<Option<Vec<u8>>> {
         let reader = self.current.as_mut().expect("a source is open");
-        let cap = self.max_item + 1;
-        let mut item = Vec::new();
-        let mut any = false;
-        loop {
-            let buf = reader.fill_buf()?;
-            if buf.is_empty() {
-                return Ok(if any { Some(item) } else { None });
+        let (item, size) = read_capped(reader, sep, self.max_item)?;
+        if item.as_ref().is_some_and(|i| i.len() > self.max_item) {
+            self.origins.lock().unwrap().oversized.insert(self.next_index, size);
+        }
+        Ok(item)
+    }
+
+    /// With --files and stdin: the next file named on stdin (one name per
+    /// line, or per NUL-terminated record with -0), read whole as one item.
+    fn next_listed_file(&mut self, names_sep: u8) -> Option<Vec<u8>> {
+        let reader = self.current.as_mut().expect("stdin is open");
+        let name = match read_capped(reader, Some(names_sep), 64 << 10) {
+            Ok((Some(name), _)) => name,
+            Ok((None, _)) => return None,
+            Err(e) => {
+                *self.error.lock().unwrap() = Some(format!("reading file names from stdin: {e}"));
+                return None;
             }
-            any = true;
-            let (take, found) = match sep.and_then(|s| buf.iter().position(|b| *b == s)) {
-                Some(pos) => (pos, true),
-                None => (buf.len(), false),
-            };
-            let room = cap.saturating_sub(item.len());
-            item.extend_from_slice(&buf[..take.min(room)]);
-            reader.consume(if found { take + 1 } else { take });
-            if found {
-                return Ok(Some(item));
+        };
+        let path = std::path::PathBuf::from(std::ffi::OsString::from_vec(name));
+        let listed = self.next_index;
+        let mut file = match File::open(&path) {
+            Ok(f) => BufReader::new(f),
+            Err(e) => {
+                *self.error.lock().unwrap() =
+                    Some(format!("cannot read input {} (file name {} on stdin): {e}", path.display(), listed + 1));
+                return None;
+            }
+        };
+        match read_capped(&mut file, None, self.max_item) {
+            Ok((item, size)) => {
+                let mut origins = self.origins.lock().unwrap();
+                origins.starts.push((self.next_index, path.display().to_string()));
+                let item = item.unwrap_or_default();
+                if item.len() > self.max_item {
+                    origins.oversized.insert(self.next_index, size);
+                }
+                self.next_index += 1;
+                Some(item)
+            }
+            Err(e) => {
+                *self.error.lock().unwrap() = Some(format!("reading input {}: {e}", path.display()));
+                None
             }
         }
     }
 }
+
+/// Reads up to `sep` (exclusive; to the end with `None`), keeping at most
+/// `max + 1` bytes; also returns the record's whole size. `None` at the end.
+fn read_capped(reader: &mut impl BufRead, sep: Option<u8>, max: usize) -> io::Result<(Option<Vec<u8>>, u64)> {
+    let cap = max + 1;
+    let mut item = Vec::new();
+    let mut size = 0u64;
+    let mut any = false;
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok((any.then_some(item), size));
+        }
+        any = true;
+        let (take, found) = match sep.and_then(|s| buf.iter().position(|b| *b == s)) {
+            Some(pos) => (pos, true),
+            None => (buf.len(), false),
+        };
+        let room = cap.saturating_sub(item.len());
+        item.extend_from_slice(&buf[..take.min(room)]);
+        size += take as u64;
+        reader.consume(if found { take + 1 } else { take });
+        if found {
+            return Ok((Some(item), size));
+        }
+    }
+}
+
+impl Items {}
 
 impl Iterator for Items {
     type Item = Vec<u8>;
@@ -199,6 +293,16 @@ impl Iterator for Items {
         loop {
             if self.current.is_none() && !self.open_next() {
                 return None;
+            }
+            if self.split == Split::Files && self.current_is_list {
+                match self.next_listed_file(if self.list_nul { 0 } else { b'\n' }) {
+                    Some(item) => return Some(item),
+                    None if self.error.lock().unwrap().is_some() => return None,
+                    None => {
+                        self.current = None;
+                        continue;
+                    }
+                }
             }
             let sep = match self.split {
                 Split::Lines => Some(b'\n'),

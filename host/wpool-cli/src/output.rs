@@ -5,15 +5,18 @@ use std::io::{self, BufWriter, Stdout, Write};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use wpool::{ItemResult, TaskError, TaskErrorKind};
 
 use crate::input::Origins;
+use crate::say;
 
 #[derive(Debug, Clone, Copy)]
 pub enum Format {
-    /// Each result followed by `sep` (`\n` or NUL).
-    Plain { sep: u8 },
+    /// Each result followed by `sep` (`\n` or NUL); with `tag`, after its
+    /// origin and a TAB; with `empty_on_error`, a failed item prints an
+    /// empty record.
+    Plain { sep: u8, tag: bool, empty_on_error: bool },
     /// One JSON object per item.
     Json,
 }
@@ -23,37 +26,72 @@ pub struct Printer {
     format: Format,
     origins: Arc<Mutex<Origins>>,
     progress: Option<ProgressBar>,
+    /// `--max-item-size`, for the hint of an item over it.
+    max_item: u64,
 }
 
 impl Printer {
-    pub fn new(format: Format, origins: Arc<Mutex<Origins>>, progress: bool, total: Option<u64>) -> Printer {
-        let progress = progress.then(|| match total {
-            Some(n) => ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr()).with_style(
-                ProgressStyle::with_template("{bar:40} {pos}/{len} items  {per_sec}  ETA {eta}")
-                    .expect("valid template"),
-            ),
-            None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
-                .with_style(ProgressStyle::with_template("{spinner} {pos} items  {per_sec}").expect("valid template")),
+    pub fn new(format: Format, origins: Arc<Mutex<Origins>>, progress: bool, max_item: u64) -> Printer {
+        // Until the inputs are counted (regular files only), or for good: no
+        // total, items done and their rate.
+        let progress = progress.then(|| {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+                .with_style(style("{spinner} {pos} items  {rate}"));
+            // Redrawn while a slow item holds everything up, so the screen
+            // shows the run is alive.
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            bar
         });
-        Printer { out: BufWriter::with_capacity(64 << 10, io::stdout()), format, origins, progress }
+        Printer { out: BufWriter::with_capacity(64 << 10, io::stdout()), format, origins, progress, max_item }
+    }
+
+    /// The progress bar, if one is shown.
+    pub fn progress(&self) -> Option<ProgressBar> {
+        self.progress.clone()
+    }
+
+    /// Counts an item that prints nothing (a MapReduce map item).
+    pub fn tick(&self) {
+        if let Some(bar) = &self.progress {
+            bar.inc(1);
+        }
     }
 
     /// Writes one item's outcome; flushes when `idle` (no further result is
     /// ready) so that a downstream pipe sees results as they come.
     pub fn item(&mut self, index: u64, result: ItemResult, idle: bool) -> io::Result<()> {
         match (&self.format, result) {
-            (Format::Plain { sep }, Ok(bytes)) => {
+            (&Format::Plain { sep, tag, .. }, Ok(bytes)) => {
+                if tag {
+                    let origin = self.origins.lock().unwrap().describe(index);
+                    self.out.write_all(origin.as_bytes())?;
+                    self.out.write_all(b"\t")?;
+                }
                 self.out.write_all(&bytes)?;
-                self.out.write_all(&[*sep])?;
+                self.out.write_all(&[sep])?;
             }
-            (Format::Plain { .. }, Err(e)) => self.report(&e),
+            (&Format::Plain { sep, tag, empty_on_error }, Err(e)) => {
+                let e = self.explain(e);
+                self.report(&e);
+                if empty_on_error {
+                    if tag {
+                        let origin = self.origins.lock().unwrap().describe(index);
+                        self.out.write_all(origin.as_bytes())?;
+                        self.out.write_all(b"\t")?;
+                    }
+                    self.out.write_all(&[sep])?;
+                }
+            }
             (Format::Json, Ok(bytes)) => {
                 let ok = json_bytes(&bytes);
                 serde_json::to_writer(&mut self.out, &serde_json::json!({ "index": index, "ok": ok }))?;
                 self.out.write_all(b"\n")?;
             }
             (Format::Json, Err(e)) => {
+                let e = self.explain(e);
+                let origin = self.origins.lock().unwrap().describe(index);
                 let mut err = serde_json::json!({
+                    "origin": origin,
                     "kind": e.kind.name(),
                     "message": e.message,
                     "attempts": e.attempts,
@@ -83,27 +121,30 @@ impl Printer {
     /// key); a failed key gets one line on stderr.
     pub fn key(&mut self, key: &[u8], result: Result<Vec<u8>, TaskError>) -> io::Result<()> {
         match (&self.format, result) {
-            (Format::Plain { sep }, Ok(value)) => {
+            (Format::Plain { sep, .. }, Ok(value)) => {
                 self.out.write_all(key)?;
                 self.out.write_all(b"\t")?;
                 self.out.write_all(&value)?;
                 self.out.write_all(&[*sep])?;
             }
-            (Format::Plain { .. }, Err(e)) => {
-                eprintln!("wpool: key {:?}: {}: {}", String::from_utf8_lossy(key), e.kind, first_line(&e.message))
-            }
+            (Format::Plain { .. }, Err(e)) => say(format_args!(
+                "wpool: key {:?}: {}: {}",
+                String::from_utf8_lossy(key),
+                e.kind,
+                first_line(&e.message)
+            )),
             (Format::Json, result) => {
                 let mut obj = serde_json::json!({ "key": String::from_utf8_lossy(key) });
                 match result {
                     Ok(value) => obj["ok"] = json_bytes(&value),
                     Err(e) => {
                         obj["error"] = serde_json::json!({ "kind": e.kind.name(), "message": e.message });
-                        eprintln!(
+                        say(format_args!(
                             "wpool: key {:?}: {}: {}",
                             String::from_utf8_lossy(key),
                             e.kind,
                             first_line(&e.message)
-                        );
+                        ));
                     }
                 }
                 serde_json::to_writer(&mut self.out, &obj)?;
@@ -111,6 +152,18 @@ impl Printer {
             }
         }
         Ok(())
+    }
+
+    /// An item over the size cap: its real size (the input reader skipped
+    /// the rest of it, counting) and the flag that raises the cap.
+    fn explain(&self, mut e: TaskError) -> TaskError {
+        if matches!(e.kind, TaskErrorKind::ItemTooLarge) {
+            if let Some(size) = self.origins.lock().unwrap().oversized(e.index.get()) {
+                e.message = format!("item of {size} bytes is over the {}-byte cap", self.max_item);
+            }
+            e.message.push_str(" (raise it with --max-item-size)");
+        }
+        e
     }
 
     /// One line on stderr: item, origin, kind, message, worker.
@@ -127,7 +180,7 @@ impl Printer {
             }
             line.push(')');
         }
-        let print = || eprintln!("{line}");
+        let print = || say(format_args!("{line}"));
         match &self.progress {
             Some(bar) => bar.suspend(print),
             None => print(),
@@ -140,6 +193,22 @@ impl Printer {
         }
         self.out.flush()
     }
+}
+
+fn style(template: &str) -> ProgressStyle {
+    // Whole items per second: indicatif's own `{per_sec}` shows four decimals.
+    ProgressStyle::with_template(template).expect("valid template").with_key(
+        "rate",
+        |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.0}/s", state.per_sec());
+        },
+    )
+}
+
+/// Gives the bar its total once the inputs are counted.
+pub fn set_total(bar: &ProgressBar, total: u64) {
+    bar.set_length(total);
+    bar.set_style(style("{bar:40} {pos}/{len} items  {rate}  ETA {eta}"));
 }
 
 /// `{"text": …}` for UTF-8, `{"bytes": "<base64>"}` otherwise.

@@ -75,41 +75,72 @@ impl MapReduce {
 
     /// Maps every item, groups the `key\tvalue` lines of the results by
     /// key, reduces each key's values, and returns every key with its value
-    /// sorted by key bytes. A map item that fails (or whose result has a line
-    /// without a tab) goes to `on_map_failure` and contributes nothing. The
-    /// `Err` is a pool failure.
-    pub fn run<I>(&mut self, items: I, mut on_map_failure: impl FnMut(TaskError)) -> Result<Vec<KeyResult>, Error>
+    /// sorted by key bytes. Each map item is reported to `on_map` when it is
+    /// done: `Ok` or its error (a failed item, or one whose result has a line
+    /// without a tab, contributes nothing). `on_map` returning `false` stops
+    /// the run: nothing is reduced and the result is empty. The `Err` is a
+    /// pool failure, or [`Error::Cancelled`] through a canceller of either
+    /// pool.
+    ///
+    /// Items are pulled on a thread of their own, so that a blocking source
+    /// (stdin, a FIFO) does not keep a cancelled run from ending.
+    pub fn run<I>(
+        &mut self,
+        items: I,
+        mut on_map: impl FnMut(ItemIndex, Result<(), TaskError>) -> bool,
+    ) -> Result<Vec<KeyResult>, Error>
     where
         I: IntoIterator,
         I::Item: Into<Vec<u8>>,
+        I::IntoIter: Send + 'static,
     {
         let mut groups: HashMap<Vec<u8>, Group> = HashMap::new();
         let mut pending_bytes = 0usize;
         let mut full: Vec<Vec<u8>> = Vec::new();
-        for (i, r) in self.map.imap(items).enumerate() {
+        let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(1024);
+        let items = items.into_iter();
+        std::thread::Builder::new()
+            .name("wpool-mapreduce-input".into())
+            .spawn(move || {
+                for item in items {
+                    if tx.send(item.into()).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(Error::Io)?;
+        for (i, r) in self.map.imap_channel(rx).enumerate() {
             let result = r?;
             let i = i as u64;
             let bytes = match result {
                 Ok(bytes) => bytes,
                 Err(e) => {
-                    on_map_failure(e);
+                    if !on_map(ItemIndex(i), Err(e)) {
+                        return Ok(Vec::new());
+                    }
                     continue;
                 }
             };
             let pairs = match parse_pairs(&bytes) {
                 Ok(pairs) => pairs,
                 Err(line) => {
-                    on_map_failure(TaskError {
+                    let e = TaskError {
                         index: ItemIndex(i),
                         kind: TaskErrorKind::Kernel,
                         message: format!("map result line {line} is not `key<TAB>value`"),
                         worker: None,
                         attempts: 1,
                         stderr: Vec::new(),
-                    });
+                    };
+                    if !on_map(ItemIndex(i), Err(e)) {
+                        return Ok(Vec::new());
+                    }
                     continue;
                 }
             };
+            if !on_map(ItemIndex(i), Ok(())) {
+                return Ok(Vec::new());
+            }
             for (key, value) in pairs {
                 let group = groups.entry(key.to_vec()).or_default();
                 if group.failed.is_some() {

@@ -1,0 +1,184 @@
+//! The command-line flags of the commands that run kernels, defined once
+//! with their documentation.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use wpool::Chunksize;
+
+use crate::units;
+
+#[derive(Args)]
+pub struct MapCmd {
+    /// The kernel: a WebAssembly component of world `wpool:kernel/kernel`.
+    pub kernel: PathBuf,
+    /// Print results in completion order instead of input order.
+    #[arg(long)]
+    pub unordered: bool,
+    /// Configuration for a kernel with an `init` export (world
+    /// `kernel-with-init`): FILE's bytes are passed to `init` once per kernel
+    /// instance, before any item (at most 64 MiB).
+    #[arg(long, value_name = "FILE")]
+    pub init: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Args)]
+pub struct PipelineCmd {
+    /// A stage's kernel; give one `--stage` per stage, in order.
+    #[arg(long = "stage", value_name = "KERNEL", required = true)]
+    pub stages: Vec<PathBuf>,
+    /// Worker processes of each stage, e.g. `2,1,1` [default: -j for every stage].
+    #[arg(long, value_name = "N,N,...")]
+    pub jobs_per_stage: Option<String>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Args)]
+pub struct MapReduceCmd {
+    /// The map kernel (world `kernel`): each result is `key<TAB>value` lines.
+    #[arg(long = "map", value_name = "KERNEL")]
+    pub map: PathBuf,
+    /// The reduce kernel (world `reducer`).
+    #[arg(long = "reduce", value_name = "KERNEL")]
+    pub reduce: PathBuf,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// What to print for an item that failed (besides its line on stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnError {
+    /// Nothing on stdout: the outputs of failed items are missing.
+    Skip,
+    /// An empty record, so that output line N belongs to input item N
+    /// (`paste` stays aligned).
+    Empty,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Input files; stdin when none is given or for `-` (with --files: `-`
+    /// is a list of file names on stdin, one per line, or NUL-terminated
+    /// with -0, as `find -print0` writes).
+    pub inputs: Vec<PathBuf>,
+    /// Worker processes [default: number of cores].
+    #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = units::parse_jobs)]
+    pub jobs: Option<usize>,
+    /// Items per chunk sent to a worker: a number, or `auto`.
+    #[arg(long, value_name = "N|auto", default_value = "auto", value_parser = units::parse_chunksize)]
+    pub chunksize: Chunksize,
+    /// Items are NUL-separated, and plain output is NUL-terminated (with
+    /// --files: the file list on stdin is NUL-separated).
+    #[arg(short = '0', long = "null")]
+    pub null: bool,
+    /// Each INPUT file is one whole item.
+    #[arg(long)]
+    pub files: bool,
+    /// JSON Lines output: one object per item, results and errors.
+    #[arg(long)]
+    pub json: bool,
+    /// Prefix each plain result with its item's origin and a TAB
+    /// (`FILE:LINE<TAB>result`, `FILE<TAB>result` with --files).
+    #[arg(long, conflicts_with = "json")]
+    pub tag: bool,
+    /// What plain output shows for a failed item: `skip` prints nothing,
+    /// `empty` an empty record in its place (output stays aligned with
+    /// input). The error goes to stderr either way.
+    #[arg(long, value_name = "WHAT", value_enum, default_value = "skip")]
+    pub on_error: OnError,
+    /// Times an item whose worker process died is retried on a new worker.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub retries: u32,
+    /// Stop at the first failed item (exit 1).
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// Per-item time limit, e.g. `500ms`, `2s`, `1m`.
+    #[arg(long, value_name = "DUR", value_parser = units::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// Per-instance memory cap, e.g. `64MiB`, `1GiB`; growing past it fails
+    /// the item as `memory_limit` [default: half of this machine's RAM
+    /// (or cgroup limit) divided by the workers, between 256MiB and 4GiB].
+    #[arg(long, value_name = "SIZE", value_parser = units::parse_size)]
+    pub memory: Option<u64>,
+    /// Per-item fuel (about one unit per wasm instruction).
+    #[arg(long, value_name = "N")]
+    pub fuel: Option<u64>,
+    /// Replace the kernel instance after this many items (like
+    /// `maxtasksperchild`); it is always replaced after a trap.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_items_per_instance: Option<u64>,
+    /// A fresh kernel instance for every item (no state carries over).
+    #[arg(long, conflicts_with = "max_items_per_instance")]
+    pub isolate: bool,
+    /// Largest item and largest result, at most 2GiB (both must fit in the
+    /// kernel's wasm32 memory, and --memory must leave room for them).
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = units::parse_item_size)]
+    pub max_item_size: u64,
+    /// Read-only data shared by every kernel instance: FILE is visible to the
+    /// kernel as the file `/data` (linked into a private directory of this
+    /// run, so the OS page cache shares it between workers; a copy when the
+    /// temporary directory is on another file system; nothing else of the
+    /// host is visible, nothing is created beside FILE).
+    #[arg(long, value_name = "FILE")]
+    pub data: Option<PathBuf>,
+    /// Make a host directory visible to the kernel: `HOST[:GUEST][:rw]`
+    /// (read-only unless `:rw`; GUEST defaults to HOST as written).
+    #[arg(long = "allow-dir", value_name = "HOST[:GUEST][:rw]")]
+    pub allow_dir: Vec<String>,
+    /// Pass an environment variable to the kernel: `NAME` (its value here) or
+    /// `NAME=VALUE`. The kernel sees exactly these.
+    #[arg(long = "env", value_name = "NAME[=VALUE]")]
+    pub env: Vec<String>,
+    /// Reproducible runs: fixed wall clock, stepping monotonic clock and
+    /// seeded randomness, reset for every item (the clocks and randomness
+    /// are the default anyway), plus a fresh instance per item so that no
+    /// kernel state carries over. The same input gives the same output on
+    /// every run and every worker.
+    #[arg(long, conflicts_with_all = ["allow_clock", "allow_random", "max_items_per_instance"])]
+    pub deterministic: bool,
+    /// Seed of the deterministic randomness.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub seed: u64,
+    /// Give kernels the real wall and monotonic clocks.
+    #[arg(long)]
+    pub allow_clock: bool,
+    /// Give kernels real entropy.
+    #[arg(long)]
+    pub allow_random: bool,
+    /// Start every worker through this command, e.g. `"srun -N1 -n1 --exact
+    /// -u"` inside a Slurm allocation or `"ssh HOST"` (split into words like
+    /// a shell would, without expansion). Workers may then run on other
+    /// machines: each is sent the kernel's wasm, compiles it there, and
+    /// connects back to this host over TCP (see --listen). -j counts such
+    /// workers, whatever this machine's cores.
+    #[arg(long, value_name = "CMD", value_parser = units::parse_command, conflicts_with = "slurm")]
+    pub launcher: Option<units::Words>,
+    /// Inside a Slurm allocation (`salloc`, `sbatch`): one worker per task
+    /// (SLURM_NTASKS, or -j), each started by `srun` on the allocated
+    /// nodes in turn.
+    #[arg(long)]
+    pub slurm: bool,
+    /// The address launched workers connect back to: `IP` or `IP:PORT`
+    /// [default: this machine's first non-loopback IPv4 address, a free
+    /// port]. Connections need a per-worker random token; the traffic is
+    /// not encrypted.
+    #[arg(long, value_name = "IP[:PORT]", value_parser = units::parse_listen)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// On stderr: each worker's node, pid and sandbox status once all are
+    /// up, and worker deaths and retries at the end.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Refuse to run unless every worker confines itself fully (seccomp,
+    /// Landlock, no_new_privs); exit 2 naming what is missing.
+    #[arg(long)]
+    pub require_sandbox: bool,
+    /// Show a progress bar on stderr [default: when stderr is a terminal].
+    #[arg(long, overrides_with = "no_progress")]
+    pub progress: bool,
+    /// Never show a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
