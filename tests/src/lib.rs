@@ -307,3 +307,89 @@ pub fn launched_workers(program: &Path) -> Vec<u32> {
     }
     out
 }
+
+/// A pseudo-terminal, to run the CLI as a person at a terminal does: with
+/// stderr (and perhaps stdin) a TTY, the progress bar on, Ctrl-C typed.
+pub struct Pty {
+    master: std::fs::File,
+    slave: std::os::fd::OwnedFd,
+    screen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Pty {
+    /// A new 80×24 terminal.
+    pub fn new() -> Pty {
+        use std::os::fd::FromRawFd;
+        let (mut master, mut slave) = (0, 0);
+        let size = libc::winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: openpty writes two fds into the given ints; the size is read.
+        let rc = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &size) };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: both fds were just opened and are owned here.
+        let (master, slave) = unsafe { (std::fs::File::from_raw_fd(master), std::os::fd::OwnedFd::from_raw_fd(slave)) };
+        Pty { master, slave, screen: Default::default() }
+    }
+
+    /// The terminal as a child's stdio.
+    pub fn stdio(&self) -> Stdio {
+        Stdio::from(self.slave.try_clone().unwrap())
+    }
+
+    /// Spawns `cmd` with stderr on this terminal, as the leader of a new
+    /// session whose controlling terminal it is (so typing Ctrl-C sends
+    /// SIGINT to its foreground process group, as a shell's job would get
+    /// it). Everything the terminal shows is collected (see [`Pty::screen`]).
+    pub fn spawn(self, mut cmd: Command) -> (std::process::Child, PtyHandle) {
+        use std::os::unix::process::CommandExt;
+        cmd.stderr(self.stdio());
+        // SAFETY: setsid and ioctl are async-signal-safe; fd 2 is the
+        // terminal set above.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(2, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn under a terminal");
+        drop(self.slave);
+        let mut reader = self.master.try_clone().unwrap();
+        let screen = std::sync::Arc::clone(&self.screen);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // Ends with EIO once every process holding the terminal is gone.
+            while let Ok(n) = std::io::Read::read(&mut reader, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                screen.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        (child, PtyHandle { master: self.master, screen: self.screen })
+    }
+}
+
+impl Default for Pty {
+    fn default() -> Self {
+        Pty::new()
+    }
+}
+
+/// The terminal side of a process started by [`Pty::spawn`].
+pub struct PtyHandle {
+    master: std::fs::File,
+    screen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl PtyHandle {
+    /// Types bytes (`b"\x03"` is Ctrl-C, `b"\x04"` Ctrl-D).
+    pub fn type_bytes(&mut self, bytes: &[u8]) {
+        self.master.write_all(bytes).unwrap();
+    }
+
+    /// What the terminal showed so far.
+    pub fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.screen.lock().unwrap()).into_owned()
+    }
+}
