@@ -581,7 +581,7 @@ impl ArtifactCache {
         // write gets one more write.
         for _ in 0..2 {
             self.write_atomic(&path, &serialized)?;
-            self.write_atomic(&sum_path, hex(&digest).as_bytes())?;
+            self.write_atomic(&sum_path, hex::encode(digest).as_bytes())?;
             if cache::hold(&path).is_some() {
                 break;
             }
@@ -598,7 +598,7 @@ impl ArtifactCache {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).ok()?;
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
-        if hex(&digest) != recorded.trim() {
+        if hex::encode(digest) != recorded.trim() {
             return None;
         }
         // SAFETY: these bytes were written by wpool into this user's private
@@ -643,13 +643,5 @@ fn cache_key(engine: &Engine, bytes: &[u8], settings: &EngineSettings) -> String
     engine.precompile_compatibility_hash().hash(&mut h);
     std::hash::Hasher::write(&mut h, settings.codegen_key().as_bytes());
     std::hash::Hasher::write(&mut h, &Sha256::digest(bytes));
-    hex(&h.0.finalize())[..32].to_string()
-}
-
-/// Lower-case hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    hex::encode(h.0.finalize())[..32].to_string()
 }

@@ -13,15 +13,15 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
+use socket2::{SockRef, TcpKeepalive};
+use subtle::ConstantTimeEq;
 
-use crate::kernel::hex;
 use crate::protocol::PROTOCOL_VERSION;
 
 /// The argument after the worker flag that makes a worker dial back.
@@ -123,7 +123,7 @@ impl Listener {
 
     /// The handshake line written to a launcher's stdin.
     pub(crate) fn line(&self, token: &Token) -> String {
-        format!("{LINE_TAG} {PROTOCOL_VERSION} {} {}\n", self.addr, hex(token))
+        format!("{LINE_TAG} {PROTOCOL_VERSION} {} {}\n", self.addr, hex::encode(token))
     }
 }
 
@@ -131,9 +131,8 @@ impl Drop for Listener {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         // Wake the blocking `accept` (Linux makes it fail). The socket stays
-        // open until both sides drop their `Arc`, so the fd is still ours.
-        // SAFETY: shutdown on an open socket we own.
-        unsafe { libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR) };
+        // open until both sides drop their `Arc`.
+        let _ = SockRef::from(&*self.socket).shutdown(Shutdown::Both);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -185,7 +184,7 @@ fn authenticate(mut conn: TcpStream, waiting: &Waiting, rejected: &AtomicU64) {
         let presented: Token = hello[8..].try_into().expect("16 bytes");
         let mut waiting = waiting.lock().unwrap_or_else(|p| p.into_inner());
         // Compare in constant time; each token is used once.
-        let found = waiting.keys().find(|t| constant_time_eq(t, &presented)).copied();
+        let found = waiting.keys().find(|t| bool::from(t.ct_eq(&presented))).copied();
         found.and_then(|t| waiting.remove(&t))
     } else {
         None
@@ -202,10 +201,6 @@ fn authenticate(mut conn: TcpStream, waiting: &Waiting, rejected: &AtomicU64) {
     }
 }
 
-fn constant_time_eq(a: &Token, b: &Token) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// No Nagle delay (frames are already batched); keepalive probes so that a
 /// node that vanished without closing the connection (power loss, network
 /// partition) shows up as an error within about 25 s instead of never, and
@@ -213,59 +208,22 @@ fn constant_time_eq(a: &Token, b: &Token) -> bool {
 /// then, and retransmissions alone take about 15 minutes to give up).
 fn tune(conn: &TcpStream) -> io::Result<()> {
     conn.set_nodelay(true)?;
-    let fd = conn.as_raw_fd();
-    for (level, name, value) in [
-        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 10),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 5),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3),
-        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 60_000),
-    ] {
-        let value: libc::c_int = value;
-        // SAFETY: setsockopt on a socket we own with a pointer to a c_int
-        // and its size.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                name,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    let socket = SockRef::from(conn);
+    let keepalive =
+        TcpKeepalive::new().with_time(Duration::from_secs(10)).with_interval(Duration::from_secs(5)).with_retries(3);
+    socket.set_tcp_keepalive(&keepalive)?;
+    socket.set_tcp_user_timeout(Some(Duration::from_secs(60)))
 }
 
 fn random_token() -> io::Result<Token> {
     let mut token = [0u8; 16];
-    let mut filled = 0;
-    while filled < token.len() {
-        // SAFETY: getrandom writes at most the given length into the buffer.
-        let n = unsafe { libc::getrandom(token[filled..].as_mut_ptr().cast(), token.len() - filled, 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        } else {
-            filled += n as usize;
-        }
-    }
+    getrandom::fill(&mut token)?;
     Ok(token)
 }
 
 fn unhex(s: &str) -> Option<Token> {
-    if s.len() != 32 || !s.is_ascii() {
-        return None;
-    }
     let mut token = [0u8; 16];
-    for (i, byte) in token.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
+    hex::decode_to_slice(s, &mut token).ok()?;
     Some(token)
 }
 
@@ -284,31 +242,11 @@ pub(crate) fn default_ip() -> IpAddr {
 }
 
 fn interface_ipv4() -> Option<IpAddr> {
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs allocates a list we free below; each entry is
-    // read only while the list lives.
-    unsafe {
-        if libc::getifaddrs(&mut list) != 0 {
-            return None;
-        }
-        let mut found = None;
-        let mut cur = list;
-        while !cur.is_null() {
-            let ifa = &*cur;
-            let up = ifa.ifa_flags & (libc::IFF_UP as libc::c_uint) != 0;
-            if up && !ifa.ifa_addr.is_null() && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET {
-                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-                if !ip.is_loopback() {
-                    found = Some(IpAddr::V4(ip));
-                    break;
-                }
-            }
-            cur = ifa.ifa_next;
-        }
-        libc::freeifaddrs(list);
-        found
-    }
+    if_addrs::get_if_addrs()
+        .ok()?
+        .into_iter()
+        .find(|i| i.is_oper_up() && i.ip().is_ipv4() && !i.is_loopback())
+        .map(|i| i.ip())
 }
 
 /// This machine's name: the Slurm node name inside a Slurm step (several
@@ -319,62 +257,102 @@ pub(crate) fn node_name() -> String {
 }
 
 fn hostname() -> Option<String> {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes.
-    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
-        return None;
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8(buf[..end].to_vec()).ok()
+    gethostname::gethostname().into_string().ok()
+}
+
+/// Why a launched worker could not reach its host. Each cause is chained
+/// as the error's source.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DialError {
+    /// Stdin failed or ended before a whole handshake line arrived.
+    #[error("reading the handshake line from stdin")]
+    Stdin(#[source] io::Error),
+    /// Stdin carries something else than the handshake line (the worker was
+    /// not started by a wpool host).
+    #[error(
+        "stdin does not start with a wpool handshake line (got {got:?}); a worker started through a launcher \
+         reads one from the host"
+    )]
+    NotHandshake {
+        /// The start of what was read.
+        got: String,
+    },
+    /// The handshake line has no protocol version.
+    #[error("handshake line without a version")]
+    NoVersion,
+    /// The host speaks another protocol version.
+    #[error("protocol version {host} from host, worker speaks {PROTOCOL_VERSION}")]
+    Version {
+        /// The host's version.
+        host: u32,
+    },
+    /// The handshake line has no address to dial.
+    #[error("handshake line without an address")]
+    NoAddress,
+    /// The handshake line has no well-formed token.
+    #[error("handshake line without a valid token")]
+    NoToken,
+    /// The host's address did not answer.
+    #[error("cannot connect back to the host at {addr}")]
+    Connect {
+        /// The address dialled.
+        addr: SocketAddr,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The connection failed while presenting the token.
+    #[error("sending the token to {addr}")]
+    SendToken {
+        /// The address dialled.
+        addr: SocketAddr,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// Keepalive or the other socket options could not be set.
+    #[error("socket options")]
+    SocketOptions(#[source] io::Error),
 }
 
 /// The worker's side: reads the handshake line from stdin (byte by byte, so
 /// that nothing after it is consumed), connects to the host and presents
 /// the token. Public (hidden) for the compromised-worker test binary.
 #[doc(hidden)]
-pub fn dial_back() -> Result<TcpStream, String> {
-    let line = read_line_fd0().map_err(|e| format!("reading the handshake line from stdin: {e}"))?;
+pub fn dial_back() -> Result<TcpStream, DialError> {
+    let line = read_line_fd0().map_err(DialError::Stdin)?;
     let mut words = line.split_ascii_whitespace();
     let (tag, version, addr, token) = (words.next(), words.next(), words.next(), words.next());
     if tag != Some(LINE_TAG) {
-        return Err(format!(
-            "stdin does not start with a wpool handshake line (got {:?}); a worker started through a launcher \
-             reads one from the host",
-            line.chars().take(80).collect::<String>()
-        ));
+        return Err(DialError::NotHandshake { got: line.chars().take(80).collect() });
     }
-    let version: u32 = version.and_then(|v| v.parse().ok()).ok_or("handshake line without a version")?;
+    let version: u32 = version.and_then(|v| v.parse().ok()).ok_or(DialError::NoVersion)?;
     if version != PROTOCOL_VERSION {
-        return Err(format!("protocol version {version} from host, worker speaks {PROTOCOL_VERSION}"));
+        return Err(DialError::Version { host: version });
     }
-    let addr: SocketAddr = addr.and_then(|a| a.parse().ok()).ok_or("handshake line without an address")?;
-    let token = token.and_then(unhex).ok_or("handshake line without a valid token")?;
-    let mut conn = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
-        .map_err(|e| format!("cannot connect back to the host at {addr}: {e}"))?;
+    let addr: SocketAddr = addr.and_then(|a| a.parse().ok()).ok_or(DialError::NoAddress)?;
+    let token = token.and_then(unhex).ok_or(DialError::NoToken)?;
+    let mut conn =
+        TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|source| DialError::Connect { addr, source })?;
     let mut hello = Vec::with_capacity(24);
     hello.extend_from_slice(MAGIC);
     hello.extend_from_slice(&token);
-    conn.write_all(&hello).map_err(|e| format!("sending the token to {addr}: {e}"))?;
-    tune(&conn).map_err(|e| format!("socket options: {e}"))?;
+    conn.write_all(&hello).map_err(|source| DialError::SendToken { addr, source })?;
+    tune(&conn).map_err(DialError::SocketOptions)?;
     Ok(conn)
 }
 
 fn read_line_fd0() -> io::Result<String> {
     let mut line = Vec::new();
     loop {
-        let mut byte = 0u8;
-        // SAFETY: reads one byte into a stack variable.
-        let n = unsafe { libc::read(0, (&mut byte as *mut u8).cast(), 1) };
-        match n {
-            1 if byte == b'\n' => break,
-            1 => line.push(byte),
-            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-            _ => {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
+        let mut byte = [0u8; 1];
+        match rustix::io::read(rustix::stdio::stdin(), &mut byte) {
+            Ok(1) if byte[0] == b'\n' => break,
+            Ok(1) => line.push(byte[0]),
+            Ok(_) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
         if line.len() > 512 {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "handshake line over 512 bytes"));
@@ -392,10 +370,8 @@ mod tests {
         let a = random_token().unwrap();
         let b = random_token().unwrap();
         assert_ne!(a, b);
-        assert_eq!(unhex(&hex(&a)), Some(a));
+        assert_eq!(unhex(&hex::encode(a)), Some(a));
         assert_eq!(unhex("zz"), None);
-        assert!(constant_time_eq(&a, &a));
-        assert!(!constant_time_eq(&a, &b));
     }
 
     #[test]

@@ -6,7 +6,6 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::FromRawFd;
 
 use serde::{Deserialize, Serialize};
 
@@ -19,13 +18,19 @@ use serde::{Deserialize, Serialize};
 /// between `fork` and `exec` so that the host can spawn with `posix_spawn`,
 /// which is several times faster than `fork` from a large process.
 pub(crate) fn die_with_parent(host: libc::pid_t) {
-    // SAFETY: plain syscalls without memory arguments.
-    unsafe {
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 || libc::getppid() != host
-        {
-            libc::_exit(1);
-        }
+    if set_pdeathsig().is_err() || parent() != host {
+        // SAFETY: ends the process without running anything else.
+        unsafe { libc::_exit(1) }
     }
+}
+
+fn set_pdeathsig() -> rustix::io::Result<()> {
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+}
+
+/// The parent's pid, 0 when there is none.
+fn parent() -> libc::pid_t {
+    rustix::process::Pid::as_raw(rustix::process::getppid())
 }
 
 /// Runs in the forked child between `fork` and `exec` of a *launcher* (such
@@ -39,43 +44,28 @@ pub(crate) fn die_with_parent(host: libc::pid_t) {
 ///   while the pool is alive;
 /// - the parent may have died before the prctl: then exit at once.
 pub(crate) fn in_child_before_exec(host_pid: libc::pid_t) -> io::Result<()> {
-    // SAFETY: plain syscalls without memory arguments.
-    unsafe {
-        if libc::setpgid(0, 0) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if libc::getppid() != host_pid {
-            libc::_exit(1);
-        }
+    // rustix makes the system calls directly: no allocation, no lock.
+    rustix::process::setpgid(None, None)?;
+    set_pdeathsig()?;
+    if parent() != host_pid {
+        // SAFETY: ends the forked child without running anything else.
+        unsafe { libc::_exit(1) }
     }
     Ok(())
 }
 
 /// Moves the protocol streams (stdin/stdout as the host set them up) to
 /// fresh fds, and points fd 0 at `/dev/null` and fd 1 at stderr, so that a
-/// stray `print!` anywhere in the worker cannot corrupt the protocol.
-///
-/// # Safety
-/// Call once, at start-up, before other threads use fds 0 and 1.
-pub(crate) unsafe fn take_protocol_fds() -> io::Result<(File, File)> {
-    // SAFETY: dup/dup2/open on fds this process owns; the new fds are owned
-    // by the returned Files.
-    unsafe {
-        let input = libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3);
-        let output = libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3);
-        if input < 0 || output < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-        if null < 0 || libc::dup2(null, 0) < 0 || libc::dup2(2, 1) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        libc::close(null);
-        Ok((File::from_raw_fd(input), File::from_raw_fd(output)))
-    }
+/// stray `print!` anywhere in the worker cannot corrupt the protocol. Called
+/// once, at start-up, before other threads use fds 0 and 1.
+pub(crate) fn take_protocol_fds() -> io::Result<(File, File)> {
+    use rustix::io::fcntl_dupfd_cloexec;
+    use rustix::stdio::{dup2_stdin, dup2_stdout, stderr, stdin, stdout};
+    let input = fcntl_dupfd_cloexec(stdin(), 3)?;
+    let output = fcntl_dupfd_cloexec(stdout(), 3)?;
+    dup2_stdin(File::open("/dev/null")?)?;
+    dup2_stdout(stderr())?;
+    Ok((File::from(input), File::from(output)))
 }
 
 /// Empties the environment a launcher passed on, secrets included: the
@@ -108,14 +98,11 @@ pub(crate) unsafe fn scrub_environment() {
 /// of open files, and `SIGPIPE` ignored so a vanished host is an `EPIPE`
 /// error, handled, rather than a signal.
 pub(crate) fn harden_worker() {
-    // SAFETY: plain syscalls with valid pointers to stack values.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-        let core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        libc::setrlimit(libc::RLIMIT_CORE, &core);
-        let files = libc::rlimit { rlim_cur: 256, rlim_max: 256 };
-        libc::setrlimit(libc::RLIMIT_NOFILE, &files);
-    }
+    use rustix::process::{setrlimit, Resource, Rlimit};
+    // SAFETY: installs the predefined "ignore" disposition, no handler.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let _ = setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: Some(0) });
+    let _ = setrlimit(Resource::Nofile, Rlimit { current: Some(256), maximum: Some(256) });
 }
 
 /// How far a protection is in force.
@@ -222,8 +209,7 @@ const DENIED_SYSCALLS: &[libc::c_long] = &[
 /// applied is reported, and the host decides (`require_sandbox`).
 pub(crate) fn confine(grants: &crate::grants::Grants) -> SandboxStatus {
     let mut detail = Vec::new();
-    // SAFETY: plain prctl without pointers.
-    let no_new_privs = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } == 0;
+    let no_new_privs = rustix::thread::set_no_new_privs(true).is_ok();
     let landlock = match restrict_filesystem(grants) {
         Ok(status) => status,
         Err(e) => {
@@ -262,15 +248,30 @@ fn restrict_filesystem(grants: &crate::grants::Grants) -> Result<Enforcement, la
     })
 }
 
-fn install_seccomp() -> Result<(), String> {
+/// Why the seccomp filter is not installed. The messages are seccompiler's,
+/// as they were reported before this type existed (they go into
+/// [`SandboxStatus::detail`]).
+#[derive(Debug, thiserror::Error)]
+enum SeccompError {
+    /// seccompiler has no filter for this CPU architecture.
+    #[error("{0:?}")]
+    Arch(seccompiler::BackendError),
+    /// The rules do not form a valid filter.
+    #[error(transparent)]
+    Filter(#[from] seccompiler::BackendError),
+    /// The kernel refused the filter (no seccomp, no TSYNC, …).
+    #[error(transparent)]
+    Apply(#[from] seccompiler::Error),
+}
+
+fn install_seccomp() -> Result<(), SeccompError> {
     use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
     let rules = DENIED_SYSCALLS.iter().map(|nr| (*nr, Vec::new())).collect();
-    let arch = std::env::consts::ARCH.try_into().map_err(|e| format!("{e:?}"))?;
-    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch)
-        .map_err(|e| e.to_string())?;
-    let program: BpfProgram = filter.try_into().map_err(|e: seccompiler::BackendError| e.to_string())?;
+    let arch = std::env::consts::ARCH.try_into().map_err(SeccompError::Arch)?;
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch)?;
+    let program: BpfProgram = filter.try_into()?;
     // TSYNC: every thread of the process, including ones started earlier.
-    seccompiler::apply_filter_all_threads(&program).map_err(|e| e.to_string())
+    Ok(seccompiler::apply_filter_all_threads(&program)?)
 }
 
 /// The self-test hook: tries what the sandbox must refuse, from inside the
@@ -362,8 +363,7 @@ impl Drop for RunDir {
 fn sweep_stale_run_dirs(tmp: &std::path::Path) {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(tmp) else { return };
-    // SAFETY: getuid has no failure mode.
-    let uid = unsafe { libc::getuid() };
+    let uid = rustix::process::getuid().as_raw();
     let me = std::process::id();
     for entry in entries.flatten() {
         let name = entry.file_name();
@@ -373,9 +373,11 @@ fn sweep_stale_run_dirs(tmp: &std::path::Path) {
         if pid == me || !meta.is_dir() || meta.uid() != uid {
             continue;
         }
-        // SAFETY: kill with signal 0 only checks that the process exists.
-        let gone = unsafe { libc::kill(pid as libc::pid_t, 0) } != 0
-            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        // Signal 0 only checks that the process exists.
+        let gone = i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .is_some_and(|pid| rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH));
         if gone {
             let _ = std::fs::remove_dir_all(entry.path());
         }

@@ -6,7 +6,7 @@
 //! [`crate::runtime`]. It never knows about scheduling or output formats.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{self, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,37 +42,134 @@ pub(crate) enum Start {
     Unknown,
 }
 
+/// Why a worker process gave up. The worker prints it, causes included
+/// (see [`report`]), on stderr, whose tail the host shows; a failure to load
+/// the kernel also goes to the host as [`WorkerMsg::Failed`].
+#[derive(Debug, thiserror::Error)]
+enum WorkerError {
+    /// The worker flag without a valid mode.
+    #[error(
+        "{} is for worker processes that a wpool host starts, followed by the host's pid or `{}`",
+        WORKER_ARG,
+        crate::remote::DIAL_ARG
+    )]
+    NotFromHost,
+    /// The protocol fds the host set up could not be moved aside.
+    #[error("protocol fds")]
+    ProtocolFds(#[source] io::Error),
+    /// A launched worker could not reach its host.
+    #[error(transparent)]
+    Dial(#[from] crate::remote::DialError),
+    /// The connection to the host could not be split into input and output.
+    #[error("connection")]
+    Connection(#[source] io::Error),
+    /// The handshake frame did not arrive whole.
+    #[error("handshake: {0}")]
+    Handshake(FrameError),
+    /// The first message was not a `Hello`.
+    #[error("handshake: expected Hello, got {0}")]
+    NotHello(String),
+    /// The host speaks another protocol version.
+    #[error("protocol version {host} from host, worker speaks {PROTOCOL_VERSION}")]
+    Version {
+        /// The host's version.
+        host: u32,
+    },
+    /// The wasmtime engine could not be built with the host's settings.
+    #[error("engine")]
+    Engine(#[source] wasmtime::Error),
+    /// The host's artifact could not be read.
+    #[error("reading artifact {path}")]
+    ReadArtifact {
+        /// The artifact's path.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The artifact is not the one the host wrote.
+    #[error("artifact {path} does not match the digest the host recorded")]
+    ArtifactDigest {
+        /// The artifact's path.
+        path: String,
+    },
+    /// wasmtime refused the artifact.
+    #[error("artifact")]
+    Artifact(#[source] wasmtime::Error),
+    /// The kernel's wasm did not compile.
+    #[error("{name}")]
+    Compile {
+        /// The kernel's name.
+        name: String,
+        /// wasmtime's error.
+        #[source]
+        source: wasmtime::Error,
+    },
+    /// The compiled kernel could not be prepared for instantiation.
+    #[error("preparing kernel")]
+    Prepare(#[source] wasmtime::Error),
+    /// A thread of the worker could not be started.
+    #[error("spawning the {what}")]
+    Spawn {
+        /// Which thread.
+        what: &'static str,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel's `init` failed (the runtime's message).
+    #[error("{0}")]
+    Init(String),
+    /// The wasm thread ended without a word.
+    #[error("the wasm thread is gone")]
+    WasmThreadGone,
+    /// A frame from the host was broken.
+    #[error("reading from host: {0}")]
+    Read(FrameError),
+    /// A second `Hello` after the handshake.
+    #[error("unexpected second Hello")]
+    SecondHello,
+    /// The host could not be written to.
+    #[error("writing to host")]
+    Write(#[source] io::Error),
+}
+
+/// `error: cause: cause…`, one line.
+fn report(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        line.push_str(": ");
+        line.push_str(&e.to_string());
+        cause = e.source();
+    }
+    line
+}
+
 /// Entry point of a worker process. Never returns.
 pub(crate) fn main(start: Start) -> ! {
     let code = match run(start) {
         Ok(()) => 0,
-        Err(message) => {
-            eprintln!("wpool worker {}: {message}", std::process::id());
+        Err(error) => {
+            eprintln!("wpool worker {}: {}", std::process::id(), report(&error));
             2
         }
     };
     std::process::exit(code)
 }
 
-fn run(start: Start) -> Result<(), String> {
+fn run(start: Start) -> Result<(), WorkerError> {
     let node = crate::remote::node_name();
     let (mut input, output, node_cache) = match start {
         Start::Local(host) => {
             sandbox::die_with_parent(host);
-            // SAFETY: called once at start-up, before any other thread
-            // exists, on the fds the host set up; the helpers only dup/close
-            // them.
-            let (input, output) = unsafe { sandbox::take_protocol_fds() }.map_err(|e| format!("protocol fds: {e}"))?;
+            // At start-up, before any other thread exists, on the fds the
+            // host set up.
+            let (input, output) = sandbox::take_protocol_fds().map_err(WorkerError::ProtocolFds)?;
             (input, output, None)
         }
         Start::Dial => dial()?,
-        Start::Unknown => {
-            return Err(format!(
-                "{WORKER_ARG} is for worker processes that a wpool host starts, followed by the host's pid \
-                 or `{}`",
-                crate::remote::DIAL_ARG
-            ))
-        }
+        Start::Unknown => return Err(WorkerError::NotFromHost),
     };
     sandbox::harden_worker();
 
@@ -80,23 +177,23 @@ fn run(start: Start) -> Result<(), String> {
     match protocol::read_frame(&mut input, HELLO_FRAME_CAP, &mut buf) {
         Ok(()) => {}
         Err(FrameError::Eof) => return Ok(()),
-        Err(e) => return Err(format!("handshake: {e}")),
+        Err(e) => return Err(WorkerError::Handshake(e)),
     }
     let hello = match protocol::decode::<HostMsg>(&buf) {
         Ok(HostMsg::Hello(hello)) => hello,
-        Ok(other) => return Err(format!("handshake: expected Hello, got {other:?}")),
-        Err(e) => return Err(format!("handshake: {e}")),
+        Ok(other) => return Err(WorkerError::NotHello(format!("{other:?}"))),
+        Err(e) => return Err(WorkerError::Handshake(e)),
     };
     let output = Arc::new(std::sync::Mutex::new(output));
-    let send = |msg: &WorkerMsg| -> Result<(), String> {
+    let send = |msg: &WorkerMsg| -> Result<(), WorkerError> {
         let mut out = output.lock().unwrap_or_else(|p| p.into_inner());
-        protocol::write_frame(&mut *out, msg).map_err(|e| format!("writing to host: {e}"))
+        protocol::write_frame(&mut *out, msg).map_err(WorkerError::Write)
     };
     let runtime = match load(&hello, node_cache.as_ref()) {
         Ok(rt) => rt,
-        Err(message) => {
-            let _ = send(&WorkerMsg::Failed { message: message.clone() });
-            return Err(message);
+        Err(error) => {
+            let _ = send(&WorkerMsg::Failed { message: report(&error) });
+            return Err(error);
         }
     };
     // The kernel is in memory: from here on the worker needs no filesystem
@@ -133,14 +230,14 @@ fn run(start: Start) -> Result<(), String> {
                 wasm_loop(runtime, rx, out, crash_on);
             }
         })
-        .map_err(|e| format!("spawning the wasm thread: {e}"))?;
+        .map_err(|source| WorkerError::Spawn { what: "wasm thread", source })?;
     match prepared.recv() {
         Ok(Ok(())) => {}
         Ok(Err(message)) => {
             send(&WorkerMsg::InitFailed { message: message.clone() })?;
-            return Err(message);
+            return Err(WorkerError::Init(message));
         }
-        Err(_) => return Err("the wasm thread is gone".into()),
+        Err(_) => return Err(WorkerError::WasmThreadGone),
     }
     send(&WorkerMsg::Ready { version: PROTOCOL_VERSION, pid: std::process::id(), node, sandbox })?;
 
@@ -154,16 +251,16 @@ fn run(start: Start) -> Result<(), String> {
             // The host closed our input: it is gone or done with us. Exit now,
             // even mid-item: nobody is left to read the result.
             Err(FrameError::Eof) => std::process::exit(0),
-            Err(e) => return Err(format!("reading from host: {e}")),
+            Err(e) => return Err(WorkerError::Read(e)),
         }
         match protocol::decode::<HostMsg>(&frame) {
             Ok(HostMsg::Run { .. }) => {}
             Ok(HostMsg::Shutdown) => std::process::exit(0),
-            Ok(HostMsg::Hello(_)) => return Err("unexpected second Hello".into()),
-            Err(e) => return Err(format!("reading from host: {e}")),
+            Ok(HostMsg::Hello(_)) => return Err(WorkerError::SecondHello),
+            Err(e) => return Err(WorkerError::Read(e)),
         }
         if tx.send(frame).is_err() {
-            return Err("the wasm thread is gone".into());
+            return Err(WorkerError::WasmThreadGone);
         }
     }
 }
@@ -172,7 +269,7 @@ fn run(start: Start) -> Result<(), String> {
 /// cache (from the environment, which is then cleared: the launcher passed
 /// on the caller's, secrets included), dial back to the host, and make the
 /// connection the protocol stream.
-fn dial() -> Result<(File, File, Option<ArtifactCache>), String> {
+fn dial() -> Result<(File, File, Option<ArtifactCache>), WorkerError> {
     let cache = ArtifactCache::default_location().ok();
     // SAFETY: no other thread exists yet (this runs before `main`), so
     // nothing reads the environment concurrently.
@@ -182,10 +279,9 @@ fn dial() -> Result<(File, File, Option<ArtifactCache>), String> {
     let _ = std::env::set_current_dir("/");
     let conn = crate::remote::dial_back()?;
     // Stray prints go to stderr, which the launcher forwards.
-    // SAFETY: dup2 on fds this process owns.
-    unsafe { libc::dup2(2, 1) };
+    let _ = rustix::stdio::dup2_stdout(rustix::stdio::stderr());
     let fd = std::os::fd::OwnedFd::from(conn);
-    let input = fd.try_clone().map_err(|e| format!("connection: {e}"))?;
+    let input = fd.try_clone().map_err(WorkerError::Connection)?;
     Ok((File::from(input), File::from(fd), cache))
 }
 
@@ -193,45 +289,46 @@ fn dial() -> Result<(File, File, Option<ArtifactCache>), String> {
 /// its end (srun or ssh killed, the host gone) ends the worker even if the
 /// connection lingers. Started after `confine`, like every thread: Landlock
 /// binds only the thread that applies it and the threads it starts later.
-fn watch_launcher_stdin() -> Result<(), String> {
+fn watch_launcher_stdin() -> Result<(), WorkerError> {
     std::thread::Builder::new()
         .name("wpool-stdin".into())
         .spawn(|| {
             let mut buf = [0u8; 64];
-            // SAFETY: reads into a stack buffer.
-            while unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+            // fd 0 directly: std's stdin would lock and buffer.
+            while rustix::io::read(rustix::stdio::stdin(), &mut buf).is_ok_and(|n| n > 0) {}
             // SAFETY: ends the process at once, mid-item included: nobody is
             // left to read its results.
             unsafe { libc::_exit(0) }
         })
         .map(drop)
-        .map_err(|e| format!("spawning the stdin watcher: {e}"))
+        .map_err(|source| WorkerError::Spawn { what: "stdin watcher", source })
 }
 
 /// Verifies, deserializes (or compiles) and prepares the kernel of the
 /// handshake.
-fn load(hello: &Hello, node_cache: Option<&ArtifactCache>) -> Result<Runtime, String> {
+fn load(hello: &Hello, node_cache: Option<&ArtifactCache>) -> Result<Runtime, WorkerError> {
     if hello.version != PROTOCOL_VERSION {
-        return Err(format!("protocol version {} from host, worker speaks {PROTOCOL_VERSION}", hello.version));
+        return Err(WorkerError::Version { host: hello.version });
     }
     let mut config = hello.settings.wasmtime_config();
     if hello.settings.limits.max_items_per_instance.is_some() {
         config.allocation_strategy(pooling(&hello.settings.limits));
     }
-    let engine = Engine::new(&config).map_err(|e| format!("engine: {e:#}"))?;
+    let engine = Engine::new(&config).map_err(WorkerError::Engine)?;
     let component = match &hello.code {
         Code::Artifact { path, digest } => {
-            let bytes = std::fs::read(path).map_err(|e| format!("reading artifact {path}: {e}"))?;
+            let bytes =
+                std::fs::read(path).map_err(|source| WorkerError::ReadArtifact { path: path.clone(), source })?;
             let actual: [u8; 32] = Sha256::digest(&bytes).into();
             if actual != *digest {
-                return Err(format!("artifact {path} does not match the digest the host recorded"));
+                return Err(WorkerError::ArtifactDigest { path: path.clone() });
             }
             // SAFETY: `deserialize` trusts its input to be a wasmtime
             // artifact. These bytes come from the host's private (0700)
             // cache, written by the host itself, and match the digest the
             // host recorded when it wrote them; wasmtime further checks that
             // the artifact fits this engine.
-            unsafe { Component::deserialize(&engine, &bytes) }.map_err(|e| format!("artifact: {e:#}"))?
+            unsafe { Component::deserialize(&engine, &bytes) }.map_err(WorkerError::Artifact)?
         }
         // Wasm from the network is compiled here, never deserialized.
         Code::Wasm { name, bytes } => {
@@ -240,13 +337,14 @@ fn load(hello: &Hello, node_cache: Option<&ArtifactCache>) -> Result<Runtime, St
             let cached = node_cache.and_then(|c| c.component(&engine, name, &bytes.0, &hello.settings).ok());
             match cached {
                 Some(component) => component,
-                None => Component::new(&engine, &bytes.0).map_err(|e| format!("{name}: {e:#}"))?,
+                None => Component::new(&engine, &bytes.0)
+                    .map_err(|source| WorkerError::Compile { name: name.clone(), source })?,
             }
         }
     };
     let ticks = hello.settings.limits.timeout.map(|t| (t.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64).max(1));
     Runtime::new(engine, &component, hello.settings.clone(), ticks, hello.init.clone(), hello.reducer)
-        .map_err(|e| format!("preparing kernel: {e:#}"))
+        .map_err(WorkerError::Prepare)
 }
 
 /// With instances replaced often (`--isolate`, `--deterministic`,

@@ -31,7 +31,8 @@ fn main() {
     let conn = match wpool::remote::dial_back() {
         Ok(conn) => conn,
         Err(e) => {
-            eprintln!("evil-worker: {e}");
+            let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
+            eprintln!("evil-worker: {e}{cause}");
             std::process::exit(2);
         }
     };
