@@ -84,51 +84,10 @@ pub fn parse_item_size(s: &str) -> Result<u64, String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Words(pub Vec<String>);
 
-/// A launcher command line split into words the way a shell would (single
+/// A launcher command line split into words the way `sh` would (single
 /// and double quotes, backslash escapes), without any expansion.
 pub fn parse_command(s: &str) -> Result<Words, String> {
-    let mut words = Vec::new();
-    let mut word: Option<String> = None;
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            ' ' | '\t' | '\n' => {
-                if let Some(w) = word.take() {
-                    words.push(w);
-                }
-            }
-            '\'' => {
-                let w = word.get_or_insert_with(String::new);
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(c) => w.push(c),
-                        None => return Err(format!("`{s}`: unterminated single quote")),
-                    }
-                }
-            }
-            '"' => {
-                let w = word.get_or_insert_with(String::new);
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => match chars.next() {
-                            Some(c) => w.push(c),
-                            None => return Err(format!("`{s}`: unterminated double quote")),
-                        },
-                        Some(c) => w.push(c),
-                        None => return Err(format!("`{s}`: unterminated double quote")),
-                    }
-                }
-            }
-            '\\' => match chars.next() {
-                Some(c) => word.get_or_insert_with(String::new).push(c),
-                None => return Err(format!("`{s}`: ends with a lone backslash")),
-            },
-            c => word.get_or_insert_with(String::new).push(c),
-        }
-    }
-    words.extend(word);
+    let words = shell_words::split(s).map_err(|e| format!("`{s}`: {e}"))?;
     if words.is_empty() {
         return Err("an empty launcher command (e.g. `--launcher \"ssh HOST\"`)".into());
     }
@@ -157,8 +116,15 @@ mod tests {
             parse_command(r#"ssh -o 'Opt=a b' "x\"y" c\ d ''"#).unwrap().0,
             ["ssh", "-o", "Opt=a b", "x\"y", "c d", ""]
         );
+        // Inside double quotes a backslash escapes only `$`, `` ` ``, `"`,
+        // `\` and a newline, as in sh: `printf '%s\n' "a\ b" 'c d' "e\"f"`
+        // prints `a\ b`, `c d`, `e"f`.
+        assert_eq!(parse_command(r#""a\ b" 'c d' "e\"f""#).unwrap().0, [r"a\ b", "c d", "e\"f"]);
+        assert_eq!(parse_command(r"'a\b' c\\d").unwrap().0, [r"a\b", r"c\d"]);
         assert!(parse_command("  ").is_err());
         assert!(parse_command("ssh 'host").is_err());
+        // A trailing backslash stays, as in dash.
+        assert_eq!(parse_command("ssh host\\").unwrap().0, ["ssh", "host\\"]);
     }
 
     #[test]
