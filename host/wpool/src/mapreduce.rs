@@ -43,7 +43,12 @@ pub type KeyResult = (Vec<u8>, Result<Vec<u8>, TaskError>);
 /// let map = Pool::builder(Kernel::from_file("wordcount.wasm")?).build()?;
 /// let reduce = Pool::builder(Kernel::from_file("sum.wasm")?).build()?;
 /// let mut mr = MapReduce::new(map, reduce)?;
-/// let out = mr.run(["a b a", "b c"].map(|s| s.as_bytes().to_vec()), |failed| eprintln!("{failed}"))?;
+/// let out = mr.run(["a b a", "b c"].map(|s| s.as_bytes().to_vec()), |_index, done| {
+///     if let Err(failed) = done {
+///         eprintln!("{failed}");
+///     }
+///     true // go on; `false` stops the run
+/// })?;
 /// for (key, value) in out {
 ///     println!("{}\t{:?}", String::from_utf8_lossy(&key), value);
 /// }
