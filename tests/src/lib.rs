@@ -356,7 +356,7 @@ impl Pty {
         drop(self.slave);
         let mut reader = self.master.try_clone().unwrap();
         let screen = std::sync::Arc::clone(&self.screen);
-        std::thread::spawn(move || {
+        let reader_thread = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             // Ends with EIO once every process holding the terminal is gone.
             while let Ok(n) = std::io::Read::read(&mut reader, &mut buf) {
@@ -366,7 +366,7 @@ impl Pty {
                 screen.lock().unwrap().extend_from_slice(&buf[..n]);
             }
         });
-        (child, PtyHandle { master: self.master, screen: self.screen })
+        (child, PtyHandle { master: self.master, screen: self.screen, reader: Some(reader_thread) })
     }
 }
 
@@ -380,6 +380,7 @@ impl Default for Pty {
 pub struct PtyHandle {
     master: std::fs::File,
     screen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl PtyHandle {
@@ -391,5 +392,14 @@ impl PtyHandle {
     /// What the terminal showed so far.
     pub fn screen(&self) -> String {
         String::from_utf8_lossy(&self.screen.lock().unwrap()).into_owned()
+    }
+
+    /// Everything the terminal showed, once the process (and whatever else
+    /// held the terminal) has exited: the reader has read it all.
+    pub fn final_screen(&mut self) -> String {
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        self.screen()
     }
 }

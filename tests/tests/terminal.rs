@@ -91,8 +91,9 @@ fn f1_ctrl_c_ends_a_run_waiting_on_a_fifo_without_writer() {
     let workers = children_of(pid);
     term.type_bytes(b"\x03");
     let status = wait_guarded(&mut child, Duration::from_secs(60));
-    assert_eq!(status.code(), Some(130), "screen: {}", term.screen());
-    assert!(term.screen().contains("interrupted"), "{}", term.screen());
+    let screen = term.final_screen();
+    assert_eq!(status.code(), Some(130), "screen: {screen}");
+    assert!(screen.contains("interrupted"), "{screen}");
     assert!(eventually(Duration::from_secs(10), || workers.iter().all(|w| !alive(*w))), "workers left behind");
 }
 
@@ -114,7 +115,7 @@ fn f9_reading_items_from_the_terminal_says_so() {
     let mut out = String::new();
     child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
     let status = wait_guarded(&mut child, Duration::from_secs(60));
-    assert_eq!(status.code(), Some(0), "{}", term.screen());
+    assert_eq!(status.code(), Some(0), "{}", term.final_screen());
     assert_eq!(out, "HELLO\n");
 }
 
@@ -273,13 +274,14 @@ fn f8_progress_bar_on_pipeline_and_mapreduce_under_a_terminal() {
         .arg(kernel_path("upper"))
         .arg(file.path())
         .stdout(Stdio::piped());
-    let (mut child, term) = Pty::new().spawn(c);
+    let (mut child, mut term) = Pty::new().spawn(c);
     let mut out = String::new();
     child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
     let status = wait_guarded(&mut child, Duration::from_secs(120));
     assert_eq!(status.code(), Some(1));
     assert_eq!(out, "A\nB\nC\n");
-    assert!(term.screen().contains(" items"), "no progress bar: {:?}", term.screen());
+    let screen = term.final_screen();
+    assert!(screen.contains(" items"), "no progress bar: {screen:?}");
 
     let words = temp_file(b"a b\nb c\n");
     let mut c = wpool();
@@ -289,13 +291,14 @@ fn f8_progress_bar_on_pipeline_and_mapreduce_under_a_terminal() {
         .arg(kernel_path("sum"))
         .arg(words.path())
         .stdout(Stdio::piped());
-    let (mut child, term) = Pty::new().spawn(c);
+    let (mut child, mut term) = Pty::new().spawn(c);
     let mut out = String::new();
     child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
     let status = wait_guarded(&mut child, Duration::from_secs(120));
     assert_eq!(status.code(), Some(0));
     assert_eq!(out, "a\t1\nb\t2\nc\t1\n");
-    assert!(term.screen().contains(" items"), "no progress bar: {:?}", term.screen());
+    let screen = term.final_screen();
+    assert!(screen.contains(" items"), "no progress bar: {screen:?}");
 }
 
 #[test]
@@ -435,10 +438,10 @@ fn f10_progress_rate_is_whole_items_per_second() {
     let file = temp_file(numbers(1..=3000).as_bytes());
     let mut c = map_cmd(&["-j", "1", "--chunksize", "1"], &kernel_path("upper"));
     c.arg(file.path()).stdout(Stdio::null());
-    let (mut child, term) = Pty::new().spawn(c);
+    let (mut child, mut term) = Pty::new().spawn(c);
     let status = wait_guarded(&mut child, Duration::from_secs(120));
     assert_eq!(status.code(), Some(0));
-    let screen = term.screen();
+    let screen = term.final_screen();
     assert!(screen.contains("/s"), "a rate was shown: {screen:?}");
     for (at, _) in screen.match_indices("/s") {
         let before: String = screen[..at].chars().rev().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
