@@ -45,26 +45,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// `64MiB`, `1GiB`, `512KiB`, `100MB` (decimal), `4096` or `4096B`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let bad =
-        || format!("`{s}` is not a size: use a number with a unit, e.g. `64MiB`, `1GiB`, `512KiB`, `100MB`, or bytes");
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: u64 = num.parse().map_err(|_| bad())?;
-    let mult: u64 = match unit {
-        "" | "B" => 1,
-        "KiB" | "K" => 1 << 10,
-        "MiB" | "M" => 1 << 20,
-        "GiB" | "G" => 1 << 30,
-        "KB" => 1000,
-        "MB" => 1000 * 1000,
-        "GB" => 1000 * 1000 * 1000,
-        _ => return Err(bad()),
-    };
-    match value.checked_mul(mult) {
-        Some(0) => Err(format!("`{s}`: a size must be greater than zero")),
-        Some(v) => Ok(v),
-        None => Err(format!("`{s}` is too large")),
-    }
+    wpool::Limits::parse_size(s).ok_or_else(|| {
+        format!("`{s}` is not a size: use a number with a unit, e.g. `64MiB`, `1GiB`, `512KiB`, `100MB`, or bytes")
+    })
 }
 
 /// `--max-item-size`: a size no larger than an item can be.

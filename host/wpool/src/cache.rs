@@ -131,7 +131,7 @@ pub(crate) fn max_from_env(dir: &Path) -> Result<u64, Error> {
     match std::env::var(MAX_ENV) {
         Err(std::env::VarError::NotPresent) => Ok(DEFAULT_MAX_BYTES),
         Ok(v) if v.is_empty() => Ok(DEFAULT_MAX_BYTES),
-        Ok(v) => parse_size(&v).ok_or_else(|| Error::Cache {
+        Ok(v) => crate::Limits::parse_size(&v).ok_or_else(|| Error::Cache {
             path: dir.to_path_buf(),
             message: format!(
                 "{MAX_ENV}=`{v}` is not a size: use bytes or a number with a unit, e.g. `2GiB`, `500MiB`, `100MB`"
@@ -142,26 +142,6 @@ pub(crate) fn max_from_env(dir: &Path) -> Result<u64, Error> {
             message: format!("{MAX_ENV}={} is not a size", v.to_string_lossy()),
         }),
     }
-}
-
-fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: u64 = num.parse().ok()?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "K" | "KiB" => 1 << 10,
-        "M" | "MiB" => 1 << 20,
-        "G" | "GiB" => 1 << 30,
-        "T" | "TiB" => 1 << 40,
-        "KB" => 1000,
-        "MB" => 1000 * 1000,
-        "GB" => 1000 * 1000 * 1000,
-        "TB" => 1000 * 1000 * 1000 * 1000,
-        _ => return None,
-    };
-    value.checked_mul(mult)
 }
 
 /// The artifacts this process has handed out, each held with a shared lock
@@ -294,7 +274,11 @@ fn io_err(path: &Path, what: &str, e: io::Error) -> Error {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use crate::Limits;
+
+    fn parse_size(s: &str) -> Option<u64> {
+        Limits::parse_size(s)
+    }
 
     #[test]
     fn sizes_parse_with_binary_and_decimal_units() {

@@ -58,6 +58,35 @@ impl Default for Limits {
 const WASM32_MEMORY: u64 = 4 << 30;
 
 impl Limits {
+    /// A size as people write it: bytes (`4096`, `4096B`), binary units
+    /// (`64K`/`64KiB`, `M`/`MiB`, `G`/`GiB`, `T`/`TiB`) or decimal ones
+    /// (`KB`, `MB`, `GB`, `TB`). `None` if it is not one, or overflows.
+    ///
+    /// ```
+    /// assert_eq!(wpool::Limits::parse_size("64MiB"), Some(64 << 20));
+    /// assert_eq!(wpool::Limits::parse_size("100MB"), Some(100_000_000));
+    /// assert_eq!(wpool::Limits::parse_size("12XB"), None);
+    /// ```
+    pub fn parse_size(s: &str) -> Option<u64> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let value: u64 = num.parse().ok()?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "K" | "KiB" => 1 << 10,
+            "M" | "MiB" => 1 << 20,
+            "G" | "GiB" => 1 << 30,
+            "T" | "TiB" => 1 << 40,
+            "KB" => 1000,
+            "MB" => 1000 * 1000,
+            "GB" => 1000 * 1000 * 1000,
+            "TB" => 1000 * 1000 * 1000 * 1000,
+            _ => return None,
+        };
+        value.checked_mul(mult)
+    }
+
     /// The largest `max_item_size` that can work: an item is copied into the
     /// kernel's linear memory, which wasm32 ends at 4 GiB, and its result is
     /// made there too.
