@@ -1,12 +1,93 @@
-//! The command-line flags of the commands that run kernels, defined once
-//! with their documentation.
+//! Every command and flag of `wpool`, defined once with its documentation
+//! (clap derives the parser, `--help` and the shell completions from it).
 
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, Parser, Subcommand};
 use wpool::Chunksize;
 
 use crate::units;
+
+#[derive(Parser)]
+#[command(name = "wpool", version, about = "A sandboxed WebAssembly worker pool", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a kernel over every item of the inputs, in worker processes.
+    ///
+    /// Items are the lines of each INPUT (stdin when none, or `-`), without
+    /// their `\n`. Results are printed in input order, one per line; failed
+    /// items print nothing on stdout and one line on stderr.
+    #[command(after_long_help = "Exit status: 0 every item succeeded; 1 at least one item failed; 2 usage, \
+kernel-load or input error (nothing was run) or pool failure; 130 interrupted (129 SIGHUP, 143 SIGTERM): finished results are printed first.\n\n\
+Examples (from the repository's root):\n  printf 'hello\\nworld\\n' | wpool map -j 2 target/kernels/wasip2/upper.wasm\n  wpool map --timeout 2s target/kernels/wasip2/primes.wasm examples/primes.txt\n  find examples/text -name '*.txt' -print0 |\n    wpool map --files -0 target/kernels/wasip2/wordcount.wasm -")]
+    Map(Box<MapCmd>),
+    /// Run items through several kernels in a row, every stage at the same
+    /// time (validate → transform → load).
+    ///
+    /// Each stage is a pool of its own; items stream from stage to stage
+    /// through bounded buffers (a slow stage holds back the ones before it).
+    /// An item that fails in a stage is reported once, with its index and
+    /// the stage, and does not enter later stages. Input, output, limits and
+    /// --json as for `wpool map`; results in input order.
+    #[command(after_long_help = "Exit status as for `wpool map`.\n\n\
+Example (from the repository's root):\n  k=target/kernels/wasip2\n  wpool pipeline --stage $k/validate.wasm --stage $k/primes.wasm \\\n    --stage $k/format.wasm --jobs-per-stage 1,2,1 examples/numbers.txt")]
+    Pipeline(Box<PipelineCmd>),
+    /// MapReduce: map every item with a map kernel whose results are
+    /// `key<TAB>value` lines, then reduce each key's values with a reducer
+    /// kernel (world `reducer`).
+    ///
+    /// Values are reduced in bounded batches as they arrive, earlier results
+    /// fed back in as values, so `reduce` must be associative and
+    /// commutative. Output: `key<TAB>value` lines sorted by key bytes (or
+    /// --json, one object per key). Input and limits as for `wpool map`.
+    #[command(after_long_help = "Exit status: 0 all went well; 1 a map item or a key failed; 2 usage, \
+kernel-load or input error or pool failure; 130 interrupted (129 SIGHUP, 143 SIGTERM): finished results are printed first.\n\n\
+Example (from the repository's root):\n  k=target/kernels/wasip2\n  wpool mapreduce --map $k/wordcount.wasm --reduce $k/sum.wasm \\\n    --files examples/text/*.txt")]
+    Mapreduce(Box<MapReduceCmd>),
+    /// Describe a kernel: format, world, imports, exports, size, and whether
+    /// wpool accepts it.
+    Inspect {
+        /// The kernel (.wasm component).
+        kernel: PathBuf,
+        /// Also start a worker with this kernel and report how it confined
+        /// itself on this machine (seccomp, Landlock, no_new_privs).
+        #[arg(long)]
+        sandbox: bool,
+    },
+    /// Show the compiled-artifact cache: directory, artifacts, bytes, cap.
+    ///
+    /// Kernels are compiled once and kept here; when a new artifact takes
+    /// the cache over its cap (`WPOOL_CACHE_MAX`, default 2GiB), the least
+    /// recently used are removed.
+    #[command(
+        after_long_help = "Example:\n  wpool cache\n  wpool cache clean\n  WPOOL_CACHE_MAX=500MiB wpool map kernel.wasm items.txt"
+    )]
+    Cache {
+        #[command(subcommand)]
+        action: Option<CacheCmd>,
+    },
+    /// Print a shell completion script.
+    #[command(
+        after_long_help = "Example:\n  wpool completions bash > ~/.local/share/bash-completion/completions/wpool\n  \
+wpool completions zsh > ~/.zfunc/_wpool\n  wpool completions fish > ~/.config/fish/completions/wpool.fish"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CacheCmd {
+    /// Remove every cached artifact (those a running wpool uses are kept;
+    /// the next run of a kernel compiles it again).
+    Clean,
+}
 
 #[derive(Args)]
 pub struct MapCmd {

@@ -335,6 +335,79 @@ impl Iterator for Items {
     }
 }
 
+/// Sends items in batches of up to `BATCH_ITEMS` items or `BATCH_BYTES`
+/// bytes; a partial batch goes out before any read that could wait.
+pub fn feed_batches(mut items: Items, tx: &crossbeam_channel::Sender<Vec<Vec<u8>>>) {
+    const BATCH_ITEMS: usize = 1024;
+    const BATCH_BYTES: usize = 256 << 10;
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    loop {
+        if !batch.is_empty() && (batch.len() >= BATCH_ITEMS || bytes >= BATCH_BYTES || !items.ready()) {
+            if tx.send(std::mem::take(&mut batch)).is_err() {
+                return;
+            }
+            bytes = 0;
+        }
+        match items.next() {
+            Some(item) => {
+                bytes += item.len();
+                batch.push(item);
+            }
+            None => {
+                if !batch.is_empty() {
+                    let _ = tx.send(batch);
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Sets the progress bar's total once the items of the inputs are counted,
+/// on a thread of its own so that work starts at once. Only regular files
+/// are counted: reading a pipe, a FIFO or a terminal here would consume
+/// (or wait for) the very items the run needs; the bar then shows items
+/// done and their rate, without a total.
+pub fn count_in_background(sources: Vec<Source>, split: Split, bar: indicatif::ProgressBar) {
+    let _ = std::thread::Builder::new().name("wpool-count".into()).spawn(move || {
+        if let Some(total) = count_items(&sources, split) {
+            crate::output::set_total(&bar, total);
+        }
+    });
+}
+
+/// Total items of the inputs, when every one is a regular file.
+fn count_items(sources: &[Source], split: Split) -> Option<u64> {
+    if !sources.iter().all(Source::is_regular_file) {
+        return None;
+    }
+    let mut total = 0u64;
+    for s in sources {
+        let Source::File(p) = s else { return None };
+        if split == Split::Files {
+            total += 1;
+            continue;
+        }
+        let sep = if split == Split::Nul { 0 } else { b'\n' };
+        let mut f = std::io::BufReader::new(std::fs::File::open(p).ok()?);
+        let mut count = 0u64;
+        let mut last = sep;
+        loop {
+            let buf = std::io::BufRead::fill_buf(&mut f).ok()?;
+            if buf.is_empty() {
+                break;
+            }
+            count += buf.iter().filter(|b| **b == sep).count() as u64;
+            last = *buf.last().expect("non-empty");
+            let n = buf.len();
+            std::io::BufRead::consume(&mut f, n);
+        }
+        total += count + u64::from(last != sep);
+    }
+    Some(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

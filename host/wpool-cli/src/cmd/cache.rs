@@ -4,17 +4,12 @@
 use std::io::{self, Write};
 
 use anyhow::Result;
-use clap::Subcommand;
 use wpool::Cache;
 
-#[derive(Subcommand)]
-pub enum CacheCmd {
-    /// Remove every cached artifact (those a running wpool uses are kept;
-    /// the next run of a kernel compiles it again).
-    Clean,
-}
+use crate::exit::Exit;
+use crate::flags::CacheCmd;
 
-pub fn run(cmd: Option<CacheCmd>) -> Result<u8> {
+pub fn run(cmd: Option<CacheCmd>) -> Result<Exit> {
     let cache = Cache::open_default()?;
     let mut out = io::stdout().lock();
     match cmd {
@@ -39,7 +34,7 @@ pub fn run(cmd: Option<CacheCmd>) -> Result<u8> {
             }
         }
     }
-    Ok(0)
+    Ok(Exit::Success)
 }
 
 fn cap_source() -> String {

@@ -8,11 +8,13 @@ use anyhow::Result;
 use clap::CommandFactory;
 use clap_complete::Shell;
 
-pub fn run(shell: Shell) -> Result<u8> {
+use crate::exit::Exit;
+
+pub fn run(shell: Shell) -> Result<Exit> {
     // Into a buffer first: `generate` panics on a write error, and a
     // closed pipe (`wpool completions bash | head`) is not one worth a panic.
     let mut script = Vec::new();
-    clap_complete::generate(shell, &mut crate::Cli::command(), "wpool", &mut script);
+    clap_complete::generate(shell, &mut crate::flags::Cli::command(), "wpool", &mut script);
     io::stdout().lock().write_all(&script)?;
-    Ok(0)
+    Ok(Exit::Success)
 }

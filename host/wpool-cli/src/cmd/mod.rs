@@ -1,0 +1,27 @@
+//! One module per command; [`driver`] is what `map`, `pipeline` and
+//! `mapreduce` share (flags → pools, input, printer, signals → exit).
+
+mod cache;
+mod completions;
+mod driver;
+mod inspect;
+mod map;
+mod mapreduce;
+mod pipeline;
+
+use anyhow::Result;
+
+use crate::exit::Exit;
+use crate::flags::Command;
+
+/// Runs a parsed command.
+pub fn run(command: Command) -> Result<Exit> {
+    match command {
+        Command::Map(cmd) => map::run(*cmd),
+        Command::Pipeline(cmd) => pipeline::run(*cmd),
+        Command::Mapreduce(cmd) => mapreduce::run(*cmd),
+        Command::Inspect { kernel, sandbox } => inspect::run(&kernel, sandbox),
+        Command::Cache { action } => cache::run(action),
+        Command::Completions { shell } => completions::run(shell),
+    }
+}
