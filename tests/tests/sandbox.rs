@@ -70,12 +70,19 @@ fn s06_workers_are_separate_processes_with_a_cleared_environment() {
         let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
         assert!(environ.is_empty(), "worker environment must be empty: {}", String::from_utf8_lossy(&environ));
     }
-    // Their working directory is an empty private directory, gone with the pool.
+    // Their working directory is an empty private directory in this
+    // process's private run directory (`$TMPDIR/wpool-PID-N`), gone with the
+    // pool (and the run directory with the last pool).
     let pid = p.worker_pids()[0];
     let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
-    assert!(cwd.file_name().unwrap().to_string_lossy().starts_with("wpool-"), "{}", cwd.display());
+    assert!(cwd.file_name().unwrap().to_string_lossy().starts_with("pool-"), "{}", cwd.display());
+    let run_dir = cwd.parent().unwrap().to_path_buf();
+    let run_name = run_dir.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(run_name.starts_with(&format!("wpool-{}-", std::process::id())), "{}", cwd.display());
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&cwd).unwrap().permissions().mode() & 0o777, 0o700);
+    for dir in [&cwd, &run_dir] {
+        assert_eq!(std::fs::metadata(dir).unwrap().permissions().mode() & 0o777, 0o700, "{}", dir.display());
+    }
     assert_eq!(std::fs::read_dir(&cwd).unwrap().count(), 0);
     drop(p);
     assert!(!cwd.exists(), "removed with the pool");
