@@ -3,7 +3,7 @@
 //!
 //! Owns the grant values and their WASI implementation (deterministic clocks
 //! and a resettable seeded generator). The OS-level confinement of worker
-//! processes is [`crate::sandbox`]'s.
+//! processes is [`crate::worker::confine`]'s.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

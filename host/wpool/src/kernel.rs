@@ -20,7 +20,7 @@ use wasmtime::Engine;
 use crate::cache;
 use crate::error::Error;
 use crate::limits::EngineSettings;
-use crate::runtime::{self, INIT_EXPORT, MAP_BATCH_EXPORT, MAP_EXPORT, REDUCE_EXPORT};
+use crate::worker::runtime::{self, INIT_EXPORT, MAP_BATCH_EXPORT, MAP_EXPORT, REDUCE_EXPORT};
 
 /// The contract's type of `map`, for messages.
 const MAP_SIGNATURE: &str = "func(input: list<u8>) -> result<list<u8>, string>";

@@ -14,7 +14,7 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::limits::EngineSettings;
-use crate::sandbox::SandboxStatus;
+use crate::worker::confine::SandboxStatus;
 
 /// Bumped on every incompatible change of the frame types.
 pub const PROTOCOL_VERSION: u32 = 5;

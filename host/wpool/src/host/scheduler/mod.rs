@@ -6,7 +6,7 @@
 //! (results on their way out), [`sizing`] (chunk size, depth, window),
 //! [`input`] (reading items) and [`policy`] (when to give up restarting).
 //! This module only reacts to [`Event`]s and hands work between them. It
-//! talks to processes only through [`crate::supervisor`] (spawn, send,
+//! talks to processes only through [`crate::host::supervisor`] (spawn, send,
 //! kill); it never touches wasm or output formats.
 
 mod input;
@@ -33,9 +33,9 @@ use self::reorder::Reorder;
 use self::sizing::{Sizer, MAX_BUFFERED_BYTES};
 use self::slots::{Deadlines, KillReason, Slot, SlotState};
 use crate::error::{Error, ItemIndex, TaskError, TaskErrorKind, WorkerId};
-use crate::protocol::{self, Hello, HostMsg, Outcome, WorkerMsg, BATCH_BYTES, PROTOCOL_VERSION};
-use crate::sandbox::{PrivateDir, SandboxStatus};
-use crate::supervisor::{Event, Spawner, WorkerCommand, WorkerEnd};
+use crate::host::supervisor::{Event, Spawner, WorkerCommand, WorkerEnd};
+use crate::wire::{self, Hello, HostMsg, Outcome, WorkerMsg, BATCH_BYTES, PROTOCOL_VERSION};
+use crate::worker::confine::{PrivateDir, SandboxStatus};
 
 /// The result of one item.
 pub type ItemResult = Result<Vec<u8>, TaskError>;
@@ -142,7 +142,7 @@ impl Scheduler {
         let cwd = PrivateDir::create("pool")?;
         cfg.command.cwd = cwd.path().to_path_buf();
         let (tx, rx) = crossbeam_channel::unbounded();
-        crate::supervisor::ensure_fd_room(cfg.workers);
+        crate::host::supervisor::ensure_fd_room(cfg.workers);
         let spawner = Spawner::start(cfg.command.clone(), tx.clone()).map_err(|source| Error::Listen {
             addr: cfg.command.listen.map_or_else(|| "this machine's address".into(), |a| a.to_string()),
             source,
@@ -339,7 +339,7 @@ impl Scheduler {
     fn send_chunk(&mut self, slot: usize, items: Vec<Pending>) {
         let (id, items) = self.ledger.open(items);
         let refs: Vec<&serde_bytes::Bytes> = items.iter().map(|p| serde_bytes::Bytes::new(&p.data)).collect();
-        protocol::encode(&HostMsg::Run { chunk: id, items: refs }, &mut self.frame);
+        wire::encode(&HostMsg::Run { chunk: id, items: refs }, &mut self.frame);
         self.slots[slot].send(id, std::mem::take(&mut self.frame));
     }
 
@@ -562,7 +562,7 @@ impl Scheduler {
         self.abandon();
         self.closing = true;
         let mut shutdown_frame = Vec::new();
-        protocol::encode(&HostMsg::Shutdown, &mut shutdown_frame);
+        wire::encode(&HostMsg::Shutdown, &mut shutdown_frame);
         for w in &mut self.slots {
             if let Some(p) = &mut w.proc {
                 p.send(shutdown_frame.clone());

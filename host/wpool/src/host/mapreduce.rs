@@ -10,8 +10,8 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, ItemIndex, TaskError, TaskErrorKind};
-use crate::pool::Pool;
-use crate::protocol::{self, ReduceCall};
+use crate::host::pool::Pool;
+use crate::wire::{self, ReduceCall};
 
 /// A key's values are reduced (after the map result that brought them) once
 /// this many are waiting...
@@ -26,7 +26,7 @@ pub fn reduce_item<V: AsRef<[u8]>>(key: &[u8], values: &[V]) -> Vec<u8> {
         values: values.iter().map(|v| serde_bytes::Bytes::new(v.as_ref())).collect(),
     };
     let mut out = Vec::new();
-    protocol::encode(&call, &mut out);
+    wire::encode(&call, &mut out);
     // `encode` frames it; an item is the bare payload.
     out.drain(..4);
     out
@@ -244,7 +244,7 @@ mod tests {
     #[test]
     fn reduce_items_decode_as_reduce_calls() {
         let item = reduce_item(b"k", &[b"1".to_vec(), b"22".to_vec()]);
-        let call: ReduceCall<'_> = protocol::decode(&item).unwrap();
+        let call: ReduceCall<'_> = wire::decode(&item).unwrap();
         assert_eq!(&call.key[..], b"k");
         assert_eq!(call.values.iter().map(|v| v.to_vec()).collect::<Vec<_>>(), vec![b"1".to_vec(), b"22".to_vec()]);
     }

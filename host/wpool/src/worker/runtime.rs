@@ -20,7 +20,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxView, WasiView};
 use crate::grants::{Determinism, Grants};
 
 use crate::limits::EngineSettings;
-use crate::protocol::{Outcome, WireError, WireKind, MAX_MESSAGE};
+use crate::wire::{Outcome, WireError, WireKind, MAX_MESSAGE};
 
 /// Bytes of guest stderr kept per item (the tail).
 pub(crate) const STDERR_TAIL: usize = 4096;
@@ -306,7 +306,7 @@ impl Runtime {
         }
         live.store.set_epoch_deadline(self.timeout_ticks.unwrap_or(u64::MAX / 4));
         let result = if self.reducer {
-            let call = match crate::protocol::decode::<crate::protocol::ReduceCall<'_>>(input) {
+            let call = match crate::wire::decode::<crate::wire::ReduceCall<'_>>(input) {
                 Ok(call) => call,
                 Err(e) => return err(WireKind::Kernel, format!("not a reduce call: {e}"), vec![]),
             };

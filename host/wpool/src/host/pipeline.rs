@@ -14,7 +14,7 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender};
 
 use crate::error::{Error, ItemIndex, TaskError};
-use crate::pool::Pool;
+use crate::host::pool::Pool;
 
 /// Items waiting between two stages, per stage: bounded so that a slow stage
 /// holds back the ones before it.

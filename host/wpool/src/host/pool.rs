@@ -13,12 +13,12 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::{Error, ItemIndex};
 use crate::grants::Grants;
+use crate::host::scheduler::{Chunksize, Input, ItemResult, PoolStats, SchedConfig, Scheduler, WorkerInfo};
+use crate::host::supervisor::{Event, WorkerCommand};
 use crate::kernel::Kernel;
 use crate::limits::{EngineSettings, Limits};
-use crate::protocol::{Code, Hello, PROTOCOL_VERSION};
-use crate::sandbox::{PrivateDir, SandboxStatus};
-use crate::scheduler::{Chunksize, Input, ItemResult, PoolStats, SchedConfig, Scheduler, WorkerInfo};
-use crate::supervisor::{Event, WorkerCommand};
+use crate::wire::{Code, Hello, PROTOCOL_VERSION};
+use crate::worker::confine::{PrivateDir, SandboxStatus};
 
 /// Configures and starts a [`Pool`].
 ///
@@ -212,18 +212,18 @@ impl PoolBuilder {
             (false, None) => None,
             (true, config) => Some(config.unwrap_or_default()),
         };
-        if init.as_ref().is_some_and(|c| c.len() > crate::protocol::MAX_INIT_CONFIG) {
+        if init.as_ref().is_some_and(|c| c.len() > crate::wire::MAX_INIT_CONFIG) {
             return Err(Error::Config(format!(
                 "init configuration of {} bytes is over the {}-byte cap",
                 init.as_ref().map_or(0, Vec::len),
-                crate::protocol::MAX_INIT_CONFIG
+                crate::wire::MAX_INIT_CONFIG
             )));
         }
         if self.command.launchers.iter().any(Vec::is_empty) {
             return Err(Error::Config("a launcher must name a command".into()));
         }
-        if self.command.is_remote() && crate::remote::loopback_only() {
-            let addr = crate::remote::listen_ip(self.command.listen);
+        if self.command.is_remote() && crate::host::listener::loopback_only() {
+            let addr = crate::host::listener::listen_ip(self.command.listen);
             if !addr.is_loopback() {
                 return Err(Error::NonLoopbackListen { addr });
             }
@@ -246,15 +246,15 @@ impl PoolBuilder {
             // Launched workers may run anywhere: they get the wasm and
             // compile it themselves, never a precompiled artifact.
             let bytes = self.kernel.wasm();
-            if bytes.len() > crate::protocol::MAX_REMOTE_KERNEL {
+            if bytes.len() > crate::wire::MAX_REMOTE_KERNEL {
                 return Err(Error::Config(format!(
                     "kernel {} is {} bytes; launched workers are sent at most {}",
                     self.kernel.name(),
                     bytes.len(),
-                    crate::protocol::MAX_REMOTE_KERNEL
+                    crate::wire::MAX_REMOTE_KERNEL
                 )));
             }
-            Code::Wasm { name: self.kernel.name().to_string(), bytes: crate::protocol::SharedBytes(bytes) }
+            Code::Wasm { name: self.kernel.name().to_string(), bytes: crate::wire::SharedBytes(bytes) }
         } else {
             let artifact = self.kernel.artifact(&settings)?;
             Code::Artifact { path: artifact.path.to_string_lossy().into_owned(), digest: artifact.digest }

@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 
 use super::{task_error, ItemResult};
 use crate::error::{TaskError, TaskErrorKind, WorkerId};
-use crate::protocol::{Outcome, WireError, WireKind};
+use crate::wire::{Outcome, WireError, WireKind};
 
 /// An item on its way to a worker, or back in the queue for another try.
 #[derive(Debug)]

@@ -22,7 +22,7 @@ use crossbeam_channel::{Receiver, Sender};
 use socket2::{SockRef, TcpKeepalive};
 use subtle::ConstantTimeEq;
 
-use crate::protocol::PROTOCOL_VERSION;
+use crate::wire::PROTOCOL_VERSION;
 
 /// The argument after the worker flag that makes a worker dial back.
 pub(crate) const DIAL_ARG: &str = "dial";

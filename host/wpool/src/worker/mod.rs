@@ -3,7 +3,7 @@
 //! Owns the life of one worker process after `exec`. It speaks the protocol on
 //! the fds that were stdin/stdout at start (moved aside so that nothing else
 //! can write into the protocol stream) and runs items through
-//! [`crate::runtime`]. It never knows about scheduling or output formats.
+//! [`crate::worker::runtime`]. It never knows about scheduling or output formats.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -15,13 +15,15 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
+use self::runtime::Runtime;
 use crate::kernel::ArtifactCache;
-use crate::protocol::{
+use crate::wire::{
     self, frame_cap, Code, FrameError, Hello, HostMsg, Outcome, WorkerMsg, BATCH_BYTES, HELLO_FRAME_CAP,
     PROTOCOL_VERSION,
 };
-use crate::runtime::Runtime;
-use crate::sandbox;
+
+pub(crate) mod confine;
+pub(crate) mod runtime;
 
 /// The hidden argument that turns a process into a worker (see `lib.rs`).
 pub(crate) const WORKER_ARG: &str = "--wpool-worker";
@@ -36,7 +38,7 @@ pub(crate) enum Start {
     /// on stdin/stdout.
     Local(libc::pid_t),
     /// Started through a launcher (srun, ssh), perhaps on another machine:
-    /// it dials back to the host (see [`crate::remote`]).
+    /// it dials back to the host (see [`crate::host::listener`]).
     Dial,
     /// The worker flag without a valid mode (run by hand, or an old host).
     Unknown,
@@ -51,7 +53,7 @@ enum WorkerError {
     #[error(
         "{} is for worker processes that a wpool host starts, followed by the host's pid or `{}`",
         WORKER_ARG,
-        crate::remote::DIAL_ARG
+        crate::host::listener::DIAL_ARG
     )]
     NotFromHost,
     /// The protocol fds the host set up could not be moved aside.
@@ -59,7 +61,7 @@ enum WorkerError {
     ProtocolFds(#[source] io::Error),
     /// A launched worker could not reach its host.
     #[error(transparent)]
-    Dial(#[from] crate::remote::DialError),
+    Dial(#[from] crate::host::listener::DialError),
     /// The connection to the host could not be split into input and output.
     #[error("connection")]
     Connection(#[source] io::Error),
@@ -159,27 +161,27 @@ pub(crate) fn main(start: Start) -> ! {
 }
 
 fn run(start: Start) -> Result<(), WorkerError> {
-    let node = crate::remote::node_name();
+    let node = crate::host::listener::node_name();
     let (mut input, output, node_cache) = match start {
         Start::Local(host) => {
-            sandbox::die_with_parent(host);
+            confine::die_with_parent(host);
             // At start-up, before any other thread exists, on the fds the
             // host set up.
-            let (input, output) = sandbox::take_protocol_fds().map_err(WorkerError::ProtocolFds)?;
+            let (input, output) = confine::take_protocol_fds().map_err(WorkerError::ProtocolFds)?;
             (input, output, None)
         }
         Start::Dial => dial()?,
         Start::Unknown => return Err(WorkerError::NotFromHost),
     };
-    sandbox::harden_worker();
+    confine::harden_worker();
 
     let mut buf = Vec::new();
-    match protocol::read_frame(&mut input, HELLO_FRAME_CAP, &mut buf) {
+    match wire::read_frame(&mut input, HELLO_FRAME_CAP, &mut buf) {
         Ok(()) => {}
         Err(FrameError::Eof) => return Ok(()),
         Err(e) => return Err(WorkerError::Handshake(e)),
     }
-    let hello = match protocol::decode::<HostMsg>(&buf) {
+    let hello = match wire::decode::<HostMsg>(&buf) {
         Ok(HostMsg::Hello(hello)) => hello,
         Ok(other) => return Err(WorkerError::NotHello(format!("{other:?}"))),
         Err(e) => return Err(WorkerError::Handshake(e)),
@@ -187,7 +189,7 @@ fn run(start: Start) -> Result<(), WorkerError> {
     let output = Arc::new(std::sync::Mutex::new(output));
     let send = |msg: &WorkerMsg| -> Result<(), WorkerError> {
         let mut out = output.lock().unwrap_or_else(|p| p.into_inner());
-        protocol::write_frame(&mut *out, msg).map_err(WorkerError::Write)
+        wire::write_frame(&mut *out, msg).map_err(WorkerError::Write)
     };
     let runtime = match load(&hello, node_cache.as_ref()) {
         Ok(rt) => rt,
@@ -199,9 +201,9 @@ fn run(start: Start) -> Result<(), WorkerError> {
     // The kernel is in memory: from here on the worker needs no filesystem
     // (but granted directories), no network, no exec. Confine before any
     // other thread starts, so that every thread inherits it.
-    let mut sandbox = sandbox::confine(&hello.settings.grants);
+    let mut sandbox = confine::confine(&hello.settings.grants);
     if hello.probe_sandbox {
-        sandbox.probes = sandbox::probe();
+        sandbox.probes = confine::probe();
     }
     if hello.settings.limits.timeout.is_some() {
         start_epoch_ticker(runtime.engine());
@@ -246,14 +248,14 @@ fn run(start: Start) -> Result<(), WorkerError> {
     let mut input = std::io::BufReader::with_capacity(64 << 10, input);
     loop {
         let mut frame = Vec::new();
-        match protocol::read_frame(&mut input, cap, &mut frame) {
+        match wire::read_frame(&mut input, cap, &mut frame) {
             Ok(()) => {}
             // The host closed our input: it is gone or done with us. Exit now,
             // even mid-item: nobody is left to read the result.
             Err(FrameError::Eof) => std::process::exit(0),
             Err(e) => return Err(WorkerError::Read(e)),
         }
-        match protocol::decode::<HostMsg>(&frame) {
+        match wire::decode::<HostMsg>(&frame) {
             Ok(HostMsg::Run { .. }) => {}
             Ok(HostMsg::Shutdown) => std::process::exit(0),
             Ok(HostMsg::Hello(_)) => return Err(WorkerError::SecondHello),
@@ -273,11 +275,11 @@ fn dial() -> Result<(File, File, Option<ArtifactCache>), WorkerError> {
     let cache = ArtifactCache::default_location().ok();
     // SAFETY: no other thread exists yet (this runs before `main`), so
     // nothing reads the environment concurrently.
-    unsafe { sandbox::scrub_environment() };
+    unsafe { confine::scrub_environment() };
     // The launcher's working directory may not exist on this node and means
     // nothing to the worker.
     let _ = std::env::set_current_dir("/");
-    let conn = crate::remote::dial_back()?;
+    let conn = crate::host::listener::dial_back()?;
     // Stray prints go to stderr, which the launcher forwards.
     let _ = rustix::stdio::dup2_stdout(rustix::stdio::stderr());
     let fd = std::os::fd::OwnedFd::from(conn);
@@ -420,7 +422,7 @@ impl Pending {
             outcomes,
             busy_ns: open.busy.as_nanos() as u64,
         };
-        protocol::append_frame(&msg, &mut self.frames);
+        wire::append_frame(&msg, &mut self.frames);
         open.offset += count;
         open.busy = Duration::ZERO;
         open.bytes = 0;
@@ -554,7 +556,7 @@ fn wasm_loop(mut rt: Runtime, rx: Receiver<Vec<u8>>, out: Arc<std::sync::Mutex<F
                 }
             }
         };
-        let Ok(HostMsg::Run { chunk, items }) = protocol::decode::<HostMsg>(&payload) else {
+        let Ok(HostMsg::Run { chunk, items }) = wire::decode::<HostMsg>(&payload) else {
             std::process::exit(3);
         };
         let mut now = Instant::now();

@@ -2,7 +2,7 @@
 //! frames to and from each process, killing and reaping.
 //!
 //! Owns OS processes, their pipes and, for workers started through a
-//! launcher, the connection each dials back on (see [`crate::remote`]). It
+//! launcher, the connection each dials back on (see [`crate::host::listener`]). It
 //! turns everything a worker does into [`Event`]s on one channel and does
 //! not interpret them: retries, deadlines and restart policy belong to the
 //! scheduler.
@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::Crash;
-use crate::protocol::{self, frame_cap, FrameError, Hello, HostMsg, WorkerMsg, HANDSHAKE_FRAME_CAP};
-use crate::remote::{self, Listener};
+use crate::host::listener::{self, Listener};
+use crate::wire::{self, frame_cap, FrameError, Hello, HostMsg, WorkerMsg, HANDSHAKE_FRAME_CAP};
 use crate::worker::WORKER_ARG;
 
 /// Bytes of a worker's own stderr kept for error messages.
@@ -39,7 +39,7 @@ pub(crate) struct WorkerCommand {
     /// The local workers' working directory (empty and private).
     pub cwd: PathBuf,
     /// Where workers started through a launcher connect back to; default:
-    /// this machine's address (see [`remote::default_ip`]), a free port.
+    /// this machine's address (see [`listener::default_ip`]), a free port.
     pub listen: Option<SocketAddr>,
 }
 
@@ -61,7 +61,7 @@ impl WorkerCommand {
         parts.push(self.program_path().display().to_string());
         parts.push(WORKER_ARG.into());
         if self.is_remote() {
-            parts.push(remote::DIAL_ARG.into());
+            parts.push(listener::DIAL_ARG.into());
         }
         parts.join(" ")
     }
@@ -82,7 +82,7 @@ impl WorkerCommand {
         match self.launcher(slot).split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
-                c.args(rest).arg(&program).arg(WORKER_ARG).arg(remote::DIAL_ARG);
+                c.args(rest).arg(&program).arg(WORKER_ARG).arg(listener::DIAL_ARG);
                 c
             }
             None => {
@@ -293,7 +293,7 @@ fn spawn_one(
             // Workers see none of the host's environment (secrets included)
             // and start in an empty private directory, not the caller's. The
             // worker sets its parent-death signal itself (see
-            // `sandbox::die_with_parent`): no `pre_exec`, so `posix_spawn`.
+            // `worker::confine::die_with_parent`): no `pre_exec`, so `posix_spawn`.
             cmd.env_clear().current_dir(&command.cwd).arg(host_pid.to_string()).process_group(0);
             None
         }
@@ -304,7 +304,7 @@ fn spawn_one(
             cmd.current_dir("/");
             // SAFETY: the closure only makes async-signal-safe syscalls.
             unsafe {
-                cmd.pre_exec(move || crate::sandbox::in_child_before_exec(host_pid));
+                cmd.pre_exec(move || crate::worker::confine::in_child_before_exec(host_pid));
             }
             Some((Arc::clone(listener), listener.expect()?))
         }
@@ -343,7 +343,7 @@ fn spawn_one(
     let link = match dial {
         None => {
             let mut hello_frame = Vec::new();
-            protocol::encode(&HostMsg::Hello(Box::new(req.hello.clone())), &mut hello_frame);
+            wire::encode(&HostMsg::Hello(Box::new(req.hello.clone())), &mut hello_frame);
             let _ = frames_tx.send(hello_frame);
             thread::Builder::new().name(name("write")).spawn(move || write_frames(stdin, frames_rx))?;
             thread::Builder::new().name(name("read")).spawn(move || {
@@ -421,7 +421,7 @@ fn remote_session(
         link.cut();
     }
     let mut hello_frame = Vec::new();
-    protocol::encode(&HostMsg::Hello(Box::new(hello.clone())), &mut hello_frame);
+    wire::encode(&HostMsg::Hello(Box::new(hello.clone())), &mut hello_frame);
     if (&*conn).write_all(&hello_frame).is_err() {
         link.cut();
         return None;
@@ -499,13 +499,13 @@ fn read_frames(session: &Session, from: impl Read) -> Option<String> {
     let mut from = std::io::BufReader::with_capacity(64 << 10, from);
     loop {
         let frame_cap = if first { HANDSHAKE_FRAME_CAP } else { session.cap };
-        match protocol::read_frame(&mut from, frame_cap, &mut buf) {
+        match wire::read_frame(&mut from, frame_cap, &mut buf) {
             Ok(()) => {}
             Err(FrameError::Eof) => return None,
             Err(e) => return Some(e.to_string()),
         }
         first = false;
-        match protocol::decode::<WorkerMsg>(&buf) {
+        match wire::decode::<WorkerMsg>(&buf) {
             Ok(msg) => {
                 if session.events.send(Event::Msg { slot: session.slot, gen: session.gen, msg }).is_err() {
                     return None;

@@ -2,7 +2,7 @@
 //! host side, and what a worker locks down about itself at start-up.
 //!
 //! Owns fds, signals, process groups and rlimits. It does not know about
-//! wasm; the wasm-level policy (WASI grants) lives in [`crate::runtime`].
+//! wasm; the wasm-level policy (WASI grants) lives in [`crate::worker::runtime`].
 
 use std::fs::File;
 use std::io;

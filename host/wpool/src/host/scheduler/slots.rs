@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::{task_error, SchedConfig, WorkerInfo};
 use crate::error::{Crash, TaskError, TaskErrorKind, WorkerId};
-use crate::supervisor::{WorkerEnd, WorkerProc};
+use crate::host::supervisor::{WorkerEnd, WorkerProc};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum SlotState {
