@@ -54,7 +54,7 @@ pub use wire as protocol;
 #[doc(hidden)]
 pub mod remote {
     pub use crate::host::listener::LOOPBACK_ONLY_VAR;
-    pub use crate::host::listener::{dial_back, DialError};
+    pub use crate::worker::dial::{dial_back, DialError};
 }
 
 pub use cache::{Cache, CacheUsage, Cleaned, DEFAULT_MAX_BYTES as CACHE_DEFAULT_MAX_BYTES, MAX_ENV as CACHE_MAX_ENV};
@@ -67,7 +67,7 @@ pub use host::scheduler::{Chunksize, ItemResult, PoolStats, WorkerInfo};
 pub use host::slurm::Slurm;
 pub use kernel::{Inspection, Kernel, KernelInfo, World};
 pub use limits::Limits;
-pub use worker::confine::{Enforcement, SandboxStatus};
+pub use wire::{Enforcement, SandboxStatus};
 
 /// The channel crate of [`Pool::imap_channel`] and [`Pool::imap_batches`], so
 /// that callers use the same version.
@@ -90,7 +90,7 @@ extern "C" fn worker_entry(argc: libc::c_int, argv: *const *const libc::c_char, 
     }
     // SAFETY: argv entries are NUL-terminated C strings.
     let first = unsafe { std::ffi::CStr::from_ptr(first) };
-    if first.to_bytes() == worker::WORKER_ARG.as_bytes() {
+    if first.to_bytes() == wire::WORKER_ARG.as_bytes() {
         // `--wpool-worker HOST_PID` for a worker the host spawned itself,
         // `--wpool-worker dial` for one started through a launcher.
         let mode = (argc >= 3)
@@ -102,7 +102,7 @@ extern "C" fn worker_entry(argc: libc::c_int, argv: *const *const libc::c_char, 
             .flatten()
             .and_then(|p| p.to_str().ok());
         let start = match mode {
-            Some(host::listener::DIAL_ARG) => worker::Start::Dial,
+            Some(wire::DIAL_ARG) => worker::Start::Dial,
             Some(pid) => pid.parse().map_or(worker::Start::Unknown, worker::Start::Local),
             None => worker::Start::Unknown,
         };

@@ -11,7 +11,7 @@
 //! anything (items and results cross the network in clear).
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,22 +19,10 @@ use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
-use socket2::{SockRef, TcpKeepalive};
+use socket2::SockRef;
 use subtle::ConstantTimeEq;
 
-use crate::wire::PROTOCOL_VERSION;
-
-/// The argument after the worker flag that makes a worker dial back.
-pub(crate) const DIAL_ARG: &str = "dial";
-
-/// First word of the handshake line on the launcher's stdin.
-const LINE_TAG: &str = "wpool-dial";
-
-/// What a worker writes first on its connection, before the token.
-const MAGIC: &[u8; 8] = b"wpool-dl";
-
-/// A one-time secret for one worker process.
-pub(crate) type Token = [u8; 16];
+use crate::wire::dial::{self, Greeting, Token};
 
 /// The environment variable that confines launched workers to loopback:
 /// set to anything but empty or `0`, a pool with a launcher whose listen
@@ -57,9 +45,6 @@ pub(crate) fn listen_ip(addr: Option<SocketAddr>) -> IpAddr {
 
 /// How long a connection may take to present its token.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long a worker tries to reach the host.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Waiting = Arc<Mutex<HashMap<Token, Sender<TcpStream>>>>;
 
@@ -123,7 +108,7 @@ impl Listener {
 
     /// The handshake line written to a launcher's stdin.
     pub(crate) fn line(&self, token: &Token) -> String {
-        format!("{LINE_TAG} {PROTOCOL_VERSION} {} {}\n", self.addr, hex::encode(token))
+        dial::line(self.addr, token)
     }
 }
 
@@ -178,10 +163,9 @@ fn accept_loop(socket: &TcpListener, waiting: &Waiting, rejected: &Arc<AtomicU64
 /// Reads the magic and the token; hands the connection to the worker that
 /// token was issued for. Anything else is counted and closed.
 fn authenticate(mut conn: TcpStream, waiting: &Waiting, rejected: &AtomicU64) {
-    let mut hello = [0u8; 24];
-    let read = conn.set_read_timeout(Some(AUTH_TIMEOUT)).and_then(|()| conn.read_exact(&mut hello));
-    let sender = if read.is_ok() && &hello[..8] == MAGIC {
-        let presented: Token = hello[8..].try_into().expect("16 bytes");
+    let mut greeting: Greeting = [0u8; 24];
+    let read = conn.set_read_timeout(Some(AUTH_TIMEOUT)).and_then(|()| conn.read_exact(&mut greeting));
+    let sender = if let Some(presented) = read.ok().and_then(|()| dial::presented_token(&greeting)) {
         let mut waiting = waiting.lock().unwrap_or_else(|p| p.into_inner());
         // Compare in constant time; each token is used once.
         let found = waiting.keys().find(|t| bool::from(t.ct_eq(&presented))).copied();
@@ -190,7 +174,7 @@ fn authenticate(mut conn: TcpStream, waiting: &Waiting, rejected: &AtomicU64) {
         None
     };
     match sender {
-        Some(sender) if conn.set_read_timeout(None).is_ok() && tune(&conn).is_ok() => {
+        Some(sender) if conn.set_read_timeout(None).is_ok() && dial::tune(&conn).is_ok() => {
             // The worker may have been given up on meanwhile: then this drops.
             let _ = sender.send(conn);
         }
@@ -201,30 +185,10 @@ fn authenticate(mut conn: TcpStream, waiting: &Waiting, rejected: &AtomicU64) {
     }
 }
 
-/// No Nagle delay (frames are already batched); keepalive probes so that a
-/// node that vanished without closing the connection (power loss, network
-/// partition) shows up as an error within about 25 s instead of never, and
-/// a user timeout for the same when data is in flight (keepalive is off
-/// then, and retransmissions alone take about 15 minutes to give up).
-fn tune(conn: &TcpStream) -> io::Result<()> {
-    conn.set_nodelay(true)?;
-    let socket = SockRef::from(conn);
-    let keepalive =
-        TcpKeepalive::new().with_time(Duration::from_secs(10)).with_interval(Duration::from_secs(5)).with_retries(3);
-    socket.set_tcp_keepalive(&keepalive)?;
-    socket.set_tcp_user_timeout(Some(Duration::from_secs(60)))
-}
-
 fn random_token() -> io::Result<Token> {
     let mut token = [0u8; 16];
     getrandom::fill(&mut token)?;
     Ok(token)
-}
-
-fn unhex(s: &str) -> Option<Token> {
-    let mut token = [0u8; 16];
-    hex::decode_to_slice(s, &mut token).ok()?;
-    Some(token)
 }
 
 /// The address workers dial when none was given: the first non-loopback
@@ -232,7 +196,9 @@ fn unhex(s: &str) -> Option<Token> {
 /// IPv4 address of an interface that is up (Debian maps the host name to
 /// 127.0.1.1), else loopback (a single machine).
 pub(crate) fn default_ip() -> IpAddr {
-    let by_name = hostname()
+    let by_name = gethostname::gethostname()
+        .into_string()
+        .ok()
         .and_then(|h| (h.as_str(), 0).to_socket_addrs().ok())
         .into_iter()
         .flatten()
@@ -249,129 +215,17 @@ fn interface_ipv4() -> Option<IpAddr> {
         .map(|i| i.ip())
 }
 
-/// This machine's name: the Slurm node name inside a Slurm step (several
-/// nodes may share one host name, as in the test cluster), else the host
-/// name.
-pub(crate) fn node_name() -> String {
-    std::env::var("SLURMD_NODENAME").ok().filter(|n| !n.is_empty()).or_else(hostname).unwrap_or_default()
-}
-
-fn hostname() -> Option<String> {
-    gethostname::gethostname().into_string().ok()
-}
-
-/// Why a launched worker could not reach its host. Each cause is chained
-/// as the error's source.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum DialError {
-    /// Stdin failed or ended before a whole handshake line arrived.
-    #[error("reading the handshake line from stdin")]
-    Stdin(#[source] io::Error),
-    /// Stdin carries something else than the handshake line (the worker was
-    /// not started by a wpool host).
-    #[error(
-        "stdin does not start with a wpool handshake line (got {got:?}); a worker started through a launcher \
-         reads one from the host"
-    )]
-    NotHandshake {
-        /// The start of what was read.
-        got: String,
-    },
-    /// The handshake line has no protocol version.
-    #[error("handshake line without a version")]
-    NoVersion,
-    /// The host speaks another protocol version.
-    #[error("protocol version {host} from host, worker speaks {PROTOCOL_VERSION}")]
-    Version {
-        /// The host's version.
-        host: u32,
-    },
-    /// The handshake line has no address to dial.
-    #[error("handshake line without an address")]
-    NoAddress,
-    /// The handshake line has no well-formed token.
-    #[error("handshake line without a valid token")]
-    NoToken,
-    /// The host's address did not answer.
-    #[error("cannot connect back to the host at {addr}")]
-    Connect {
-        /// The address dialled.
-        addr: SocketAddr,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
-    /// The connection failed while presenting the token.
-    #[error("sending the token to {addr}")]
-    SendToken {
-        /// The address dialled.
-        addr: SocketAddr,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
-    /// Keepalive or the other socket options could not be set.
-    #[error("socket options")]
-    SocketOptions(#[source] io::Error),
-}
-
-/// The worker's side: reads the handshake line from stdin (byte by byte, so
-/// that nothing after it is consumed), connects to the host and presents
-/// the token. Public (hidden) for the compromised-worker test binary.
-#[doc(hidden)]
-pub fn dial_back() -> Result<TcpStream, DialError> {
-    let line = read_line_fd0().map_err(DialError::Stdin)?;
-    let mut words = line.split_ascii_whitespace();
-    let (tag, version, addr, token) = (words.next(), words.next(), words.next(), words.next());
-    if tag != Some(LINE_TAG) {
-        return Err(DialError::NotHandshake { got: line.chars().take(80).collect() });
-    }
-    let version: u32 = version.and_then(|v| v.parse().ok()).ok_or(DialError::NoVersion)?;
-    if version != PROTOCOL_VERSION {
-        return Err(DialError::Version { host: version });
-    }
-    let addr: SocketAddr = addr.and_then(|a| a.parse().ok()).ok_or(DialError::NoAddress)?;
-    let token = token.and_then(unhex).ok_or(DialError::NoToken)?;
-    let mut conn =
-        TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|source| DialError::Connect { addr, source })?;
-    let mut hello = Vec::with_capacity(24);
-    hello.extend_from_slice(MAGIC);
-    hello.extend_from_slice(&token);
-    conn.write_all(&hello).map_err(|source| DialError::SendToken { addr, source })?;
-    tune(&conn).map_err(DialError::SocketOptions)?;
-    Ok(conn)
-}
-
-fn read_line_fd0() -> io::Result<String> {
-    let mut line = Vec::new();
-    loop {
-        let mut byte = [0u8; 1];
-        match rustix::io::read(rustix::stdio::stdin(), &mut byte) {
-            Ok(1) if byte[0] == b'\n' => break,
-            Ok(1) => line.push(byte[0]),
-            Ok(_) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-        if line.len() > 512 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "handshake line over 512 bytes"));
-        }
-    }
-    Ok(String::from_utf8_lossy(&line).into_owned())
-}
-
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
 
     #[test]
-    fn tokens_are_random_and_round_trip_through_hex() {
+    fn tokens_are_random() {
         let a = random_token().unwrap();
         let b = random_token().unwrap();
         assert_ne!(a, b);
-        assert_eq!(unhex(&hex::encode(a)), Some(a));
-        assert_eq!(unhex("zz"), None);
     }
 
     #[test]
@@ -386,15 +240,12 @@ mod tests {
         assert_eq!(stranger.read(&mut buf).unwrap_or(0), 0);
         // A wrong token: closed too, and the real one still works after it.
         let mut wrong = TcpStream::connect(listener.addr()).unwrap();
-        let mut bad = MAGIC.to_vec();
-        bad.extend_from_slice(&[0u8; 16]);
-        wrong.write_all(&bad).unwrap();
+        wrong.write_all(&dial::greeting(&[0u8; 16])).unwrap();
         assert_eq!(wrong.read(&mut buf).unwrap_or(0), 0);
         assert!(arrived.try_recv().is_err());
         assert_eq!(listener.rejected(), 2);
         let mut good = TcpStream::connect(listener.addr()).unwrap();
-        let mut hello = MAGIC.to_vec();
-        hello.extend_from_slice(&token);
+        let hello = dial::greeting(&token);
         good.write_all(&hello).unwrap();
         let mut conn = arrived.recv_timeout(Duration::from_secs(30)).unwrap();
         conn.write_all(b"x").unwrap();

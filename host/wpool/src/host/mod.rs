@@ -9,6 +9,7 @@ pub(crate) mod listener;
 pub(crate) mod mapreduce;
 pub(crate) mod pipeline;
 pub(crate) mod pool;
+pub(crate) mod rundir;
 pub(crate) mod scheduler;
 pub(crate) mod slurm;
 pub(crate) mod supervisor;

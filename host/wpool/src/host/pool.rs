@@ -13,12 +13,13 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::{Error, ItemIndex};
 use crate::grants::Grants;
+use crate::host::rundir::PrivateDir;
 use crate::host::scheduler::{Chunksize, Input, ItemResult, PoolStats, SchedConfig, Scheduler, WorkerInfo};
 use crate::host::supervisor::{Event, WorkerCommand};
 use crate::kernel::Kernel;
 use crate::limits::{EngineSettings, Limits};
+use crate::wire::SandboxStatus;
 use crate::wire::{Code, Hello, PROTOCOL_VERSION};
-use crate::worker::confine::{PrivateDir, SandboxStatus};
 
 /// Configures and starts a [`Pool`].
 ///

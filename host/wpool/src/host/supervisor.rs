@@ -21,9 +21,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::Crash;
-use crate::host::listener::{self, Listener};
-use crate::wire::{self, frame_cap, FrameError, Hello, HostMsg, WorkerMsg, HANDSHAKE_FRAME_CAP};
-use crate::worker::WORKER_ARG;
+use crate::host::listener::Listener;
+use crate::wire::{self, frame_cap, FrameError, Hello, HostMsg, WorkerMsg, DIAL_ARG, HANDSHAKE_FRAME_CAP, WORKER_ARG};
 
 /// Bytes of a worker's own stderr kept for error messages.
 const WORKER_STDERR_TAIL: usize = 4096;
@@ -39,7 +38,7 @@ pub(crate) struct WorkerCommand {
     /// The local workers' working directory (empty and private).
     pub cwd: PathBuf,
     /// Where workers started through a launcher connect back to; default:
-    /// this machine's address (see [`listener::default_ip`]), a free port.
+    /// this machine's address (see [`crate::host::listener::default_ip`]), a free port.
     pub listen: Option<SocketAddr>,
 }
 
@@ -61,7 +60,7 @@ impl WorkerCommand {
         parts.push(self.program_path().display().to_string());
         parts.push(WORKER_ARG.into());
         if self.is_remote() {
-            parts.push(listener::DIAL_ARG.into());
+            parts.push(DIAL_ARG.into());
         }
         parts.join(" ")
     }
@@ -82,7 +81,7 @@ impl WorkerCommand {
         match self.launcher(slot).split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
-                c.args(rest).arg(&program).arg(WORKER_ARG).arg(listener::DIAL_ARG);
+                c.args(rest).arg(&program).arg(WORKER_ARG).arg(DIAL_ARG);
                 c
             }
             None => {
@@ -293,7 +292,7 @@ fn spawn_one(
             // Workers see none of the host's environment (secrets included)
             // and start in an empty private directory, not the caller's. The
             // worker sets its parent-death signal itself (see
-            // `worker::confine::die_with_parent`): no `pre_exec`, so `posix_spawn`.
+            // the worker's `die_with_parent`): no `pre_exec`, so `posix_spawn`.
             cmd.env_clear().current_dir(&command.cwd).arg(host_pid.to_string()).process_group(0);
             None
         }
@@ -304,7 +303,7 @@ fn spawn_one(
             cmd.current_dir("/");
             // SAFETY: the closure only makes async-signal-safe syscalls.
             unsafe {
-                cmd.pre_exec(move || crate::worker::confine::in_child_before_exec(host_pid));
+                cmd.pre_exec(move || in_child_before_exec(host_pid));
             }
             Some((Arc::clone(listener), listener.expect()?))
         }
@@ -392,6 +391,27 @@ fn spawn_one(
         }
     };
     Ok(WorkerProc { slot: req.slot, gen: req.gen, pid, frames: Some(frames_tx), child, link })
+}
+
+/// Runs in the forked child between `fork` and `exec` of a *launcher* (such
+/// as `srun` or `ssh`; async-signal-safe calls only).
+///
+/// - its own process group, so the terminal's Ctrl-C reaches the host only and
+///   the host decides how workers end;
+/// - `PR_SET_PDEATHSIG(SIGKILL)`: the kernel kills the worker when the thread
+///   that forked it dies. The host forks from a thread that lives exactly as
+///   long as the pool, so this fires on host death (even SIGKILL) and never
+///   while the pool is alive;
+/// - the parent may have died before the prctl: then exit at once.
+fn in_child_before_exec(host_pid: libc::pid_t) -> std::io::Result<()> {
+    // rustix makes the system calls directly: no allocation, no lock.
+    rustix::process::setpgid(None, None)?;
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+    if rustix::process::Pid::as_raw(rustix::process::getppid()) != host_pid {
+        // SAFETY: ends the forked child without running anything else.
+        unsafe { libc::_exit(1) }
+    }
+    Ok(())
 }
 
 /// Waits until the worker dials back, or its launcher ends first.

@@ -13,8 +13,20 @@ use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) mod dial;
+mod status;
+
+pub use self::dial::LineError;
+pub use self::status::{Enforcement, SandboxStatus};
 use crate::limits::EngineSettings;
-use crate::worker::confine::SandboxStatus;
+
+/// The hidden first argument that turns a process into a worker (see
+/// `lib.rs`): `--wpool-worker HOST_PID` for a worker the host spawned itself.
+pub(crate) const WORKER_ARG: &str = "--wpool-worker";
+
+/// The argument after [`WORKER_ARG`] that makes a worker started through a
+/// launcher dial back (see [`dial`]).
+pub(crate) const DIAL_ARG: &str = "dial";
 
 /// Bumped on every incompatible change of the frame types.
 pub const PROTOCOL_VERSION: u32 = 5;

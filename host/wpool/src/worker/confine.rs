@@ -1,13 +1,17 @@
-//! Process-level isolation of workers: what is set up around `exec` on the
-//! host side, and what a worker locks down about itself at start-up.
+//! What a worker process locks down about itself: dying with the host, the
+//! protocol fds moved aside, a scrubbed environment, rlimits, and the
+//! confinement (`no_new_privs`, Landlock, seccomp) it reports to the host as
+//! a [`SandboxStatus`].
 //!
-//! Owns fds, signals, process groups and rlimits. It does not know about
-//! wasm; the wasm-level policy (WASI grants) lives in [`crate::worker::runtime`].
+//! Owns the worker's fds, signals and rlimits. It does not know about wasm;
+//! the wasm-level policy (WASI grants) lives in [`super::runtime`]. What the
+//! host sets up around `exec` of a launcher is the host's
+//! (`host::supervisor`).
 
 use std::fs::File;
 use std::io;
 
-use serde::{Deserialize, Serialize};
+use crate::wire::{Enforcement, SandboxStatus};
 
 /// The first thing a worker that the host spawned directly does:
 /// `PR_SET_PDEATHSIG(SIGKILL)`, so that the kernel kills it when the thread
@@ -31,27 +35,6 @@ fn set_pdeathsig() -> rustix::io::Result<()> {
 /// The parent's pid, 0 when there is none.
 fn parent() -> libc::pid_t {
     rustix::process::Pid::as_raw(rustix::process::getppid())
-}
-
-/// Runs in the forked child between `fork` and `exec` of a *launcher* (such
-/// as `srun` or `ssh`; async-signal-safe calls only).
-///
-/// - its own process group, so the terminal's Ctrl-C reaches the host only and
-///   the host decides how workers end;
-/// - `PR_SET_PDEATHSIG(SIGKILL)`: the kernel kills the worker when the thread
-///   that forked it dies. The host forks from a thread that lives exactly as
-///   long as the pool, so this fires on host death (even SIGKILL) and never
-///   while the pool is alive;
-/// - the parent may have died before the prctl: then exit at once.
-pub(crate) fn in_child_before_exec(host_pid: libc::pid_t) -> io::Result<()> {
-    // rustix makes the system calls directly: no allocation, no lock.
-    rustix::process::setpgid(None, None)?;
-    set_pdeathsig()?;
-    if parent() != host_pid {
-        // SAFETY: ends the forked child without running anything else.
-        unsafe { libc::_exit(1) }
-    }
-    Ok(())
 }
 
 /// Moves the protocol streams (stdin/stdout as the host set them up) to
@@ -103,63 +86,6 @@ pub(crate) fn harden_worker() {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let _ = setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: Some(0) });
     let _ = setrlimit(Resource::Nofile, Rlimit { current: Some(256), maximum: Some(256) });
-}
-
-/// How far a protection is in force.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Enforcement {
-    /// Fully enforced.
-    Full,
-    /// Enforced as far as this kernel supports (an older Landlock ABI).
-    Partial,
-    /// Not available on this machine.
-    Unavailable,
-}
-
-/// What a worker process locked down about itself, reported in the
-/// handshake.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct SandboxStatus {
-    /// `PR_SET_NO_NEW_PRIVS`: no privilege gain through `exec`.
-    pub no_new_privs: bool,
-    /// The seccomp filter denying sockets, `exec`, `ptrace`, mounts, … is
-    /// installed on every thread.
-    pub seccomp: bool,
-    /// Landlock: no filesystem access beyond the granted directories.
-    pub landlock: Enforcement,
-    /// Errors met while confining, if any.
-    pub detail: String,
-    /// Results of the self-test hook (empty unless asked for).
-    pub probes: Vec<String>,
-}
-
-impl SandboxStatus {
-    /// Nothing in force (what a worker that did not confine itself reports).
-    pub fn unconfined(detail: impl Into<String>) -> SandboxStatus {
-        SandboxStatus {
-            no_new_privs: false,
-            seccomp: false,
-            landlock: Enforcement::Unavailable,
-            detail: detail.into(),
-            probes: Vec::new(),
-        }
-    }
-
-    /// Whether every protection is fully in force.
-    pub fn is_complete(&self) -> bool {
-        self.no_new_privs && self.seccomp && self.landlock == Enforcement::Full
-    }
-}
-
-impl std::fmt::Display for SandboxStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "no_new_privs={} seccomp={} landlock={:?}", self.no_new_privs, self.seccomp, self.landlock)?;
-        if !self.detail.is_empty() {
-            write!(f, " ({})", self.detail)?;
-        }
-        Ok(())
-    }
 }
 
 /// Syscalls a wasm worker never needs once the kernel is loaded. A
@@ -312,108 +238,5 @@ pub(crate) fn probe() -> Vec<String> {
             format!("ptrace={ptrace}"),
             format!("open_etc_passwd={open_out}"),
         ]
-    }
-}
-
-/// The per-process run directory, `$TMPDIR/wpool-PID-N`, mode 0700: every
-/// private file of this process (the workers' working directories, shared
-/// data files) lives below it, never beside the caller's files. It exists
-/// while some [`PrivateDir`] does and is removed with the last one. A host
-/// killed outright (SIGKILL) cannot remove it: the next wpool process of the
-/// same user sweeps run directories whose process is gone.
-#[derive(Debug)]
-struct RunDir {
-    path: std::path::PathBuf,
-}
-
-impl RunDir {
-    /// The live run directory, or a new one (sweeping stale ones first).
-    fn get() -> io::Result<std::sync::Arc<RunDir>> {
-        use std::os::unix::fs::DirBuilderExt;
-        static CURRENT: std::sync::Mutex<std::sync::Weak<RunDir>> = std::sync::Mutex::new(std::sync::Weak::new());
-        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let mut current = CURRENT.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(dir) = current.upgrade() {
-            return Ok(dir);
-        }
-        let tmp = std::env::temp_dir();
-        sweep_stale_run_dirs(&tmp);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = tmp.join(format!("wpool-{}-{n}", std::process::id()));
-        // A leftover of an earlier process with our pid (pid reuse) is ours
-        // to replace: it belongs to this user and that process is gone.
-        if std::fs::symlink_metadata(&path).is_ok() {
-            let _ = std::fs::remove_dir_all(&path);
-        }
-        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
-        let dir = std::sync::Arc::new(RunDir { path });
-        *current = std::sync::Arc::downgrade(&dir);
-        Ok(dir)
-    }
-}
-
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
-/// Removes `wpool-PID-…` directories of this user in `tmp` whose process no
-/// longer exists.
-fn sweep_stale_run_dirs(tmp: &std::path::Path) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(tmp) else { return };
-    let uid = rustix::process::getuid().as_raw();
-    let me = std::process::id();
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("wpool-")) else { continue };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
-        let Ok(meta) = entry.path().symlink_metadata() else { continue };
-        if pid == me || !meta.is_dir() || meta.uid() != uid {
-            continue;
-        }
-        // Signal 0 only checks that the process exists.
-        let gone = i32::try_from(pid)
-            .ok()
-            .and_then(rustix::process::Pid::from_raw)
-            .is_some_and(|pid| rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH));
-        if gone {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
-/// An empty directory only this user can enter, inside the run directory:
-/// a pool's workers' working directory, or the home of a shared data file.
-/// Removed when dropped.
-#[derive(Debug)]
-pub(crate) struct PrivateDir {
-    path: std::path::PathBuf,
-    /// Keeps the run directory alive; declared last, dropped after `path`
-    /// is removed.
-    run: std::sync::Arc<RunDir>,
-}
-
-impl PrivateDir {
-    pub(crate) fn create(what: &str) -> io::Result<PrivateDir> {
-        use std::os::unix::fs::DirBuilderExt;
-        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let run = RunDir::get()?;
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = run.path.join(format!("{what}-{n}"));
-        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
-        Ok(PrivateDir { path, run })
-    }
-
-    pub(crate) fn path(&self) -> &std::path::Path {
-        &self.path
-    }
-}
-
-impl Drop for PrivateDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-        let _ = &self.run;
     }
 }

@@ -23,10 +23,8 @@ use crate::wire::{
 };
 
 pub(crate) mod confine;
+pub(crate) mod dial;
 pub(crate) mod runtime;
-
-/// The hidden argument that turns a process into a worker (see `lib.rs`).
-pub(crate) const WORKER_ARG: &str = "--wpool-worker";
 
 /// How often the epoch ticker advances the engine's epoch.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -38,7 +36,7 @@ pub(crate) enum Start {
     /// on stdin/stdout.
     Local(libc::pid_t),
     /// Started through a launcher (srun, ssh), perhaps on another machine:
-    /// it dials back to the host (see [`crate::host::listener`]).
+    /// it dials back to the host (see [`dial`]).
     Dial,
     /// The worker flag without a valid mode (run by hand, or an old host).
     Unknown,
@@ -52,8 +50,8 @@ enum WorkerError {
     /// The worker flag without a valid mode.
     #[error(
         "{} is for worker processes that a wpool host starts, followed by the host's pid or `{}`",
-        WORKER_ARG,
-        crate::host::listener::DIAL_ARG
+        crate::wire::WORKER_ARG,
+        crate::wire::DIAL_ARG
     )]
     NotFromHost,
     /// The protocol fds the host set up could not be moved aside.
@@ -61,7 +59,7 @@ enum WorkerError {
     ProtocolFds(#[source] io::Error),
     /// A launched worker could not reach its host.
     #[error(transparent)]
-    Dial(#[from] crate::host::listener::DialError),
+    Dial(#[from] dial::DialError),
     /// The connection to the host could not be split into input and output.
     #[error("connection")]
     Connection(#[source] io::Error),
@@ -161,7 +159,7 @@ pub(crate) fn main(start: Start) -> ! {
 }
 
 fn run(start: Start) -> Result<(), WorkerError> {
-    let node = crate::host::listener::node_name();
+    let node = node_name();
     let (mut input, output, node_cache) = match start {
         Start::Local(host) => {
             confine::die_with_parent(host);
@@ -170,7 +168,7 @@ fn run(start: Start) -> Result<(), WorkerError> {
             let (input, output) = confine::take_protocol_fds().map_err(WorkerError::ProtocolFds)?;
             (input, output, None)
         }
-        Start::Dial => dial()?,
+        Start::Dial => dial::dial()?,
         Start::Unknown => return Err(WorkerError::NotFromHost),
     };
     confine::harden_worker();
@@ -209,7 +207,7 @@ fn run(start: Start) -> Result<(), WorkerError> {
         start_epoch_ticker(runtime.engine());
     }
     if let Start::Dial = start {
-        watch_launcher_stdin()?;
+        dial::watch_launcher_stdin()?;
     }
 
     // The wasm thread runs `init` (on the first instance) before anything
@@ -267,43 +265,15 @@ fn run(start: Start) -> Result<(), WorkerError> {
     }
 }
 
-/// A worker started through a launcher: find its node-private artifact
-/// cache (from the environment, which is then cleared: the launcher passed
-/// on the caller's, secrets included), dial back to the host, and make the
-/// connection the protocol stream.
-fn dial() -> Result<(File, File, Option<ArtifactCache>), WorkerError> {
-    let cache = ArtifactCache::default_location().ok();
-    // SAFETY: no other thread exists yet (this runs before `main`), so
-    // nothing reads the environment concurrently.
-    unsafe { confine::scrub_environment() };
-    // The launcher's working directory may not exist on this node and means
-    // nothing to the worker.
-    let _ = std::env::set_current_dir("/");
-    let conn = crate::host::listener::dial_back()?;
-    // Stray prints go to stderr, which the launcher forwards.
-    let _ = rustix::stdio::dup2_stdout(rustix::stdio::stderr());
-    let fd = std::os::fd::OwnedFd::from(conn);
-    let input = fd.try_clone().map_err(WorkerError::Connection)?;
-    Ok((File::from(input), File::from(fd), cache))
-}
-
-/// A launched worker's stdin is its launcher's, open while the host lives:
-/// its end (srun or ssh killed, the host gone) ends the worker even if the
-/// connection lingers. Started after `confine`, like every thread: Landlock
-/// binds only the thread that applies it and the threads it starts later.
-fn watch_launcher_stdin() -> Result<(), WorkerError> {
-    std::thread::Builder::new()
-        .name("wpool-stdin".into())
-        .spawn(|| {
-            let mut buf = [0u8; 64];
-            // fd 0 directly: std's stdin would lock and buffer.
-            while rustix::io::read(rustix::stdio::stdin(), &mut buf).is_ok_and(|n| n > 0) {}
-            // SAFETY: ends the process at once, mid-item included: nobody is
-            // left to read its results.
-            unsafe { libc::_exit(0) }
-        })
-        .map(drop)
-        .map_err(|source| WorkerError::Spawn { what: "stdin watcher", source })
+/// This machine's name: the Slurm node name inside a Slurm step (several
+/// nodes may share one host name, as in the test cluster), else the host
+/// name.
+fn node_name() -> String {
+    std::env::var("SLURMD_NODENAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| gethostname::gethostname().into_string().ok())
+        .unwrap_or_default()
 }
 
 /// Verifies, deserializes (or compiles) and prepares the kernel of the

@@ -33,9 +33,10 @@ use self::reorder::Reorder;
 use self::sizing::{Sizer, MAX_BUFFERED_BYTES};
 use self::slots::{Deadlines, KillReason, Slot, SlotState};
 use crate::error::{Error, ItemIndex, TaskError, TaskErrorKind, WorkerId};
+use crate::host::rundir::PrivateDir;
 use crate::host::supervisor::{Event, Spawner, WorkerCommand, WorkerEnd};
+use crate::wire::SandboxStatus;
 use crate::wire::{self, Hello, HostMsg, Outcome, WorkerMsg, BATCH_BYTES, PROTOCOL_VERSION};
-use crate::worker::confine::{PrivateDir, SandboxStatus};
 
 /// The result of one item.
 pub type ItemResult = Result<Vec<u8>, TaskError>;

@@ -1,0 +1,110 @@
+//! The process's private run directory and the private directories inside
+//! it (the workers' working directory, the home of a shared data file).
+//!
+//! Owns creating, sweeping and removing those directories on the host; it
+//! knows nothing about workers.
+
+use std::io;
+
+/// The per-process run directory, `$TMPDIR/wpool-PID-N`, mode 0700: every
+/// private file of this process (the workers' working directories, shared
+/// data files) lives below it, never beside the caller's files. It exists
+/// while some [`PrivateDir`] does and is removed with the last one. A host
+/// killed outright (SIGKILL) cannot remove it: the next wpool process of the
+/// same user sweeps run directories whose process is gone.
+#[derive(Debug)]
+struct RunDir {
+    path: std::path::PathBuf,
+}
+
+impl RunDir {
+    /// The live run directory, or a new one (sweeping stale ones first).
+    fn get() -> io::Result<std::sync::Arc<RunDir>> {
+        use std::os::unix::fs::DirBuilderExt;
+        static CURRENT: std::sync::Mutex<std::sync::Weak<RunDir>> = std::sync::Mutex::new(std::sync::Weak::new());
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let mut current = CURRENT.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(dir) = current.upgrade() {
+            return Ok(dir);
+        }
+        let tmp = std::env::temp_dir();
+        sweep_stale_run_dirs(&tmp);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = tmp.join(format!("wpool-{}-{n}", std::process::id()));
+        // A leftover of an earlier process with our pid (pid reuse) is ours
+        // to replace: it belongs to this user and that process is gone.
+        if std::fs::symlink_metadata(&path).is_ok() {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        let dir = std::sync::Arc::new(RunDir { path });
+        *current = std::sync::Arc::downgrade(&dir);
+        Ok(dir)
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Removes `wpool-PID-…` directories of this user in `tmp` whose process no
+/// longer exists.
+fn sweep_stale_run_dirs(tmp: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(tmp) else { return };
+    let uid = rustix::process::getuid().as_raw();
+    let me = std::process::id();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("wpool-")) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let Ok(meta) = entry.path().symlink_metadata() else { continue };
+        if pid == me || !meta.is_dir() || meta.uid() != uid {
+            continue;
+        }
+        // Signal 0 only checks that the process exists.
+        let gone = i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .is_some_and(|pid| rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH));
+        if gone {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// An empty directory only this user can enter, inside the run directory:
+/// a pool's workers' working directory, or the home of a shared data file.
+/// Removed when dropped.
+#[derive(Debug)]
+pub(crate) struct PrivateDir {
+    path: std::path::PathBuf,
+    /// Keeps the run directory alive; declared last, dropped after `path`
+    /// is removed.
+    run: std::sync::Arc<RunDir>,
+}
+
+impl PrivateDir {
+    pub(crate) fn create(what: &str) -> io::Result<PrivateDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let run = RunDir::get()?;
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = run.path.join(format!("{what}-{n}"));
+        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        Ok(PrivateDir { path, run })
+    }
+
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+        let _ = &self.run;
+    }
+}
