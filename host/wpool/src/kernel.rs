@@ -3,7 +3,11 @@
 //! cache of precompiled artifacts that workers deserialize.
 //!
 //! Owns everything about a kernel *before* it runs. It never spawns
-//! processes and never runs an item.
+//! processes and never runs an item. Shared by both sides: the host
+//! validates and compiles, a launched worker compiles into its node-private
+//! [`ArtifactCache`]. Imports are checked against the worker's own WASI
+//! linker ([`crate::worker::runtime::linker`]), so that what loads here is
+//! exactly what a worker links: the one place outside `worker/` that uses it.
 
 use std::fmt::Write as _;
 use std::fs;

@@ -102,9 +102,9 @@ extern "C" fn worker_entry(argc: libc::c_int, argv: *const *const libc::c_char, 
             .flatten()
             .and_then(|p| p.to_str().ok());
         let start = match mode {
-            Some(wire::DIAL_ARG) => worker::Start::Dial,
-            Some(pid) => pid.parse().map_or(worker::Start::Unknown, worker::Start::Local),
-            None => worker::Start::Unknown,
+            Some(wire::DIAL_ARG) => worker::Transport::DialBack,
+            Some(pid) => pid.parse().map_or(worker::Transport::Unknown, worker::Transport::Pipes),
+            None => worker::Transport::Unknown,
         };
         worker::main(start);
     }

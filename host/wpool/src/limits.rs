@@ -1,7 +1,8 @@
 //! Per-item limits and the engine settings derived from them.
 //!
 //! Owns the numbers, not their enforcement: the worker enforces them inside
-//! wasmtime, the scheduler enforces the host-side deadline.
+//! wasmtime, the scheduler enforces the host-side deadline. A leaf both sides
+//! use: the settings travel in the handshake ([`crate::wire::Hello`]).
 
 use std::time::Duration;
 

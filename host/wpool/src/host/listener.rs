@@ -5,9 +5,11 @@
 //! launcher's stdio carries only the one handshake line (srun's stdio is
 //! line-buffered and slow: tens of milliseconds per message).
 //!
-//! Owns sockets, tokens and the handshake line, nothing else: what travels
-//! over the connection is the ordinary protocol, and processes belong to the
-//! supervisor. The token authenticates a worker; it does not encrypt
+//! The host's side only: owns the listening socket and the tokens it waits
+//! for, nothing else. The line and greeting formats are
+//! [`crate::wire::dial`]'s, the worker's dialling is `worker::dial`, what
+//! travels over the connection is the ordinary protocol, and processes
+//! belong to the supervisor. The token authenticates a worker; it does not encrypt
 //! anything (items and results cross the network in clear).
 
 use std::collections::HashMap;

@@ -1,5 +1,10 @@
-//! The host ↔ worker wire protocol: length-prefixed postcard frames.
+//! The host ↔ worker wire protocol: length-prefixed postcard frames, and
+//! everything else both sides must agree on (the hidden worker arguments,
+//! the dial-back handshake in [`dial`], the sandbox status in the handshake).
 //!
+//! The only thing the host side (`host/`) and the worker side (`worker/`)
+//! share besides the leaf modules `error`, `limits` (the engine settings
+//! a `Hello` carries), `grants` and `kernel`: neither uses the other.
 //! Owns the frame types and their encoding, nothing else: it never touches
 //! processes or wasm. Every frame is `u32` little-endian payload length
 //! followed by a postcard-encoded message. The reader checks the announced

@@ -11,6 +11,7 @@ use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use super::transport::Connection;
 use super::WorkerError;
 use crate::kernel::ArtifactCache;
 use crate::wire::dial::{self, LineError};
@@ -88,7 +89,7 @@ fn read_line_fd0() -> io::Result<String> {
 /// cache (from the environment, which is then cleared: the launcher passed
 /// on the caller's, secrets included), dial back to the host, and make the
 /// connection the protocol stream.
-pub(super) fn dial() -> Result<(File, File, Option<ArtifactCache>), WorkerError> {
+pub(super) fn dial() -> Result<Connection, WorkerError> {
     let cache = ArtifactCache::default_location().ok();
     // SAFETY: no other thread exists yet (this runs before `main`), so
     // nothing reads the environment concurrently.
@@ -101,7 +102,7 @@ pub(super) fn dial() -> Result<(File, File, Option<ArtifactCache>), WorkerError>
     let _ = rustix::stdio::dup2_stdout(rustix::stdio::stderr());
     let fd = std::os::fd::OwnedFd::from(conn);
     let input = fd.try_clone().map_err(WorkerError::Connection)?;
-    Ok((File::from(input), File::from(fd), cache))
+    Ok(Connection { input: File::from(input), output: File::from(fd), node_cache: cache })
 }
 
 /// A launched worker's stdin is its launcher's, open while the host lives:

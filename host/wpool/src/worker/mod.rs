@@ -1,46 +1,39 @@
 //! The worker process: handshake, the frame loop, and the wasm thread.
 //!
-//! Owns the life of one worker process after `exec`. It speaks the protocol on
-//! the fds that were stdin/stdout at start (moved aside so that nothing else
-//! can write into the protocol stream) and runs items through
+//! Owns the life of one worker process after `exec`. It speaks the protocol
+//! ([`crate::wire`], the only thing it shares with the host side) over its
+//! [`Transport`]: the fds that were stdin/stdout at start (moved aside so that
+//! nothing else can write into the protocol stream) or the connection it
+//! dialled back on; it confines itself ([`confine`]) and runs items through
 //! [`crate::worker::runtime`]. It never knows about scheduling or output formats.
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
 use self::runtime::Runtime;
+use self::transport::Connection;
 use crate::kernel::ArtifactCache;
 use crate::wire::{
-    self, frame_cap, Code, FrameError, Hello, HostMsg, Outcome, WorkerMsg, BATCH_BYTES, HELLO_FRAME_CAP,
+    self, frame_cap, Code, FrameError, Hello, HostMsg, Outcome, SandboxStatus, WorkerMsg, BATCH_BYTES, HELLO_FRAME_CAP,
     PROTOCOL_VERSION,
 };
 
 pub(crate) mod confine;
 pub(crate) mod dial;
 pub(crate) mod runtime;
+mod transport;
+
+pub(crate) use self::transport::Transport;
 
 /// How often the epoch ticker advances the engine's epoch.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
-
-/// How the host started this worker process.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Start {
-    /// Spawned directly by the host (whose pid this is), with the protocol
-    /// on stdin/stdout.
-    Local(libc::pid_t),
-    /// Started through a launcher (srun, ssh), perhaps on another machine:
-    /// it dials back to the host (see [`dial`]).
-    Dial,
-    /// The worker flag without a valid mode (run by hand, or an old host).
-    Unknown,
-}
 
 /// Why a worker process gave up. The worker prints it, causes included
 /// (see [`report`]), on stderr, whose tail the host shows; a failure to load
@@ -147,8 +140,8 @@ fn report(error: &dyn std::error::Error) -> String {
 }
 
 /// Entry point of a worker process. Never returns.
-pub(crate) fn main(start: Start) -> ! {
-    let code = match run(start) {
+pub(crate) fn main(transport: Transport) -> ! {
+    let code = match run(transport) {
         Ok(()) => 0,
         Err(error) => {
             eprintln!("wpool worker {}: {}", std::process::id(), report(&error));
@@ -158,47 +151,54 @@ pub(crate) fn main(start: Start) -> ! {
     std::process::exit(code)
 }
 
-fn run(start: Start) -> Result<(), WorkerError> {
+/// The worker's life in order: reach the host, take the handshake, load
+/// the kernel, lock down, then serve `Run` frames until the host is done.
+fn run(transport: Transport) -> Result<(), WorkerError> {
     let node = node_name();
-    let (mut input, output, node_cache) = match start {
-        Start::Local(host) => {
-            confine::die_with_parent(host);
-            // At start-up, before any other thread exists, on the fds the
-            // host set up.
-            let (input, output) = confine::take_protocol_fds().map_err(WorkerError::ProtocolFds)?;
-            (input, output, None)
-        }
-        Start::Dial => dial::dial()?,
-        Start::Unknown => return Err(WorkerError::NotFromHost),
-    };
+    let Connection { mut input, output, node_cache } = transport.open()?;
     confine::harden_worker();
-
-    let mut buf = Vec::new();
-    match wire::read_frame(&mut input, HELLO_FRAME_CAP, &mut buf) {
-        Ok(()) => {}
-        Err(FrameError::Eof) => return Ok(()),
-        Err(e) => return Err(WorkerError::Handshake(e)),
-    }
-    let hello = match wire::decode::<HostMsg>(&buf) {
-        Ok(HostMsg::Hello(hello)) => hello,
-        Ok(other) => return Err(WorkerError::NotHello(format!("{other:?}"))),
-        Err(e) => return Err(WorkerError::Handshake(e)),
-    };
-    let output = Arc::new(std::sync::Mutex::new(output));
-    let send = |msg: &WorkerMsg| -> Result<(), WorkerError> {
-        let mut out = output.lock().unwrap_or_else(|p| p.into_inner());
-        wire::write_frame(&mut *out, msg).map_err(WorkerError::Write)
-    };
+    let Some(hello) = handshake(&mut input)? else { return Ok(()) };
+    let output = Arc::new(Mutex::new(output));
     let runtime = match load(&hello, node_cache.as_ref()) {
         Ok(rt) => rt,
         Err(error) => {
-            let _ = send(&WorkerMsg::Failed { message: report(&error) });
+            let _ = send(&output, &WorkerMsg::Failed { message: report(&error) });
             return Err(error);
         }
     };
-    // The kernel is in memory: from here on the worker needs no filesystem
-    // (but granted directories), no network, no exec. Confine before any
-    // other thread starts, so that every thread inherits it.
+    let sandbox = lock_down(&hello, &runtime);
+    transport.watch()?;
+    let items = start_wasm_thread(runtime, &hello, &output)?;
+    send(&output, &WorkerMsg::Ready { version: PROTOCOL_VERSION, pid: std::process::id(), node, sandbox })?;
+    serve(input, frame_cap(hello.settings.limits.max_item_size), &items)
+}
+
+/// Reads the host's `Hello`; `None` when the host closed the stream first.
+fn handshake(input: &mut File) -> Result<Option<Box<Hello>>, WorkerError> {
+    let mut buf = Vec::new();
+    match wire::read_frame(input, HELLO_FRAME_CAP, &mut buf) {
+        Ok(()) => {}
+        Err(FrameError::Eof) => return Ok(None),
+        Err(e) => return Err(WorkerError::Handshake(e)),
+    }
+    match wire::decode::<HostMsg>(&buf) {
+        Ok(HostMsg::Hello(hello)) => Ok(Some(hello)),
+        Ok(other) => Err(WorkerError::NotHello(format!("{other:?}"))),
+        Err(e) => Err(WorkerError::Handshake(e)),
+    }
+}
+
+/// Writes one message to the host.
+fn send(output: &Mutex<File>, msg: &WorkerMsg) -> Result<(), WorkerError> {
+    let mut out = output.lock().unwrap_or_else(|p| p.into_inner());
+    wire::write_frame(&mut *out, msg).map_err(WorkerError::Write)
+}
+
+/// The kernel is in memory: from here on the worker needs no filesystem
+/// (but granted directories), no network, no exec. Confines before any
+/// other thread starts, so that every thread inherits it; then starts the
+/// epoch ticker if items have a timeout.
+fn lock_down(hello: &Hello, runtime: &Runtime) -> SandboxStatus {
     let mut sandbox = confine::confine(&hello.settings.grants);
     if hello.probe_sandbox {
         sandbox.probes = confine::probe();
@@ -206,17 +206,22 @@ fn run(start: Start) -> Result<(), WorkerError> {
     if hello.settings.limits.timeout.is_some() {
         start_epoch_ticker(runtime.engine());
     }
-    if let Start::Dial = start {
-        dial::watch_launcher_stdin()?;
-    }
+    sandbox
+}
 
-    // The wasm thread runs `init` (on the first instance) before anything
-    // else, and says how it went: a failing `init` stops the run.
+/// Starts the wasm thread, which runs `init` (on the first instance) before
+/// anything else and says how it went: a failing `init` stops the run.
+/// Returns where `Run` frames go.
+fn start_wasm_thread(
+    runtime: Runtime,
+    hello: &Hello,
+    output: &Arc<Mutex<File>>,
+) -> Result<Sender<Vec<u8>>, WorkerError> {
     let (tx, rx) = crossbeam_channel::unbounded::<Vec<u8>>();
     let (prepared_tx, prepared) = crossbeam_channel::bounded::<Result<(), String>>(1);
     let stack = crate::limits::native_stack_for(&hello.settings.limits);
     let crash_on = hello.crash_on.clone();
-    let out = Arc::clone(&output);
+    let out = Arc::clone(output);
     let has_init = hello.init.is_some();
     std::thread::Builder::new()
         .name("wpool-wasm".into())
@@ -232,16 +237,18 @@ fn run(start: Start) -> Result<(), WorkerError> {
         })
         .map_err(|source| WorkerError::Spawn { what: "wasm thread", source })?;
     match prepared.recv() {
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => Ok(tx),
         Ok(Err(message)) => {
-            send(&WorkerMsg::InitFailed { message: message.clone() })?;
-            return Err(WorkerError::Init(message));
+            send(output, &WorkerMsg::InitFailed { message: message.clone() })?;
+            Err(WorkerError::Init(message))
         }
-        Err(_) => return Err(WorkerError::WasmThreadGone),
+        Err(_) => Err(WorkerError::WasmThreadGone),
     }
-    send(&WorkerMsg::Ready { version: PROTOCOL_VERSION, pid: std::process::id(), node, sandbox })?;
+}
 
-    let cap = frame_cap(hello.settings.limits.max_item_size);
+/// Reads the host's frames and hands each `Run` to the wasm thread. Ends
+/// the process when the host says so or closes the stream.
+fn serve(input: File, cap: usize, items: &Sender<Vec<u8>>) -> Result<(), WorkerError> {
     // Small frames arrive many per read.
     let mut input = std::io::BufReader::with_capacity(64 << 10, input);
     loop {
@@ -259,7 +266,7 @@ fn run(start: Start) -> Result<(), WorkerError> {
             Ok(HostMsg::Hello(_)) => return Err(WorkerError::SecondHello),
             Err(e) => return Err(WorkerError::Read(e)),
         }
-        if tx.send(frame).is_err() {
+        if items.send(frame).is_err() {
             return Err(WorkerError::WasmThreadGone);
         }
     }
