@@ -1,6 +1,6 @@
 //! Error values: per-item [`TaskError`]s and pool-level [`Error`]s.
 //!
-//! Owns the taxonomy of ARCHITECTURE §5 and its stable snake_case names. It
+//! Owns the taxonomy of docs/architecture.md §5 and its stable snake_case names. It
 //! never decides *when* something failed, only how that is described.
 
 use std::fmt;

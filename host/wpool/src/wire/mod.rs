@@ -9,7 +9,7 @@
 //! processes or wasm. Every frame is `u32` little-endian payload length
 //! followed by a postcard-encoded message. The reader checks the announced
 //! length against a cap *before* allocating, so a compromised peer cannot make
-//! the other side allocate more than the cap (ARCHITECTURE §3).
+//! the other side allocate more than the cap (docs/architecture.md §3).
 //!
 //! Public only so that the compromised-worker tests can speak (and break)
 //! the protocol; not a stable API.
