@@ -49,6 +49,8 @@ fn init_for_a_kernel_without_init_is_an_error() {
     let o = run(c, b"x\n");
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("echo.wasm: has no `init` export"), "{}", stderr(&o));
+    // The library error names no flag; the CLI adds it.
+    assert!(stderr(&o).contains("so it takes no configuration (--init)"), "{}", stderr(&o));
     let o = run(dict_map(&["--init", "/no/such/config"]), WORDS);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--init /no/such/config"), "{}", stderr(&o));
@@ -72,7 +74,10 @@ fn library_init_errors_are_typed() {
     assert_eq!(out[0].as_deref().unwrap(), b"the chat");
     assert_eq!(out[1].as_deref().unwrap(), b"a chien");
     match Pool::builder(kernel("echo")).init(TABLE).build().unwrap_err() {
-        Error::NoInit { kernel } => assert!(kernel.ends_with("echo.wasm"), "{kernel}"),
+        e @ Error::NoInit { .. } => {
+            assert!(matches!(&e, Error::NoInit { kernel } if kernel.ends_with("echo.wasm")), "{e:?}");
+            assert!(!e.to_string().contains("--init"), "the library names no flag: {e}");
+        }
         other => panic!("expected NoInit, got {other:?}"),
     }
     match Pool::builder(kernel("dict")).init(b"no tab".to_vec()).build().unwrap_err() {
@@ -160,7 +165,7 @@ fn pipeline_stages_stream_items_without_waiting_for_the_input_to_end() {
 
 #[test]
 fn library_pipeline_runs_in_order_and_stops_when_asked() {
-    assert!(matches!(wpool::Pipeline::new(vec![]), Err(Error::Config(_))));
+    assert!(matches!(wpool::Pipeline::new(vec![]), Err(Error::EmptyPipeline)));
     let upper = Pool::builder(kernel("upper")).workers(1).build().unwrap();
     let validate = Pool::builder(kernel("validate")).workers(2).build().unwrap();
     let mut p = wpool::Pipeline::new(vec![upper, validate]).unwrap();
@@ -275,8 +280,8 @@ fn library_mapreduce_checks_its_kernels() {
     let map = || Pool::builder(kernel("wordcount")).workers(1).build().unwrap();
     let reduce = || Pool::builder(kernel("sum")).workers(1).build().unwrap();
     assert!(kernel("sum").is_reducer() && !kernel("wordcount").is_reducer());
-    assert!(matches!(wpool::MapReduce::new(reduce(), reduce()), Err(Error::Config(_))));
-    assert!(matches!(wpool::MapReduce::new(map(), map()), Err(Error::Config(_))));
+    assert!(matches!(wpool::MapReduce::new(reduce(), reduce()), Err(Error::WrongKernelForStage { stage: "map", .. })));
+    assert!(matches!(wpool::MapReduce::new(map(), map()), Err(Error::WrongKernelForStage { stage: "reduce", .. })));
     let mut mr = wpool::MapReduce::new(map(), reduce()).unwrap();
     let out = mr.run(["b a b", "a c"], |_, r| r.map(|()| true).unwrap_or_else(|e| panic!("{e}"))).unwrap();
     let out: Vec<(String, String)> =

@@ -45,9 +45,31 @@ pub fn status(result: anyhow::Result<Exit>) -> ExitCode {
         Ok(exit) => ExitCode::from(exit.code()),
         Err(e) if is_broken_pipe(&e) => ExitCode::from(SUCCESS),
         Err(e) => {
-            crate::say(format_args!("wpool: error: {e:#}"));
+            let hint = e.chain().find_map(|c| c.downcast_ref::<wpool::Error>()).map_or("", flag_hint);
+            crate::say(format_args!("wpool: error: {e:#}{hint}"));
             ExitCode::from(ERROR)
         }
+    }
+}
+
+/// The flag behind a library error, said after its message: the library
+/// knows builder methods, not flags.
+fn flag_hint(e: &wpool::Error) -> &'static str {
+    use wpool::Error;
+    match e {
+        Error::NoInit { .. } => " (--init)",
+        Error::InitTooLarge { .. } => " (--init FILE)",
+        Error::SandboxUnavailable { .. } => "; run without --require-sandbox to accept that",
+        Error::NonLoopbackListen { .. } => {
+            ": pass a loopback address (--listen 127.0.0.1), or unset WPOOL_LOOPBACK_ONLY on a real cluster"
+        }
+        Error::ItemSizeTooLarge { .. } => " (--max-item-size)",
+        Error::NoWorkers => " (-j)",
+        Error::ZeroChunksize => " (--chunksize)",
+        Error::EmptyLauncher => " (--launcher)",
+        Error::GrantNotADirectory { .. } => " (--allow-dir)",
+        Error::KernelTooLargeToSend { .. } => " (workers started through --launcher or --slurm)",
+        _ => "",
     }
 }
 

@@ -233,7 +233,7 @@ pub enum Error {
     /// export.
     #[error(
         "{kernel}: has no `init` export (world `wpool:kernel/kernel-with-init`), so it takes no \
-         configuration (--init)"
+         configuration"
     )]
     NoInit {
         /// Which kernel.
@@ -266,9 +266,65 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// A builder value is out of range.
-    #[error("invalid configuration: {0}")]
-    Config(String),
+    /// [`crate::PoolBuilder::workers`] is 0.
+    #[error("a pool needs at least 1 worker")]
+    NoWorkers,
+    /// [`crate::PoolBuilder::chunksize`] is a fixed size of 0.
+    #[error("chunksize must be at least 1")]
+    ZeroChunksize,
+    /// A granted directory is not an absolute path to an existing
+    /// directory.
+    #[error("granted directory {} is not an absolute path to a directory", path.display())]
+    GrantNotADirectory {
+        /// The host path that was granted.
+        path: PathBuf,
+    },
+    /// The `init` configuration is larger than a worker accepts.
+    #[error("init configuration of {len} bytes is over the {max}-byte cap")]
+    InitTooLarge {
+        /// Its size in bytes.
+        len: usize,
+        /// The cap in bytes.
+        max: usize,
+    },
+    /// A launcher with no command at all.
+    #[error("a launcher must name a command")]
+    EmptyLauncher,
+    /// Launched workers are sent the kernel's wasm, and it is larger than a
+    /// worker accepts.
+    #[error("kernel {kernel} is {len} bytes; launched workers are sent at most {max}")]
+    KernelTooLargeToSend {
+        /// Which kernel.
+        kernel: String,
+        /// Its size in bytes.
+        len: usize,
+        /// The cap in bytes.
+        max: usize,
+    },
+    /// [`crate::Limits::max_item_size`] is over [`crate::Limits::MAX_ITEM_SIZE`].
+    #[error(
+        "max_item_size of {len} bytes is over the {max} bytes an item can have (it must fit in wasm32's 4 GiB \
+         linear memory together with its result)"
+    )]
+    ItemSizeTooLarge {
+        /// The size asked for, in bytes.
+        len: usize,
+        /// The largest that works.
+        max: usize,
+    },
+    /// A pipeline of no stages.
+    #[error("a pipeline needs at least one stage")]
+    EmptyPipeline,
+    /// A MapReduce stage given the wrong kind of kernel: a reducer for the
+    /// map stage, or a map kernel for the reduce stage.
+    #[error("the {stage} stage of a MapReduce needs {expected}")]
+    WrongKernelForStage {
+        /// `"map"` or `"reduce"`.
+        stage: &'static str,
+        /// What it needs: `"a map kernel, not a reducer"` or `"a kernel of
+        /// world `reducer`"`.
+        expected: &'static str,
+    },
     /// A worker process could not be started at all.
     #[error("cannot start worker process `{program}`")]
     Spawn {
@@ -293,8 +349,7 @@ pub enum Error {
     /// command sets it: test traffic stays on this machine's loopback).
     #[error(
         "refusing to listen for launched workers on {addr} (not a loopback address) while WPOOL_LOOPBACK_ONLY is \
-         set: pass a loopback address (--listen 127.0.0.1, library: PoolBuilder::listen), or unset \
-         WPOOL_LOOPBACK_ONLY on a real cluster"
+         set"
     )]
     NonLoopbackListen {
         /// The address the pool would listen on (the default included).
@@ -320,7 +375,7 @@ pub enum Error {
         window: Duration,
     },
     /// `require_sandbox` is set and a worker could not confine itself fully.
-    #[error("the worker sandbox is not fully available on this machine ({status}); run without --require-sandbox to accept that")]
+    #[error("the worker sandbox is not fully available on this machine ({status})")]
     SandboxUnavailable {
         /// What the worker reported.
         status: String,

@@ -143,12 +143,7 @@ impl EngineSettings {
         workers: usize,
     ) -> Result<EngineSettings, crate::Error> {
         if limits.max_item_size > Limits::MAX_ITEM_SIZE {
-            return Err(crate::Error::Config(format!(
-                "max_item_size of {} bytes is over the {} bytes an item can have (it must fit in wasm32's \
-                 4 GiB linear memory together with its result)",
-                limits.max_item_size,
-                Limits::MAX_ITEM_SIZE
-            )));
+            return Err(crate::Error::ItemSizeTooLarge { len: limits.max_item_size, max: Limits::MAX_ITEM_SIZE });
         }
         let default_memory = limits.memory.is_none();
         limits.memory = Some(limits.memory.unwrap_or_else(|| Limits::default_memory(workers)));

@@ -70,10 +70,10 @@ impl MapReduce {
     /// `map` must run a map kernel, `reduce` a reducer (world `reducer`).
     pub fn new(map: Pool, reduce: Pool) -> Result<MapReduce, Error> {
         if map.is_reducer() {
-            return Err(Error::Config("the map stage of a MapReduce needs a map kernel, not a reducer".into()));
+            return Err(Error::WrongKernelForStage { stage: "map", expected: "a map kernel, not a reducer" });
         }
         if !reduce.is_reducer() {
-            return Err(Error::Config("the reduce stage of a MapReduce needs a kernel of world `reducer`".into()));
+            return Err(Error::WrongKernelForStage { stage: "reduce", expected: "a kernel of world `reducer`" });
         }
         Ok(MapReduce { map, reduce })
     }

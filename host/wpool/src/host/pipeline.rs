@@ -64,7 +64,7 @@ impl Pipeline {
     /// A pipeline of these stages, in order (at least one).
     pub fn new(stages: Vec<Pool>) -> Result<Pipeline, Error> {
         if stages.is_empty() {
-            return Err(Error::Config("a pipeline needs at least one stage".into()));
+            return Err(Error::EmptyPipeline);
         }
         Ok(Pipeline { stages })
     }

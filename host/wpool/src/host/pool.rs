@@ -195,17 +195,14 @@ impl PoolBuilder {
     /// cannot start (with what the last one said).
     pub fn build(self) -> Result<Pool, Error> {
         if self.workers == 0 {
-            return Err(Error::Config("workers must be at least 1".into()));
+            return Err(Error::NoWorkers);
         }
         if self.chunksize == Chunksize::Fixed(0) {
-            return Err(Error::Config("chunksize must be at least 1".into()));
+            return Err(Error::ZeroChunksize);
         }
         for dir in &self.grants.dirs {
             if !dir.host.is_absolute() || !dir.host.is_dir() {
-                return Err(Error::Config(format!(
-                    "granted directory {} is not an absolute path to a directory",
-                    dir.host.display()
-                )));
+                return Err(Error::GrantNotADirectory { path: dir.host.clone() });
             }
         }
         let init = match (self.kernel.has_init(), self.init) {
@@ -213,15 +210,11 @@ impl PoolBuilder {
             (false, None) => None,
             (true, config) => Some(config.unwrap_or_default()),
         };
-        if init.as_ref().is_some_and(|c| c.len() > crate::wire::MAX_INIT_CONFIG) {
-            return Err(Error::Config(format!(
-                "init configuration of {} bytes is over the {}-byte cap",
-                init.as_ref().map_or(0, Vec::len),
-                crate::wire::MAX_INIT_CONFIG
-            )));
+        if let Some(len) = init.as_ref().map(Vec::len).filter(|&len| len > crate::wire::MAX_INIT_CONFIG) {
+            return Err(Error::InitTooLarge { len, max: crate::wire::MAX_INIT_CONFIG });
         }
         if self.command.launchers.iter().any(Vec::is_empty) {
-            return Err(Error::Config("a launcher must name a command".into()));
+            return Err(Error::EmptyLauncher);
         }
         if self.command.is_remote() && crate::host::listener::loopback_only() {
             let addr = crate::host::listener::listen_ip(self.command.listen);
@@ -248,12 +241,11 @@ impl PoolBuilder {
             // compile it themselves, never a precompiled artifact.
             let bytes = self.kernel.wasm();
             if bytes.len() > crate::wire::MAX_REMOTE_KERNEL {
-                return Err(Error::Config(format!(
-                    "kernel {} is {} bytes; launched workers are sent at most {}",
-                    self.kernel.name(),
-                    bytes.len(),
-                    crate::wire::MAX_REMOTE_KERNEL
-                )));
+                return Err(Error::KernelTooLargeToSend {
+                    kernel: self.kernel.name().to_string(),
+                    len: bytes.len(),
+                    max: crate::wire::MAX_REMOTE_KERNEL,
+                });
             }
             Code::Wasm { name: self.kernel.name().to_string(), bytes: crate::wire::SharedBytes(bytes) }
         } else {
