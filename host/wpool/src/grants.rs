@@ -3,7 +3,7 @@
 //!
 //! Owns the grant values and their WASI implementation (deterministic clocks
 //! and a resettable seeded generator). The OS-level confinement of worker
-//! processes is [`crate::worker::confine`]'s. A leaf both sides use: the
+//! processes is the worker's (`worker/confine.rs`). A leaf both sides use: the
 //! grants travel in the handshake inside the engine settings.
 
 use std::path::PathBuf;

@@ -5,9 +5,9 @@
 //! Owns everything about a kernel *before* it runs. It never spawns
 //! processes and never runs an item. Shared by both sides: the host
 //! validates and compiles, a launched worker compiles into its node-private
-//! [`ArtifactCache`]. Imports are checked against the worker's own WASI
-//! linker ([`crate::worker::runtime::linker`]), so that what loads here is
-//! exactly what a worker links: the one place outside `worker/` that uses it.
+//! [`ArtifactCache`]. Imports are checked against the WASI linker the
+//! worker instantiates with ([`crate::wasi::linker`]), so that what loads
+//! here is exactly what a worker links.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -24,7 +24,7 @@ use wasmtime::Engine;
 use crate::cache;
 use crate::error::Error;
 use crate::limits::EngineSettings;
-use crate::worker::runtime::{self, INIT_EXPORT, MAP_BATCH_EXPORT, MAP_EXPORT, REDUCE_EXPORT};
+use crate::wasi::{self, INIT_EXPORT, MAP_BATCH_EXPORT, MAP_EXPORT, REDUCE_EXPORT};
 
 /// The contract's type of `map`, for messages.
 const MAP_SIGNATURE: &str = "func(input: list<u8>) -> result<list<u8>, string>";
@@ -390,7 +390,7 @@ fn check_imports(name: &str, engine: &Engine, component: &Component) -> Result<(
     }
     // Names match; let the real linker check the types too.
     let linker =
-        runtime::linker(engine).map_err(|e| Error::InvalidKernel { kernel: name.into(), message: format!("{e:#}") })?;
+        wasi::linker(engine).map_err(|e| Error::InvalidKernel { kernel: name.into(), message: format!("{e:#}") })?;
     if let Err(e) = linker.instantiate_pre(component) {
         return Err(Error::UnsatisfiedImports { kernel: name.into(), imports: vec![format!("{e:#}")] });
     }

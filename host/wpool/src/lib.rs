@@ -40,6 +40,7 @@ mod grants;
 mod host;
 mod kernel;
 mod limits;
+mod wasi;
 #[doc(hidden)]
 pub mod wire;
 mod worker;

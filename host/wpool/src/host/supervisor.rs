@@ -1,19 +1,19 @@
-//! Worker processes from the host's side: spawning, the threads that move
-//! frames to and from each process, killing and reaping.
+//! Worker processes from the host's side: spawning, reading and writing
+//! frames, and how each process ended.
 //!
-//! Owns OS processes, their pipes and, for workers started through a
-//! launcher, the connection each dials back on (see [`crate::host::listener`]). It
-//! turns everything a worker does into [`Event`]s on one channel and does
-//! not interpret them: retries, deadlines and restart policy belong to the
-//! scheduler.
+//! Owns OS processes and the thread that forks them. How frames travel
+//! (pipes, or the connection a launched worker dials back on) is
+//! [`crate::host::transport`]'s; probing, killing and reaping a process is
+//! [`crate::host::process`]'s. It turns everything a worker does into
+//! [`Event`]s on one channel and does not interpret them: retries,
+//! deadlines and restart policy belong to the scheduler.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::Crash;
-use crate::host::listener::Listener;
-use crate::wire::{self, frame_cap, FrameError, Hello, HostMsg, WorkerMsg, DIAL_ARG, HANDSHAKE_FRAME_CAP, WORKER_ARG};
+use crate::host::process::{kill, reap};
+use crate::host::transport::{Link, Started, Transport};
+use crate::wire::{self, frame_cap, FrameError, Hello, WorkerMsg, DIAL_ARG, HANDSHAKE_FRAME_CAP, WORKER_ARG};
 
 /// Bytes of a worker's own stderr kept for error messages.
 const WORKER_STDERR_TAIL: usize = 4096;
@@ -137,28 +138,6 @@ pub(crate) struct WorkerProc {
     link: Option<Arc<Link>>,
 }
 
-/// The connection of a worker started through a launcher, once it dialed
-/// back.
-#[derive(Debug, Default)]
-struct Link {
-    conn: Mutex<Option<Arc<TcpStream>>>,
-    killed: AtomicBool,
-}
-
-impl Link {
-    /// Closing the connection ends the remote worker wherever it runs: it
-    /// exits when its connection closes, whatever its launcher does.
-    fn cut(&self) {
-        self.shutdown(Shutdown::Both);
-    }
-
-    fn shutdown(&self, how: Shutdown) {
-        if let Some(conn) = &*self.conn.lock().unwrap_or_else(|p| p.into_inner()) {
-            let _ = conn.shutdown(how);
-        }
-    }
-}
-
 impl WorkerProc {
     /// Queues an encoded frame. A dead worker shows up as an `Exited` event,
     /// so a failed send needs no handling here.
@@ -177,8 +156,7 @@ impl WorkerProc {
     /// SIGKILLs the process (a launcher: also cuts its worker's connection).
     pub(crate) fn kill(&self) {
         if let Some(link) = &self.link {
-            link.killed.store(true, Ordering::SeqCst);
-            link.cut();
+            link.kill();
         }
         kill(&self.child);
     }
@@ -196,23 +174,20 @@ struct SpawnRequest {
 pub(crate) struct Spawner {
     requests: Option<Sender<SpawnRequest>>,
     thread: Option<thread::JoinHandle<()>>,
-    listener: Option<Arc<Listener>>,
+    transport: Arc<Transport>,
 }
 
 impl Spawner {
     /// Starts the spawning thread and, for launched workers, the listening
     /// socket they dial back to.
     pub(crate) fn start(command: WorkerCommand, events: Sender<Event>) -> std::io::Result<Spawner> {
-        let listener = match command.is_remote() {
-            true => Some(Arc::new(Listener::bind(command.listen)?)),
-            false => None,
-        };
+        let transport = Arc::new(Transport::new(&command)?);
         let (tx, rx) = crossbeam_channel::unbounded::<SpawnRequest>();
         let thread = {
-            let listener = listener.clone();
+            let transport = Arc::clone(&transport);
             thread::Builder::new().name("wpool-spawner".into()).spawn(move || {
                 for req in rx {
-                    let event = match spawn_one(&command, listener.as_ref(), &req, &events) {
+                    let event = match spawn_one(&command, &transport, &req, &events) {
                         Ok(proc) => Event::Spawned(proc),
                         Err(error) => Event::SpawnFailed { slot: req.slot, gen: req.gen, error },
                     };
@@ -222,7 +197,7 @@ impl Spawner {
                 }
             })?
         };
-        Ok(Spawner { requests: Some(tx), thread: Some(thread), listener })
+        Ok(Spawner { requests: Some(tx), thread: Some(thread), transport })
     }
 
     pub(crate) fn spawn(&self, slot: usize, gen: u64, hello: Hello) {
@@ -233,12 +208,12 @@ impl Spawner {
 
     /// Where launched workers dial back, if workers are launched.
     pub(crate) fn dial_addr(&self) -> Option<SocketAddr> {
-        self.listener.as_ref().map(|l| l.addr())
+        self.transport.listener().map(|l| l.addr())
     }
 
     /// Connections to the dial-back port refused for a missing or wrong token.
     pub(crate) fn rejected_connections(&self) -> u64 {
-        self.listener.as_ref().map_or(0, |l| l.rejected())
+        self.transport.listener().map_or(0, |l| l.rejected())
     }
 }
 
@@ -268,203 +243,46 @@ pub(crate) fn ensure_fd_room(workers: usize) {
 }
 
 /// What the per-worker threads share.
-struct Session {
+pub(crate) struct Session {
     slot: usize,
     gen: u64,
     cap: usize,
-    child: Arc<Mutex<Child>>,
-    tail: Arc<Mutex<VecDeque<u8>>>,
+    pub(super) child: Arc<Mutex<Child>>,
+    /// The tail of the process's stderr (and a launcher's stdout).
+    pub(super) tail: Arc<Mutex<VecDeque<u8>>>,
     stderr_thread: thread::JoinHandle<()>,
     events: Sender<Event>,
 }
 
 fn spawn_one(
     command: &WorkerCommand,
-    listener: Option<&Arc<Listener>>,
+    transport: &Transport,
     req: &SpawnRequest,
     events: &Sender<Event>,
 ) -> std::io::Result<WorkerProc> {
     let mut cmd = command.command(req.slot);
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let host_pid = std::process::id() as libc::pid_t;
-    let dial = match listener {
-        None => {
-            // Workers see none of the host's environment (secrets included)
-            // and start in an empty private directory, not the caller's. The
-            // worker sets its parent-death signal itself (see
-            // the worker's `die_with_parent`): no `pre_exec`, so `posix_spawn`.
-            cmd.env_clear().current_dir(&command.cwd).arg(host_pid.to_string()).process_group(0);
-            None
-        }
-        Some(listener) => {
-            // A launcher needs the caller's environment (SLURM_*, PATH,
-            // HOME, SSH_AUTH_SOCK); the worker clears whatever reaches it.
-            // `/` exists on every node.
-            cmd.current_dir("/");
-            // SAFETY: the closure only makes async-signal-safe syscalls.
-            unsafe {
-                cmd.pre_exec(move || in_child_before_exec(host_pid));
-            }
-            Some((Arc::clone(listener), listener.expect()?))
-        }
-    };
+    let opening = transport.prepare(&mut cmd, &command.cwd)?;
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
-            if let Some((listener, (token, _))) = &dial {
-                listener.forget(token);
-            }
+            opening.abandon();
             return Err(e);
         }
     };
     let pid = child.id();
-    let mut stdin = child.stdin.take().expect("piped stdin");
+    let stdin = child.stdin.take().expect("piped stdin");
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
     let child = Arc::new(Mutex::new(child));
-    let (frames_tx, frames_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
-
-    let tail = Arc::new(Mutex::new(VecDeque::<u8>::new()));
-    let name = |what: &str| format!("wpool-w{}-{what}", req.slot + 1);
-    let stderr_thread = {
-        let tail = Arc::clone(&tail);
-        thread::Builder::new().name(name("stderr")).spawn(move || drain_into_tail(stderr, &tail))?
-    };
-    let session = Session {
-        slot: req.slot,
-        gen: req.gen,
-        cap: frame_cap(req.hello.settings.limits.max_item_size),
-        child: Arc::clone(&child),
-        tail: Arc::clone(&tail),
-        stderr_thread,
-        events: events.clone(),
-    };
-    let link = match dial {
-        None => {
-            let mut hello_frame = Vec::new();
-            wire::encode(&HostMsg::Hello(Box::new(req.hello.clone())), &mut hello_frame);
-            let _ = frames_tx.send(hello_frame);
-            thread::Builder::new().name(name("write")).spawn(move || write_frames(stdin, frames_rx))?;
-            thread::Builder::new().name(name("read")).spawn(move || {
-                let violation = read_frames(&session, stdout);
-                session.finish(violation, None);
-            })?;
-            None
-        }
-        Some((listener, (token, arrived))) => {
-            // The launcher's stdio carries only this line (and whatever the
-            // launcher prints, kept with the stderr tail). Its stdin stays
-            // open while the worker lives: a worker also exits when it
-            // closes.
-            let _ = stdin.write_all(listener.line(&token).as_bytes());
-            let link = Arc::new(Link::default());
-            {
-                // The launcher closes its stdout when it exits. A launcher
-                // gone is a worker gone, even if the worker lives on (as a
-                // remote task may when its srun is killed): cut it off.
-                let (tail, child, link) = (Arc::clone(&tail), Arc::clone(&child), Arc::clone(&link));
-                thread::Builder::new().name(name("stdout")).spawn(move || {
-                    drain_into_tail(stdout, &tail);
-                    while !has_exited(&child) {
-                        thread::sleep(Duration::from_millis(100));
-                    }
-                    // EOF for the worker; what it already sent is still read.
-                    link.shutdown(Shutdown::Write);
-                })?;
-            }
-            let session_link = Arc::clone(&link);
-            // Encoded only once connected: a big kernel is not held once per
-            // worker still queueing for its node.
-            let hello = req.hello.clone();
-            thread::Builder::new().name(name("read")).spawn(move || {
-                let (violation, unconnected) = match wait_for_connection(&session, &arrived) {
-                    Some(conn) => (remote_session(&session, conn, &session_link, &hello, frames_rx), None),
-                    None => {
-                        listener.forget(&token);
-                        (None, Some(listener.addr()))
-                    }
-                };
-                drop(stdin);
-                session.finish(violation, unconnected);
-            })?;
-            Some(link)
-        }
-    };
-    Ok(WorkerProc { slot: req.slot, gen: req.gen, pid, frames: Some(frames_tx), child, link })
-}
-
-/// Runs in the forked child between `fork` and `exec` of a *launcher* (such
-/// as `srun` or `ssh`; async-signal-safe calls only).
-///
-/// - its own process group, so the terminal's Ctrl-C reaches the host only and
-///   the host decides how workers end;
-/// - `PR_SET_PDEATHSIG(SIGKILL)`: the kernel kills the worker when the thread
-///   that forked it dies. The host forks from a thread that lives exactly as
-///   long as the pool, so this fires on host death (even SIGKILL) and never
-///   while the pool is alive;
-/// - the parent may have died before the prctl: then exit at once.
-fn in_child_before_exec(host_pid: libc::pid_t) -> std::io::Result<()> {
-    // rustix makes the system calls directly: no allocation, no lock.
-    rustix::process::setpgid(None, None)?;
-    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
-    if rustix::process::Pid::as_raw(rustix::process::getppid()) != host_pid {
-        // SAFETY: ends the forked child without running anything else.
-        unsafe { libc::_exit(1) }
-    }
-    Ok(())
-}
-
-/// Waits until the worker dials back, or its launcher ends first.
-fn wait_for_connection(session: &Session, arrived: &Receiver<TcpStream>) -> Option<TcpStream> {
-    loop {
-        match arrived.recv_timeout(Duration::from_millis(20)) {
-            Ok(conn) => return Some(conn),
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) if !has_exited(&session.child) => {}
-            Err(_) => return arrived.try_recv().ok(),
-        }
-    }
-}
-
-/// Frames over a launched worker's connection, the `Hello` first; returns
-/// the violation that ended it, if one did. One fd serves both directions.
-fn remote_session(
-    session: &Session,
-    conn: TcpStream,
-    link: &Link,
-    hello: &Hello,
-    frames: Receiver<Vec<u8>>,
-) -> Option<String> {
-    let conn = Arc::new(conn);
-    *link.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&conn));
-    if link.killed.load(Ordering::SeqCst) {
-        // Killed while connecting: `kill` found no connection to cut.
-        link.cut();
-    }
-    let mut hello_frame = Vec::new();
-    wire::encode(&HostMsg::Hello(Box::new(hello.clone())), &mut hello_frame);
-    if (&*conn).write_all(&hello_frame).is_err() {
-        link.cut();
-        return None;
-    }
-    drop(hello_frame);
-    let writer = Arc::clone(&conn);
-    let writer_thread = thread::Builder::new().name(format!("wpool-w{}-write", session.slot + 1)).spawn(move || {
-        write_frames(&*writer, frames);
-        // EOF for the worker: it exits.
-        let _ = writer.shutdown(Shutdown::Write);
-    });
-    if writer_thread.is_err() {
-        link.cut();
-        return Some("cannot start the writer thread".into());
-    }
-    let violation = read_frames(session, &*conn);
-    link.cut();
-    violation
+    let session = Session::start(req, Arc::clone(&child), stderr, events)?;
+    let Started { frames, link } = opening.start(session, stdin, stdout, &req.hello)?;
+    Ok(WorkerProc { slot: req.slot, gen: req.gen, pid, frames: Some(frames), child, link })
 }
 
 /// Writes queued frames, coalescing small ones that are already waiting into
 /// one write: with small chunks, one syscall then carries many.
-fn write_frames(mut out: impl Write, frames: Receiver<Vec<u8>>) {
+pub(super) fn write_frames(mut out: impl Write, frames: Receiver<Vec<u8>>) {
     const COALESCE: usize = 256 << 10;
     let mut batch = Vec::new();
     while let Ok(mut frame) = frames.recv() {
@@ -495,7 +313,7 @@ fn write_frames(mut out: impl Write, frames: Receiver<Vec<u8>>) {
     // Dropping the output closes the worker's input: it exits on EOF.
 }
 
-fn drain_into_tail(mut from: impl Read, tail: &Mutex<VecDeque<u8>>) {
+pub(super) fn drain_into_tail(mut from: impl Read, tail: &Mutex<VecDeque<u8>>) {
     let mut buf = [0u8; 8192];
     loop {
         match from.read(&mut buf) {
@@ -512,7 +330,7 @@ fn drain_into_tail(mut from: impl Read, tail: &Mutex<VecDeque<u8>>) {
 
 /// Turns frames into events until the stream ends; returns the violation
 /// that ended it, if one did.
-fn read_frames(session: &Session, from: impl Read) -> Option<String> {
+pub(super) fn read_frames(session: &Session, from: impl Read) -> Option<String> {
     let mut buf = Vec::new();
     let mut first = true;
     // Small frames arrive many per read.
@@ -537,9 +355,40 @@ fn read_frames(session: &Session, from: impl Read) -> Option<String> {
 }
 
 impl Session {
+    /// The session of a worker just spawned, with the thread that keeps the
+    /// tail of its stderr.
+    fn start(
+        req: &SpawnRequest,
+        child: Arc<Mutex<Child>>,
+        stderr: ChildStderr,
+        events: &Sender<Event>,
+    ) -> std::io::Result<Session> {
+        let tail = Arc::new(Mutex::new(VecDeque::<u8>::new()));
+        let stderr_thread = {
+            let tail = Arc::clone(&tail);
+            thread::Builder::new()
+                .name(format!("wpool-w{}-stderr", req.slot + 1))
+                .spawn(move || drain_into_tail(stderr, &tail))?
+        };
+        Ok(Session {
+            slot: req.slot,
+            gen: req.gen,
+            cap: frame_cap(req.hello.settings.limits.max_item_size),
+            child,
+            tail,
+            stderr_thread,
+            events: events.clone(),
+        })
+    }
+
+    /// The name of the worker's thread that does `what`.
+    pub(super) fn thread_name(&self, what: &str) -> String {
+        format!("wpool-w{}-{what}", self.slot + 1)
+    }
+
     /// Whatever ended the stream: makes sure the process is gone, reaps it
     /// and reports how it ended.
-    fn finish(self, violation: Option<String>, unconnected: Option<SocketAddr>) {
+    pub(super) fn finish(self, violation: Option<String>, unconnected: Option<SocketAddr>) {
         if violation.is_some() {
             kill(&self.child);
         }
@@ -561,73 +410,5 @@ impl Session {
         };
         let end = WorkerEnd { crash, violation, stderr, unconnected };
         let _ = self.events.send(Event::Exited { slot: self.slot, gen: self.gen, end });
-    }
-}
-
-/// Whether the process has exited (reaped or not).
-fn has_exited(child: &Mutex<Child>) -> bool {
-    let c = child.lock().unwrap_or_else(|p| p.into_inner());
-    probe(c.id()) != Probe::Running
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Probe {
-    Running,
-    /// Exited, not reaped: its pid (and process group id) cannot be reused.
-    Exited,
-    /// Not our child any more (already reaped, maybe by someone else).
-    Gone,
-}
-
-fn probe(pid: u32) -> Probe {
-    // SAFETY: waitid with WNOWAIT only inspects; `info` is a valid buffer.
-    unsafe {
-        let mut info: libc::siginfo_t = std::mem::zeroed();
-        let r = libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT);
-        match (r, info.si_pid()) {
-            (0, 0) => Probe::Running,
-            (0, p) if p as u32 == pid => Probe::Exited,
-            _ => Probe::Gone,
-        }
-    }
-}
-
-/// SIGKILLs the process unless it already exited. Under the lock that
-/// reaping also takes, so the pid cannot have been reused (std's `kill` is
-/// a no-op once it reaped the child).
-fn kill(child: &Mutex<Child>) {
-    let mut c = child.lock().unwrap_or_else(|p| p.into_inner());
-    if probe(c.id()) == Probe::Running {
-        let _ = c.kill();
-    }
-}
-
-/// Waits for the process to exit; one that closed its output but lingers is
-/// killed after a grace period. Then whatever is left of its process group
-/// (a launcher's helpers) is killed, before the reap frees the pid.
-fn reap(child: &Mutex<Child>) -> ExitStatus {
-    let grace = Instant::now() + Duration::from_secs(2);
-    loop {
-        {
-            let mut c = child.lock().unwrap_or_else(|p| p.into_inner());
-            let pid = c.id();
-            match probe(pid) {
-                Probe::Exited => {
-                    // SAFETY: the group is the one this child leads (it was
-                    // created with it) and the child is not reaped yet, so
-                    // the id cannot name anyone else's group.
-                    unsafe { libc::killpg(pid as libc::pid_t, libc::SIGKILL) };
-                    return c.wait().unwrap_or_else(|_| ExitStatus::from_raw(-1));
-                }
-                // Reaped behind our back (a program that reaps every child):
-                // the status is lost, and so is the group id.
-                Probe::Gone => return c.try_wait().ok().flatten().unwrap_or_else(|| ExitStatus::from_raw(-1)),
-                Probe::Running => {}
-            }
-            if Instant::now() >= grace {
-                let _ = c.kill();
-            }
-        }
-        thread::sleep(Duration::from_millis(1));
     }
 }

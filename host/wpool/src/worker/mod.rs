@@ -1,14 +1,15 @@
 //! The worker process: handshake, the frame loop, and the wasm thread.
 //!
 //! Owns the life of one worker process after `exec`. It speaks the protocol
-//! ([`crate::wire`], the only thing it shares with the host side) over its
-//! [`Transport`]: the fds that were stdin/stdout at start (moved aside so that
-//! nothing else can write into the protocol stream) or the connection it
-//! dialled back on; it confines itself ([`confine`]) and runs items through
-//! [`crate::worker::runtime`]. It never knows about scheduling or output formats.
+//! ([`crate::wire`]; besides it, it shares only the leaf modules with the
+//! host side, never `host/`) over its [`Transport`]: the fds that were
+//! stdin/stdout at start (moved aside so that nothing else can write into the
+//! protocol stream) or the connection it dialled back on; it confines itself
+//! ([`confine`]), runs items through [`runtime`] and hands their results to
+//! the [`outbox`]. It never knows about scheduling or output formats.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,16 +18,17 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
+use self::outbox::{Outbox, HOLD_RESULTS};
 use self::runtime::Runtime;
 use self::transport::Connection;
 use crate::kernel::ArtifactCache;
 use crate::wire::{
-    self, frame_cap, Code, FrameError, Hello, HostMsg, Outcome, SandboxStatus, WorkerMsg, BATCH_BYTES, HELLO_FRAME_CAP,
-    PROTOCOL_VERSION,
+    self, frame_cap, Code, FrameError, Hello, HostMsg, SandboxStatus, WorkerMsg, HELLO_FRAME_CAP, PROTOCOL_VERSION,
 };
 
 pub(crate) mod confine;
 pub(crate) mod dial;
+mod outbox;
 pub(crate) mod runtime;
 mod transport;
 
@@ -359,158 +361,6 @@ fn start_epoch_ticker(engine: &Engine) {
             }
         })
         .expect("spawning the epoch ticker");
-}
-
-/// A result waits at most about this long before it is written: results of
-/// fast items go out together, and the host still learns often how far a
-/// worker got. The flusher thread enforces it while the wasm thread is inside
-/// a long item, so a finished result never waits behind a slow one.
-const HOLD_RESULTS: Duration = Duration::from_millis(1);
-
-/// Results of the chunk being run that are not encoded yet.
-struct OpenBatch {
-    chunk: u64,
-    /// Offset in the chunk of `outcomes[0]`.
-    offset: u32,
-    outcomes: Vec<Outcome>,
-    /// Time spent in the kernel on `outcomes`.
-    busy: Duration,
-    bytes: usize,
-}
-
-/// Results not yet written: whole encoded frames, then the open batch of
-/// the current chunk, and when the oldest of them was produced.
-struct Pending {
-    frames: Vec<u8>,
-    open: Option<OpenBatch>,
-    since: Option<Instant>,
-}
-
-impl Pending {
-    /// Encodes the open batch into `frames`; the chunk's later results
-    /// continue at the next offset.
-    fn seal(&mut self) {
-        let Some(open) = self.open.as_mut().filter(|o| !o.outcomes.is_empty()) else { return };
-        let outcomes = std::mem::take(&mut open.outcomes);
-        let count = outcomes.len() as u32;
-        let msg = WorkerMsg::Results {
-            chunk: open.chunk,
-            offset: open.offset,
-            outcomes,
-            busy_ns: open.busy.as_nanos() as u64,
-        };
-        wire::append_frame(&msg, &mut self.frames);
-        open.offset += count;
-        open.busy = Duration::ZERO;
-        open.bytes = 0;
-    }
-
-    fn bytes(&self) -> usize {
-        self.frames.len() + self.open.as_ref().map_or(0, |o| o.bytes)
-    }
-}
-
-/// Results waiting to be written, shared by the wasm thread (which adds each
-/// result as it is produced, and writes when idle or when they are due) and
-/// a flusher thread (which writes them when they are due while the wasm
-/// thread is inside a long item). Every finished result is here, never in a
-/// buffer private to the wasm thread, so the flusher sees all of them.
-#[derive(Clone)]
-struct Outbox {
-    pending: Arc<(std::sync::Mutex<Pending>, std::sync::Condvar)>,
-    out: Arc<std::sync::Mutex<File>>,
-}
-
-impl Outbox {
-    fn new(out: Arc<std::sync::Mutex<File>>) -> Outbox {
-        let pending = Pending { frames: Vec::new(), open: None, since: None };
-        let outbox = Outbox { pending: Arc::new((std::sync::Mutex::new(pending), Default::default())), out };
-        let flusher = outbox.clone();
-        std::thread::Builder::new()
-            .name("wpool-flush".into())
-            .spawn(move || flusher.flush_when_due())
-            .expect("spawning the flusher thread");
-        outbox
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.pending.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Adds the result at `offset` of `chunk`, produced at `now` after
-    /// `took` in the kernel; `last` says it ends the chunk.
-    fn push(&self, chunk: u64, outcome: Outcome, took: Duration, last: bool, now: Instant) {
-        let bytes = match &outcome {
-            Outcome::Ok(b) => b.len(),
-            Outcome::Err(e) => e.message.len() + e.stderr.len(),
-        };
-        let mut p = self.lock();
-        if p.open.as_ref().is_some_and(|o| o.chunk != chunk) {
-            p.seal();
-            p.open = None;
-        }
-        let open =
-            p.open.get_or_insert(OpenBatch { chunk, offset: 0, outcomes: Vec::new(), busy: Duration::ZERO, bytes: 0 });
-        open.outcomes.push(outcome);
-        open.busy += took;
-        open.bytes += bytes;
-        if last || open.bytes >= BATCH_BYTES {
-            p.seal();
-        }
-        if last {
-            p.open = None;
-        }
-        if p.since.is_none() {
-            p.since = Some(now);
-            self.pending.1.notify_one();
-        }
-    }
-
-    /// Whether pending results should go out now: old enough, or big.
-    fn due(&self, now: Instant) -> bool {
-        let p = self.lock();
-        p.bytes() >= BATCH_BYTES || p.since.is_some_and(|t| now.saturating_duration_since(t) >= HOLD_RESULTS)
-    }
-
-    fn flush(&self) {
-        let mut p = self.lock();
-        self.write(&mut p);
-    }
-
-    fn write(&self, p: &mut Pending) {
-        p.seal();
-        if p.frames.is_empty() {
-            p.since = None;
-            return;
-        }
-        let mut o = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        if o.write_all(&p.frames).is_err() {
-            // The host is gone.
-            std::process::exit(0);
-        }
-        drop(o);
-        p.frames.clear();
-        p.since = None;
-    }
-
-    fn flush_when_due(&self) {
-        let mut p = self.lock();
-        loop {
-            p = match p.since {
-                None => self.pending.1.wait(p).unwrap_or_else(|e| e.into_inner()),
-                Some(since) => {
-                    let due = since + HOLD_RESULTS;
-                    let now = Instant::now();
-                    if now >= due {
-                        self.write(&mut p);
-                        p
-                    } else {
-                        self.pending.1.wait_timeout(p, due - now).unwrap_or_else(|e| e.into_inner()).0
-                    }
-                }
-            };
-        }
-    }
 }
 
 /// Runs chunks in order. Results go out in batches: one write carries the

@@ -1,155 +1,21 @@
-//! Running one kernel item inside wasmtime: store, instance, WASI policy,
-//! limits, and the classification of how a call ended.
+//! Running one kernel item inside wasmtime: instance, limits, and the
+//! classification of how a call ended.
 //!
 //! Owns everything between "here are the item's bytes" and "here is its
-//! [`Outcome`]". It knows nothing about processes, frames or scheduling.
+//! [`Outcome`]"; the WASI policy and store it runs under are
+//! [`crate::wasi`]'s. It knows nothing about processes, frames or scheduling.
 
-use std::collections::VecDeque;
-use std::io;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use wasmtime::component::{Component, ComponentExportIndex, InstancePre, TypedFunc};
+use wasmtime::{Engine, Store, Trap};
+use wasmtime_wasi::I32Exit;
 
-use bytes::Bytes;
-use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker, ResourceTable, TypedFunc};
-use wasmtime::{Engine, ResourceLimiter, Store, Trap};
-use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
-use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxView, WasiView};
-
-use crate::grants::{Determinism, Grants};
-
+use crate::grants::Determinism;
 use crate::limits::EngineSettings;
+use crate::wasi::{
+    hostcall_fuel, linker, new_store, Refusal, State, TailPipe, INIT_EXPORT, MAP_EXPORT, REDUCE_EXPORT, STDERR_TAIL,
+};
 use crate::wire::{Outcome, WireError, WireKind, MAX_MESSAGE};
 
-/// Bytes of guest stderr kept per item (the tail).
-pub(crate) const STDERR_TAIL: usize = 4096;
-
-/// Store data of one kernel instance.
-pub(crate) struct State {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    limiter: Limiter,
-}
-
-impl WasiView for State {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
-    }
-}
-
-/// Caps linear memory and *remembers* a refusal: a Rust guest whose
-/// `memory.grow` is refused aborts through `unreachable`, so without this the
-/// failure would look like a bare trap.
-struct Limiter {
-    memory: Option<u64>,
-    refused: Option<Refusal>,
-}
-
-/// A `memory.grow` that did not happen.
-#[derive(Debug, Clone)]
-enum Refusal {
-    /// Refused by the cap.
-    OverCap { current: usize, desired: usize },
-    /// Failed otherwise: past wasm32's 4 GiB (wasmtime refuses before asking
-    /// the limiter), or the host could not map the memory.
-    Failed { reason: String },
-}
-
-impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
-        match self.memory {
-            Some(cap) if desired as u64 > cap => {
-                self.refused = Some(Refusal::OverCap { current, desired });
-                Ok(false)
-            }
-            _ => Ok(true),
-        }
-    }
-
-    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.refused = Some(Refusal::Failed { reason: format!("{error:#}") });
-        Ok(())
-    }
-
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 10_000_000)
-    }
-}
-
-/// Every WASI 0.2 interface, linked so that std-built kernels load; the
-/// *policy* (in [`new_store`]) is what denies.
-pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
-    let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-    Ok(linker)
-}
-
-/// Deny-by-default WASI context: no preopens, env, args or stdin; network
-/// refused; stdout discarded; stderr into a bounded tail; deterministic
-/// clocks and randomness. Then exactly what the grants add.
-fn wasi_ctx(stderr: &TailPipe, grants: &Grants, det: &Determinism) -> wasmtime::Result<WasiCtx> {
-    let mut b = WasiCtx::builder();
-    b.stderr(stderr.clone());
-    b.allow_tcp(false);
-    b.allow_udp(false);
-    b.allow_ip_name_lookup(false);
-    b.socket_addr_check(|_, _| Box::pin(async { false }));
-    if !grants.real_clock {
-        b.wall_clock(det.wall_clock());
-        b.monotonic_clock(det.monotonic_clock());
-    }
-    if !grants.real_random {
-        b.secure_random(det.rng());
-        b.insecure_random(det.rng());
-        b.insecure_random_seed(u128::from(grants.seed));
-    }
-    b.envs(&grants.env);
-    for dir in &grants.dirs {
-        let perms = if dir.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
-        b.preopened_dir(&dir.host, &dir.guest, perms)
-            .map_err(|e| wasmtime::format_err!("granting {}: {e}", dir.host.display()))?;
-    }
-    Ok(b.build())
-}
-
-fn new_store(
-    engine: &Engine,
-    settings: &EngineSettings,
-    stderr: &TailPipe,
-    det: &Determinism,
-) -> wasmtime::Result<Store<State>> {
-    let state = State {
-        wasi: wasi_ctx(stderr, &settings.grants, det)?,
-        table: ResourceTable::new(),
-        limiter: Limiter { memory: settings.limits.memory, refused: None },
-    };
-    let mut store = Store::new(engine, state);
-    store.limiter(|s| &mut s.limiter);
-    store.set_hostcall_fuel(hostcall_fuel(settings.limits.max_item_size));
-    store.epoch_deadline_trap();
-    Ok(store)
-}
-
-/// wasmtime's default bound on the bytes one call may copy out of the guest.
-const DEFAULT_HOSTCALL_FUEL: usize = 128 << 20;
-
-/// The bound on the bytes one call may copy out of the guest: wasmtime's
-/// default (a DoS guard) would fail results over 128 MiB as a trap however
-/// large the item cap, so it grows with the cap, plus room for the
-/// `result`'s own bookkeeping. Never below the default: WASI calls rely on it.
-fn hostcall_fuel(max_item_size: usize) -> usize {
-    max_item_size.saturating_add(64 << 10).max(DEFAULT_HOSTCALL_FUEL)
-}
-
-/// The kernel export the host calls.
-pub(crate) const MAP_EXPORT: &str = "map";
-/// The optional initializer of world `kernel-with-init`.
-pub(crate) const INIT_EXPORT: &str = "init";
-/// The export of world `reducer`.
-pub(crate) const REDUCE_EXPORT: &str = "reduce";
-/// The optional export of worlds `batch-kernel` and `batch-kernel-with-init`.
-pub(crate) const MAP_BATCH_EXPORT: &str = "map-batch";
 type ReduceParams<'a> = (&'a [u8], &'a [&'a [u8]]);
 type InitResults = (Result<(), String>,);
 
@@ -269,7 +135,7 @@ impl Runtime {
             Ok((_, Some(Err(message)))) => {
                 Err(err(WireKind::Kernel, format!("init failed: {message}"), self.stderr.take()))
             }
-            Err(e) => Err(self.classify(&e, store.data_mut().limiter.refused.take())),
+            Err(e) => Err(self.classify(&e, store.data_mut().take_refusal())),
         }
     }
 
@@ -298,7 +164,7 @@ impl Runtime {
             },
         };
         let mut live = live;
-        live.store.data_mut().limiter.refused = None;
+        let _ = live.store.data_mut().take_refusal();
         if let Some(fuel) = self.settings.limits.fuel {
             if let Err(e) = live.store.set_fuel(fuel) {
                 return err(WireKind::Trap, format!("cannot set fuel: {e}"), vec![]);
@@ -328,7 +194,7 @@ impl Runtime {
             Ok((Err(message),)) => err(WireKind::Kernel, message, self.stderr.take()),
             Err(e) => {
                 // A trapped instance refuses further calls: drop it.
-                return self.classify(&e, live.store.data_mut().limiter.refused.take());
+                return self.classify(&e, live.store.data_mut().take_refusal());
             }
         };
         live.items += 1;
@@ -496,100 +362,9 @@ pub(crate) fn bytes_human(n: u64) -> String {
     }
 }
 
-/// A guest output stream that keeps only its last `cap` bytes and never
-/// refuses a write: a full pipe would make the guest's next `eprintln!`
-/// panic and turn a diagnostic into a trap.
-#[derive(Clone)]
-pub(crate) struct TailPipe {
-    inner: Arc<Mutex<VecDeque<u8>>>,
-    cap: usize,
-}
-
-impl TailPipe {
-    pub(crate) fn new(cap: usize) -> TailPipe {
-        TailPipe { inner: Arc::new(Mutex::new(VecDeque::with_capacity(cap))), cap }
-    }
-
-    fn push(&self, bytes: &[u8]) {
-        let mut buf = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let bytes = &bytes[bytes.len().saturating_sub(self.cap)..];
-        let overflow = (buf.len() + bytes.len()).saturating_sub(self.cap);
-        buf.drain(..overflow);
-        buf.extend(bytes);
-    }
-
-    fn clear(&self) {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    }
-
-    fn take(&self) -> Vec<u8> {
-        let mut buf = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let out = buf.iter().copied().collect();
-        buf.clear();
-        out
-    }
-}
-
-impl IsTerminal for TailPipe {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl StdoutStream for TailPipe {
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(self.clone())
-    }
-
-    fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(self.clone())
-    }
-}
-
-#[wasmtime_wasi::async_trait]
-impl OutputStream for TailPipe {
-    fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
-        self.push(&bytes);
-        Ok(())
-    }
-    fn flush(&mut self) -> Result<(), StreamError> {
-        Ok(())
-    }
-    fn check_write(&mut self) -> Result<usize, StreamError> {
-        Ok(64 << 10)
-    }
-}
-
-#[wasmtime_wasi::async_trait]
-impl Pollable for TailPipe {
-    async fn ready(&mut self) {}
-}
-
-impl tokio::io::AsyncWrite for TailPipe {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.push(buf);
-        Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tail_pipe_keeps_only_the_last_bytes() {
-        let t = TailPipe::new(8);
-        t.push(b"hello ");
-        t.push(b"world, this is long");
-        assert_eq!(t.take(), b" is long");
-        assert!(t.take().is_empty());
-    }
 
     #[test]
     fn bytes_human_prefers_exact_units() {

@@ -1,0 +1,165 @@
+//! Results on their way to the host: the wasm thread adds each as it is
+//! produced, and they go out in batches, written when the wasm thread is
+//! idle or, by a flusher thread, when they are due.
+//!
+//! Owns the batching and its timing only; what a result is, is
+//! [`crate::wire`]'s, and running items is the wasm thread's.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::wire::{self, Outcome, WorkerMsg, BATCH_BYTES};
+
+/// A result waits at most about this long before it is written: results of
+/// fast items go out together, and the host still learns often how far a
+/// worker got. The flusher thread enforces it while the wasm thread is inside
+/// a long item, so a finished result never waits behind a slow one.
+pub(super) const HOLD_RESULTS: Duration = Duration::from_millis(1);
+
+/// Results of the chunk being run that are not encoded yet.
+struct OpenBatch {
+    chunk: u64,
+    /// Offset in the chunk of `outcomes[0]`.
+    offset: u32,
+    outcomes: Vec<Outcome>,
+    /// Time spent in the kernel on `outcomes`.
+    busy: Duration,
+    bytes: usize,
+}
+
+/// Results not yet written: whole encoded frames, then the open batch of
+/// the current chunk, and when the oldest of them was produced.
+struct Pending {
+    frames: Vec<u8>,
+    open: Option<OpenBatch>,
+    since: Option<Instant>,
+}
+
+impl Pending {
+    /// Encodes the open batch into `frames`; the chunk's later results
+    /// continue at the next offset.
+    fn seal(&mut self) {
+        let Some(open) = self.open.as_mut().filter(|o| !o.outcomes.is_empty()) else { return };
+        let outcomes = std::mem::take(&mut open.outcomes);
+        let count = outcomes.len() as u32;
+        let msg = WorkerMsg::Results {
+            chunk: open.chunk,
+            offset: open.offset,
+            outcomes,
+            busy_ns: open.busy.as_nanos() as u64,
+        };
+        wire::append_frame(&msg, &mut self.frames);
+        open.offset += count;
+        open.busy = Duration::ZERO;
+        open.bytes = 0;
+    }
+
+    fn bytes(&self) -> usize {
+        self.frames.len() + self.open.as_ref().map_or(0, |o| o.bytes)
+    }
+}
+
+/// Results waiting to be written, shared by the wasm thread (which adds each
+/// result as it is produced, and writes when idle or when they are due) and
+/// a flusher thread (which writes them when they are due while the wasm
+/// thread is inside a long item). Every finished result is here, never in a
+/// buffer private to the wasm thread, so the flusher sees all of them.
+#[derive(Clone)]
+pub(super) struct Outbox {
+    pending: Arc<(std::sync::Mutex<Pending>, std::sync::Condvar)>,
+    out: Arc<std::sync::Mutex<File>>,
+}
+
+impl Outbox {
+    pub(super) fn new(out: Arc<std::sync::Mutex<File>>) -> Outbox {
+        let pending = Pending { frames: Vec::new(), open: None, since: None };
+        let outbox = Outbox { pending: Arc::new((std::sync::Mutex::new(pending), Default::default())), out };
+        let flusher = outbox.clone();
+        std::thread::Builder::new()
+            .name("wpool-flush".into())
+            .spawn(move || flusher.flush_when_due())
+            .expect("spawning the flusher thread");
+        outbox
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds the result at `offset` of `chunk`, produced at `now` after
+    /// `took` in the kernel; `last` says it ends the chunk.
+    pub(super) fn push(&self, chunk: u64, outcome: Outcome, took: Duration, last: bool, now: Instant) {
+        let bytes = match &outcome {
+            Outcome::Ok(b) => b.len(),
+            Outcome::Err(e) => e.message.len() + e.stderr.len(),
+        };
+        let mut p = self.lock();
+        if p.open.as_ref().is_some_and(|o| o.chunk != chunk) {
+            p.seal();
+            p.open = None;
+        }
+        let open =
+            p.open.get_or_insert(OpenBatch { chunk, offset: 0, outcomes: Vec::new(), busy: Duration::ZERO, bytes: 0 });
+        open.outcomes.push(outcome);
+        open.busy += took;
+        open.bytes += bytes;
+        if last || open.bytes >= BATCH_BYTES {
+            p.seal();
+        }
+        if last {
+            p.open = None;
+        }
+        if p.since.is_none() {
+            p.since = Some(now);
+            self.pending.1.notify_one();
+        }
+    }
+
+    /// Whether pending results should go out now: old enough, or big.
+    pub(super) fn due(&self, now: Instant) -> bool {
+        let p = self.lock();
+        p.bytes() >= BATCH_BYTES || p.since.is_some_and(|t| now.saturating_duration_since(t) >= HOLD_RESULTS)
+    }
+
+    pub(super) fn flush(&self) {
+        let mut p = self.lock();
+        self.write(&mut p);
+    }
+
+    fn write(&self, p: &mut Pending) {
+        p.seal();
+        if p.frames.is_empty() {
+            p.since = None;
+            return;
+        }
+        let mut o = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        if o.write_all(&p.frames).is_err() {
+            // The host is gone.
+            std::process::exit(0);
+        }
+        drop(o);
+        p.frames.clear();
+        p.since = None;
+    }
+
+    fn flush_when_due(&self) {
+        let mut p = self.lock();
+        loop {
+            p = match p.since {
+                None => self.pending.1.wait(p).unwrap_or_else(|e| e.into_inner()),
+                Some(since) => {
+                    let due = since + HOLD_RESULTS;
+                    let now = Instant::now();
+                    if now >= due {
+                        self.write(&mut p);
+                        p
+                    } else {
+                        self.pending.1.wait_timeout(p, due - now).unwrap_or_else(|e| e.into_inner()).0
+                    }
+                }
+            };
+        }
+    }
+}
