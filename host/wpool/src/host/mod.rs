@@ -14,5 +14,6 @@ pub(crate) mod process;
 pub(crate) mod rundir;
 pub(crate) mod scheduler;
 pub(crate) mod slurm;
+pub(crate) mod stop;
 pub(crate) mod supervisor;
 pub(crate) mod transport;

@@ -8,13 +8,11 @@
 //! is reported once, with its input index and the stage, and does not enter
 //! later stages.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
-
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender};
+use crossbeam_channel::{bounded, select_biased, Receiver, Sender};
 
 use crate::error::{Error, ItemIndex, TaskError};
 use crate::host::pool::Pool;
+use crate::host::stop::StopSignal;
 
 /// Items waiting between two stages, per stage: bounded so that a slow stage
 /// holds back the ones before it.
@@ -100,9 +98,9 @@ impl Pipeline {
                 }
             })
             .map_err(Error::Io)?;
-        // Set when the run ends early (the sink stopped, a stage failed):
-        // every stage thread polls it while it waits.
-        let stop = AtomicBool::new(false);
+        // Fired when the run ends early (the sink stopped, a stage failed):
+        // every waiting thread selects on it.
+        let stop = StopSignal::new();
         std::thread::scope(|scope| {
             let mut handles = Vec::new();
             for (stage, pool) in self.stages.iter_mut().enumerate() {
@@ -112,18 +110,20 @@ impl Pipeline {
                 handles.push(scope.spawn(move || {
                     let r = run_stage(stage, pool, input, tx, stop);
                     if r.is_err() {
-                        stop.store(true, Ordering::SeqCst);
+                        stop.fire();
                     }
                     r
                 }));
             }
             let mut stopped = false;
             loop {
-                let passing = match upstream.recv_timeout(POLL) {
-                    Ok(p) => p,
-                    Err(RecvTimeoutError::Timeout) if stop.load(Ordering::SeqCst) => break,
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => break,
+                // Results that are there are handed over before a stop.
+                let passing = select_biased! {
+                    recv(upstream) -> p => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    recv(stop.receiver()) -> _ => break,
                 };
                 let (index, result) = match passing {
                     Passing::Item(i, bytes) => (i, Ok(bytes)),
@@ -134,7 +134,7 @@ impl Pipeline {
                     break;
                 }
             }
-            stop.store(true, Ordering::SeqCst);
+            stop.fire();
             drop(upstream);
             let mut first_error = None;
             for h in handles {
@@ -151,64 +151,61 @@ impl Pipeline {
     }
 }
 
-/// How often a waiting stage thread looks at the stop flag and its pool's
-/// cancellation.
-const POLL: Duration = Duration::from_millis(50);
-
 /// Drives one stage: feeds its pool the items that are still going (in
 /// order), and passes results and earlier failures downstream in order.
+/// Every wait also selects on `stop` and on the pool's cancellation, so
+/// either ends the stage at once.
 fn run_stage(
     stage: usize,
     pool: &mut Pool,
     input: Receiver<Passing>,
     output: Sender<Passing>,
-    stop: &AtomicBool,
+    stop: &StopSignal,
 ) -> Result<(), Error> {
     let (items_tx, items_rx) = bounded::<Vec<u8>>(BETWEEN_STAGES);
     // What comes out next, in input order: a result of the pool (for an item
     // that was sent to it) or a failure from upstream.
     let (order_tx, order_rx) = bounded::<Passing>(4 * BETWEEN_STAGES);
-    let cancelled = pool.cancel_flag();
-    let stopping = || stop.load(Ordering::SeqCst) || cancelled.load(Ordering::SeqCst);
+    let cancelled = pool.cancel_signal();
     std::thread::scope(|scope| {
+        let feeder_cancelled = cancelled.clone();
         scope.spawn(move || loop {
-            let passing = match input.recv_timeout(POLL) {
-                Ok(p) => p,
-                Err(RecvTimeoutError::Timeout) if stopping() => return,
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => return,
+            let passing = select_biased! {
+                recv(input) -> p => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                recv(stop.receiver()) -> _ => return,
+                recv(feeder_cancelled.receiver()) -> _ => return,
             };
-            let item = match passing {
-                Passing::Item(i, bytes) => Some((Passing::Item(i, Vec::new()), bytes)),
-                failed => {
-                    if !send_polling(&order_tx, failed, &stopping) {
-                        return;
-                    }
-                    None
+            let sent = match passing {
+                Passing::Item(i, bytes) => {
+                    send_unless(&order_tx, Passing::Item(i, Vec::new()), stop, Some(&feeder_cancelled))
+                        && send_unless(&items_tx, bytes, stop, Some(&feeder_cancelled))
                 }
+                failed => send_unless(&order_tx, failed, stop, Some(&feeder_cancelled)),
             };
-            if let Some((entry, bytes)) = item {
-                if !send_polling(&order_tx, entry, &stopping) || !send_polling(&items_tx, bytes, &stopping) {
-                    return;
-                }
+            if !sent {
+                return;
             }
         });
         let mut results = pool.imap_channel(items_rx);
         // Whether the stage ended because its input did (not a stop).
         let mut finished = false;
         let outcome = loop {
-            let next = match order_rx.recv_timeout(POLL) {
-                Ok(next) => next,
-                Err(RecvTimeoutError::Timeout) if cancelled.load(Ordering::SeqCst) => break Err(Error::Cancelled),
-                Err(RecvTimeoutError::Timeout) if stop.load(Ordering::SeqCst) => break Ok(()),
-                Err(RecvTimeoutError::Timeout) => continue,
-                // The feeder is gone: input ended, or it saw a stop.
-                Err(RecvTimeoutError::Disconnected) if cancelled.load(Ordering::SeqCst) => break Err(Error::Cancelled),
-                Err(RecvTimeoutError::Disconnected) if stop.load(Ordering::SeqCst) => break Ok(()),
-                Err(RecvTimeoutError::Disconnected) => {
-                    finished = true;
-                    break Ok(());
-                }
+            let next = select_biased! {
+                recv(order_rx) -> next => match next {
+                    Ok(next) => next,
+                    // The feeder is gone: input ended, or it saw a stop.
+                    Err(_) if cancelled.is_fired() => break Err(Error::Cancelled),
+                    Err(_) if stop.is_fired() => break Ok(()),
+                    Err(_) => {
+                        finished = true;
+                        break Ok(());
+                    }
+                },
+                recv(cancelled.receiver()) -> _ => break Err(Error::Cancelled),
+                recv(stop.receiver()) -> _ => break Ok(()),
             };
             let out = match next {
                 Passing::Failed(..) => next,
@@ -219,21 +216,21 @@ fn run_stage(
                         Passing::Failed(i, StageFailure { stage, error })
                     }
                     Some(Err(e)) => break Err(e),
-                    None if cancelled.load(Ordering::SeqCst) => break Err(Error::Cancelled),
-                    None if stop.load(Ordering::SeqCst) => break Ok(()),
+                    None if cancelled.is_fired() => break Err(Error::Cancelled),
+                    None if stop.is_fired() => break Ok(()),
                     None => {
                         finished = true;
                         break Ok(());
                     }
                 },
             };
-            if !send_polling(&output, out, &|| stop.load(Ordering::SeqCst)) {
+            if !send_unless(&output, out, stop, None) {
                 break Ok(());
             }
         };
         // Ended early: everyone stops (the feeder of this stage included).
         if !finished {
-            stop.store(true, Ordering::SeqCst);
+            stop.fire();
         }
         drop(order_rx);
         drop(results);
@@ -241,14 +238,15 @@ fn run_stage(
     })
 }
 
-/// Sends unless `stopping` turns true while the channel is full; `false`
-/// when the item was not sent.
-fn send_polling<T>(tx: &Sender<T>, mut value: T, stopping: &dyn Fn() -> bool) -> bool {
-    loop {
-        match tx.send_timeout(value, POLL) {
-            Ok(()) => return true,
-            Err(SendTimeoutError::Timeout(v)) if !stopping() => value = v,
-            Err(_) => return false,
-        }
+/// Sends, unless `stop` or `cancelled` fires while the channel is full (or
+/// the receiver is gone); `false` when the value was not sent.
+fn send_unless<T>(tx: &Sender<T>, value: T, stop: &StopSignal, cancelled: Option<&StopSignal>) -> bool {
+    let never = crossbeam_channel::never();
+    let cancelled = cancelled.map_or(&never, StopSignal::receiver);
+    // Biased: with room in the channel the value goes, whatever fired.
+    select_biased! {
+        send(tx, value) -> sent => sent.is_ok(),
+        recv(stop.receiver()) -> _ => false,
+        recv(cancelled) -> _ => false,
     }
 }

@@ -15,6 +15,7 @@ use crate::error::{Error, ItemIndex};
 use crate::grants::Grants;
 use crate::host::rundir::PrivateDir;
 use crate::host::scheduler::{Chunksize, Input, ItemResult, PoolStats, SchedConfig, Scheduler, WorkerInfo};
+use crate::host::stop::StopSignal;
 use crate::host::supervisor::{Event, WorkerCommand};
 use crate::kernel::Kernel;
 use crate::limits::{EngineSettings, Limits};
@@ -279,6 +280,7 @@ impl PoolBuilder {
             workers: self.workers,
             reducer: self.kernel.is_reducer(),
             _data: data,
+            cancel_signal: StopSignal::new(),
         })
     }
 }
@@ -311,6 +313,9 @@ pub struct Pool {
     reducer: bool,
     /// The shared data file's directory; removed after the workers are gone.
     _data: Option<PrivateDir>,
+    /// Fired by a [`Canceller`] next to the scheduler's flag, for threads
+    /// that wait on channels rather than in the scheduler (a pipeline's).
+    cancel_signal: StopSignal,
 }
 
 impl std::fmt::Debug for Pool {
@@ -396,12 +401,12 @@ impl Pool {
     /// every later run of this pool.
     pub fn canceller(&self) -> Canceller {
         let (flag, wake) = self.sched.cancel_handle();
-        Canceller { flag, wake }
+        Canceller { flag, wake, signal: self.cancel_signal.clone() }
     }
 
-    /// The flag a [`Canceller`] sets.
-    pub(crate) fn cancel_flag(&self) -> Arc<AtomicBool> {
-        self.sched.cancel_handle().0
+    /// The signal a [`Canceller`] fires.
+    pub(crate) fn cancel_signal(&self) -> StopSignal {
+        self.cancel_signal.clone()
     }
 
     /// Runs every item and returns the results in input order. The outer
@@ -554,12 +559,14 @@ impl Iterator for ImapUnordered<'_> {
 pub struct Canceller {
     flag: Arc<AtomicBool>,
     wake: Sender<Event>,
+    signal: StopSignal,
 }
 
 impl Canceller {
     /// Requests cancellation; returns immediately.
     pub fn cancel(&self) {
         self.flag.store(true, Ordering::SeqCst);
+        self.signal.fire();
         let _ = self.wake.send(Event::Wake);
     }
 }
