@@ -175,7 +175,7 @@ fn s07_s08_confined_workers_are_denied_forbidden_syscalls_and_files() {
     let mut p = Pool::builder(kernel("probe")).workers(1).grants(grants).probe_sandbox().build().unwrap();
     let status = p.sandbox_status().unwrap().clone();
     assert!(status.no_new_privs && status.seccomp, "{status}");
-    assert_eq!(status.landlock, wpool::Enforcement::Full, "{status}");
+    assert_eq!(status.landlock, wpool::sandbox::Enforcement::Full, "{status}");
     // Inside the real worker, after confinement (the self-test hook):
     assert_eq!(status.probes, ["socket=EPERM", "execve=EPERM", "ptrace=EPERM", "open_etc_passwd=EACCES"]);
     // The granted directory still works through WASI under Landlock.
@@ -199,8 +199,9 @@ fn s10_handshake_reports_the_sandbox_and_require_sandbox_runs_where_it_is_comple
     let o = run(cmd, b"ok\n");
     assert_eq!(stdout(&o), "OK\n", "{}", stderr(&o));
     // Where it is not complete, the refusal names what is missing.
-    let missing =
-        wpool::Error::SandboxUnavailable { status: wpool::SandboxStatus::unconfined("no landlock here").to_string() };
+    let missing = wpool::Error::SandboxUnavailable {
+        status: wpool::sandbox::SandboxStatus::unconfined("no landlock here").to_string(),
+    };
     let message = missing.to_string();
     assert!(message.contains("landlock=Unavailable") && !message.contains("--"), "{message}");
 }

@@ -165,10 +165,10 @@ fn pipeline_stages_stream_items_without_waiting_for_the_input_to_end() {
 
 #[test]
 fn library_pipeline_runs_in_order_and_stops_when_asked() {
-    assert!(matches!(wpool::Pipeline::new(vec![]), Err(Error::EmptyPipeline)));
+    assert!(matches!(wpool::pipeline::Pipeline::new(vec![]), Err(Error::EmptyPipeline)));
     let upper = Pool::builder(kernel("upper")).workers(1).build().unwrap();
     let validate = Pool::builder(kernel("validate")).workers(2).build().unwrap();
-    let mut p = wpool::Pipeline::new(vec![upper, validate]).unwrap();
+    let mut p = wpool::pipeline::Pipeline::new(vec![upper, validate]).unwrap();
     let items: Vec<Vec<u8>> =
         (0..500).map(|i| if i == 7 { b"x".to_vec() } else { i.to_string().into_bytes() }).collect();
     let mut seen = Vec::new();
@@ -280,9 +280,15 @@ fn library_mapreduce_checks_its_kernels() {
     let map = || Pool::builder(kernel("wordcount")).workers(1).build().unwrap();
     let reduce = || Pool::builder(kernel("sum")).workers(1).build().unwrap();
     assert!(kernel("sum").is_reducer() && !kernel("wordcount").is_reducer());
-    assert!(matches!(wpool::MapReduce::new(reduce(), reduce()), Err(Error::WrongKernelForStage { stage: "map", .. })));
-    assert!(matches!(wpool::MapReduce::new(map(), map()), Err(Error::WrongKernelForStage { stage: "reduce", .. })));
-    let mut mr = wpool::MapReduce::new(map(), reduce()).unwrap();
+    assert!(matches!(
+        wpool::mapreduce::MapReduce::new(reduce(), reduce()),
+        Err(Error::WrongKernelForStage { stage: "map", .. })
+    ));
+    assert!(matches!(
+        wpool::mapreduce::MapReduce::new(map(), map()),
+        Err(Error::WrongKernelForStage { stage: "reduce", .. })
+    ));
+    let mut mr = wpool::mapreduce::MapReduce::new(map(), reduce()).unwrap();
     let out = mr.run(["b a b", "a c"], |_, r| r.map(|()| true).unwrap_or_else(|e| panic!("{e}"))).unwrap();
     let out: Vec<(String, String)> =
         out.into_iter().map(|(k, v)| (String::from_utf8(k).unwrap(), String::from_utf8(v.unwrap()).unwrap())).collect();
@@ -299,7 +305,7 @@ fn stopping_a_pipeline_early_with_many_items_in_flight_returns() {
     // Enough fast items to fill every buffer between and inside the stages.
     let upper = Pool::builder(kernel("upper")).workers(2).build().unwrap();
     let echo = Pool::builder(kernel("echo")).workers(1).build().unwrap();
-    let mut p = wpool::Pipeline::new(vec![upper, echo]).unwrap();
+    let mut p = wpool::pipeline::Pipeline::new(vec![upper, echo]).unwrap();
     let items: Vec<Vec<u8>> = (0..50_000).map(|i| format!("item {i}").into_bytes()).collect();
     let mut n = 0;
     p.run(items, |_, _| {

@@ -23,7 +23,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use wpool::{Chunksize, Pool, PoolBuilder, Slurm};
+use wpool::slurm::Slurm;
+use wpool::{Chunksize, Pool, PoolBuilder};
 use wpool_benches::median;
 
 fn main() -> Result<()> {

@@ -37,7 +37,7 @@ const DIGEST_EXT: &str = "sha256";
 /// The directory of precompiled artifacts that kernels are loaded from.
 ///
 /// ```no_run
-/// let cache = wpool::Cache::open_default()?;
+/// let cache = wpool::cache::Cache::open_default()?;
 /// let usage = cache.usage()?;
 /// println!("{}: {} artifacts, {} bytes", cache.dir().display(), usage.artifacts, usage.bytes);
 /// let cleaned = cache.clean()?;

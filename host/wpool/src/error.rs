@@ -355,7 +355,7 @@ pub enum Error {
         /// The address the pool would listen on (the default included).
         addr: std::net::IpAddr,
     },
-    /// `--slurm` / [`crate::Slurm`] outside a usable Slurm allocation.
+    /// `--slurm` / [`crate::slurm::Slurm`] outside a usable Slurm allocation.
     #[error("slurm: {0}")]
     Slurm(String),
     /// Workers keep dying before completing the handshake.

@@ -167,8 +167,8 @@ impl Kernel {
 
     /// Whether the kernel is a reducer (world `reducer`, export `reduce`):
     /// its pool's items are then `(key, values)` pairs made with
-    /// [`crate::reduce_item`], and each result is the reduced value. See
-    /// [`crate::MapReduce`].
+    /// `reduce_item`, and each result is the reduced value. See
+    /// [`crate::mapreduce::MapReduce`].
     pub fn is_reducer(&self) -> bool {
         self.reducer
     }

@@ -20,6 +20,15 @@
 //! # Ok::<(), wpool::Error>(())
 //! ```
 //!
+//! ## Where things are
+//!
+//! The root holds what every caller needs: [`Kernel`], [`Pool`] and its
+//! [`PoolBuilder`], the iterators [`Imap`] / [`ImapUnordered`], [`Limits`],
+//! [`Grants`], [`Chunksize`], [`Canceller`], [`Error`] and [`TaskError`]
+//! (with [`TaskErrorKind`], [`Crash`], [`ItemIndex`], [`WorkerId`]). The rest
+//! is in modules: [`pipeline`], [`mapreduce`], [`slurm`], [`inspect`],
+//! [`cache`], [`sandbox`], [`stats`].
+//!
 //! ## Workers without a main guard
 //!
 //! Workers are this same executable, re-executed with a hidden argument. The
@@ -34,7 +43,7 @@
 #![deny(missing_docs)]
 #![cfg(target_os = "linux")]
 
-mod cache;
+pub mod cache;
 mod error;
 mod grants;
 mod host;
@@ -58,17 +67,42 @@ pub mod remote {
     pub use crate::worker::dial::{dial_back, DialError};
 }
 
-pub use cache::{Cache, CacheUsage, Cleaned, DEFAULT_MAX_BYTES as CACHE_DEFAULT_MAX_BYTES, MAX_ENV as CACHE_MAX_ENV};
 pub use error::{Crash, Error, ItemIndex, TaskError, TaskErrorKind, WorkerId};
 pub use grants::{DirGrant, Grants};
-pub use host::mapreduce::{reduce_item, KeyResult, MapReduce};
-pub use host::pipeline::{Pipeline, PipelineResult, StageFailure};
 pub use host::pool::{Canceller, Imap, ImapUnordered, Pool, PoolBuilder};
-pub use host::scheduler::{Chunksize, ItemResult, PoolStats, WorkerInfo};
-pub use host::slurm::Slurm;
-pub use kernel::{Inspection, Kernel, KernelInfo, World};
+pub use host::scheduler::{Chunksize, ItemResult};
+pub use kernel::Kernel;
 pub use limits::Limits;
-pub use wire::{Enforcement, SandboxStatus};
+
+/// Multi-stage pipelines: items stream through several pools at once.
+pub mod pipeline {
+    pub use crate::host::pipeline::{Pipeline, PipelineResult, StageFailure};
+}
+
+/// MapReduce: a map pool, grouping by key, a reducer pool.
+pub mod mapreduce {
+    pub use crate::host::mapreduce::{KeyResult, MapReduce};
+}
+
+/// Workers started with `srun` inside a Slurm allocation.
+pub mod slurm {
+    pub use crate::host::slurm::Slurm;
+}
+
+/// What a kernel is without running it: its world, exports and imports.
+pub mod inspect {
+    pub use crate::kernel::{Inspection, KernelInfo, World};
+}
+
+/// How workers confined themselves, as each reports in its handshake.
+pub mod sandbox {
+    pub use crate::wire::{Enforcement, SandboxStatus};
+}
+
+/// What a pool's workers did: counters and where each worker runs.
+pub mod stats {
+    pub use crate::host::scheduler::{PoolStats, WorkerInfo};
+}
 
 /// The channel crate of [`Pool::imap_channel`] and [`Pool::imap_batches`], so
 /// that callers use the same version.

@@ -54,7 +54,7 @@ fn main() {
             version: PROTOCOL_VERSION,
             pid: std::process::id(),
             node: "evil".into(),
-            sandbox: wpool::SandboxStatus::unconfined("evil"),
+            sandbox: wpool::sandbox::SandboxStatus::unconfined("evil"),
         },
     )
     .unwrap();

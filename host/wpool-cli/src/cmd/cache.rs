@@ -4,7 +4,7 @@
 use std::io::{self, Write};
 
 use anyhow::Result;
-use wpool::Cache;
+use wpool::cache::{self, Cache};
 
 use crate::exit::Exit;
 use crate::flags::CacheCmd;
@@ -38,9 +38,9 @@ pub fn run(cmd: Option<CacheCmd>) -> Result<Exit> {
 }
 
 fn cap_source() -> String {
-    match std::env::var(wpool::CACHE_MAX_ENV) {
-        Ok(v) if !v.is_empty() => format!("{}={v}", wpool::CACHE_MAX_ENV),
-        _ => format!("default; set {} to change", wpool::CACHE_MAX_ENV),
+    match std::env::var(cache::MAX_ENV) {
+        Ok(v) if !v.is_empty() => format!("{}={v}", cache::MAX_ENV),
+        _ => format!("default; set {} to change", cache::MAX_ENV),
     }
 }
 

@@ -28,7 +28,7 @@ pub struct Setup {
     /// Workers per pool unless said otherwise (-j, Slurm tasks, cores).
     pub jobs: usize,
     /// Under `--slurm`: the allocation.
-    slurm: Option<wpool::Slurm>,
+    slurm: Option<wpool::slurm::Slurm>,
 }
 
 impl Setup {
@@ -54,7 +54,7 @@ impl Setup {
                 anyhow::bail!("--data {}: not a regular file", file.display());
             }
         }
-        let slurm = if args.slurm { Some(wpool::Slurm::from_env()?) } else { None };
+        let slurm = if args.slurm { Some(wpool::slurm::Slurm::from_env()?) } else { None };
         if args.listen.is_some() && args.launcher.is_none() && slurm.is_none() {
             anyhow::bail!("--listen: only workers started through --launcher or --slurm connect back");
         }

@@ -6,7 +6,8 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use wpool::{Kernel, Pool, World};
+use wpool::inspect::World;
+use wpool::{Kernel, Pool};
 
 use crate::exit::Exit;
 

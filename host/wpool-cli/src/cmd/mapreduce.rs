@@ -30,7 +30,7 @@ pub fn run(cmd: MapReduceCmd) -> Result<Exit> {
     interrupts.watch(&reduce);
     let read_error = items.error();
     let mut printer = printer(args, &items, &sources);
-    let mut mr = wpool::MapReduce::new(map, reduce)?;
+    let mut mr = wpool::mapreduce::MapReduce::new(map, reduce)?;
     let mut failed = false;
     let mut write_error = None;
     let outcome = mr.run(items, |index, result| {

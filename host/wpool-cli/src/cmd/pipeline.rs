@@ -41,7 +41,7 @@ pub fn run(cmd: PipelineCmd) -> Result<Exit> {
     pools.iter().for_each(|p| interrupts.watch(p));
     let read_error = items.error();
     let mut printer = printer(args, &items, &sources);
-    let mut pipeline = wpool::Pipeline::new(pools)?;
+    let mut pipeline = wpool::pipeline::Pipeline::new(pools)?;
     let mut failed = false;
     let mut write_error = None;
     let outcome = pipeline.run(items, |index, result| {

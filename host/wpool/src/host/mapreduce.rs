@@ -39,7 +39,8 @@ pub type KeyResult = (Vec<u8>, Result<Vec<u8>, TaskError>);
 /// A map pool and a reduce pool.
 ///
 /// ```no_run
-/// use wpool::{Kernel, MapReduce, Pool};
+/// use wpool::mapreduce::MapReduce;
+/// use wpool::{Kernel, Pool};
 /// let map = Pool::builder(Kernel::from_file("wordcount.wasm")?).build()?;
 /// let reduce = Pool::builder(Kernel::from_file("sum.wasm")?).build()?;
 /// let mut mr = MapReduce::new(map, reduce)?;

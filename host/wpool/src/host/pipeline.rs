@@ -35,7 +35,8 @@ pub type PipelineResult = Result<Vec<u8>, StageFailure>;
 /// worker count.
 ///
 /// ```no_run
-/// use wpool::{Kernel, Pipeline, Pool};
+/// use wpool::pipeline::Pipeline;
+/// use wpool::{Kernel, Pool};
 /// let validate = Pool::builder(Kernel::from_file("validate.wasm")?).workers(1).build()?;
 /// let compute = Pool::builder(Kernel::from_file("primes.wasm")?).workers(2).build()?;
 /// let mut pipeline = Pipeline::new(vec![validate, compute])?;

@@ -114,7 +114,7 @@ impl PoolBuilder {
     }
 
     /// One launcher per worker: worker `i` is started through
-    /// `launchers[i % len]` (as [`crate::Slurm::launchers`] spreads workers
+    /// `launchers[i % len]` (as [`crate::slurm::Slurm::launchers`] spreads workers
     /// over nodes). Empty: local workers.
     pub fn launchers<L, S>(mut self, launchers: impl IntoIterator<Item = L>) -> Self
     where
@@ -347,7 +347,7 @@ impl Pool {
         }
     }
 
-    /// Whether this pool runs a reducer kernel (see [`crate::MapReduce`]).
+    /// Whether this pool runs a reducer kernel (see [`crate::mapreduce::MapReduce`]).
     pub fn is_reducer(&self) -> bool {
         self.reducer
     }

@@ -15,7 +15,8 @@ use crate::error::Error;
 /// nodes.
 ///
 /// ```no_run
-/// use wpool::{Kernel, Pool, Slurm};
+/// use wpool::slurm::Slurm;
+/// use wpool::{Kernel, Pool};
 /// // Inside `salloc -N2 -n8 ./my-program`:
 /// let slurm = Slurm::from_env()?;
 /// let mut pool = Pool::builder(Kernel::from_file("kernel.wasm")?)
