@@ -484,3 +484,15 @@ fn tag_and_on_error_empty_keep_output_aligned_with_input() {
     let name = input.path().display();
     assert_eq!(stdout(&out), format!("{name}:1\ta\n{name}:3\tb\n"));
 }
+
+#[test]
+fn f10_limit_errors_name_the_flag_that_raises_the_limit() {
+    let input = temp_file(b"oom\nspin:100000000\n");
+    let mut c = map_cmd(&["--memory", "64MiB", "--fuel", "100000000"], &kernel_path("hostile"));
+    c.arg(input.path());
+    let out = run(c, b"");
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("memory_limit: ") && err.contains("(raise it with --memory)"), "{err}");
+    assert!(err.contains("out_of_fuel: ") && err.contains("(raise it with --fuel)"), "{err}");
+}

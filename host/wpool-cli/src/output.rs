@@ -154,14 +154,20 @@ impl Printer {
         Ok(())
     }
 
-    /// An item over the size cap: its real size (the input reader skipped
-    /// the rest of it, counting) and the flag that raises the cap.
+    /// The flag behind a limit the item ran into (the library names none);
+    /// for an item over the size cap, also its real size (the input reader
+    /// skipped the rest of it, counting).
     fn explain(&self, mut e: TaskError) -> TaskError {
-        if matches!(e.kind, TaskErrorKind::ItemTooLarge) {
-            if let Some(size) = self.origins.lock().unwrap().oversized(e.index.get()) {
-                e.message = format!("item of {size} bytes is over the {}-byte cap", self.max_item);
+        match e.kind {
+            TaskErrorKind::ItemTooLarge => {
+                if let Some(size) = self.origins.lock().unwrap().oversized(e.index.get()) {
+                    e.message = format!("item of {size} bytes is over the {}-byte cap", self.max_item);
+                }
+                e.message.push_str(" (raise it with --max-item-size)");
             }
-            e.message.push_str(" (raise it with --max-item-size)");
+            TaskErrorKind::MemoryLimit => e.message.push_str(" (raise it with --memory)"),
+            TaskErrorKind::OutOfFuel => e.message.push_str(" (raise it with --fuel)"),
+            _ => {}
         }
         e
     }

@@ -283,7 +283,7 @@ impl Runtime {
         if self.settings.default_memory {
             message.push_str(
                 " (the default cap: half of this machine's RAM shared by the pool's workers, between 256 MiB and \
-                 4 GiB; set one with --memory / Limits::memory)",
+                 4 GiB)",
             );
         }
         message
