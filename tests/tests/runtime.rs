@@ -711,7 +711,7 @@ fn items_received_before_the_producer_hung_up_all_run() {
         .crash_worker_on("poison")
         .build()
         .unwrap();
-    let (tx, rx) = wpool::crossbeam_channel::bounded(1);
+    let (tx, rx) = crossbeam_channel::bounded(1);
     let items: Vec<Vec<u8>> =
         (0..5000).map(|i| if i == 10 { b"poison".to_vec() } else { format!("item {i}").into_bytes() }).collect();
     tx.send(items.clone()).unwrap();

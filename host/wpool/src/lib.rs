@@ -104,10 +104,6 @@ pub mod stats {
     pub use crate::host::scheduler::{PoolStats, WorkerInfo};
 }
 
-/// The channel crate of [`Pool::imap_channel`] and [`Pool::imap_batches`], so
-/// that callers use the same version.
-pub use crossbeam_channel;
-
 /// The hidden worker entry point, run by the C runtime before `main`.
 ///
 /// glibc calls `.init_array` functions with `(argc, argv, envp)`. Only when

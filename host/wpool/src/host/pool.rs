@@ -460,6 +460,15 @@ impl Pool {
     /// of many small items wakes the pool once per batch instead of once per
     /// item. Send a batch whenever the producer is about to wait for more
     /// input, so that no item waits behind a slow source.
+    ///
+    /// The channel is a [crossbeam-channel] 0.5 `Receiver`: add
+    /// `crossbeam-channel = "0.5"` to your dependencies (wpool does not
+    /// re-export the crate, so that its semver is not tied to crossbeam's).
+    /// It is crossbeam's and not `std::sync::mpsc`'s because the scheduler
+    /// waits on the input and on worker results at once with `select!`,
+    /// which a std receiver does not support.
+    ///
+    /// [crossbeam-channel]: https://docs.rs/crossbeam-channel/0.5
     pub fn imap_batches(&mut self, batches: Receiver<Vec<Vec<u8>>>) -> Imap<'_> {
         Imap { run: self.run(true, RunInput::Batches(batches)) }
     }
