@@ -425,7 +425,7 @@ impl Pool {
     ///
     /// The iterator is pulled on the caller's thread: while it blocks (a slow
     /// stdin, a socket), results wait too. For such inputs use
-    /// [`Pool::imap_channel`].
+    /// [`Pool::imap_batches`].
     pub fn imap<'p, I>(&'p mut self, items: I) -> Imap<'p>
     where
         I: IntoIterator + 'p,
@@ -444,22 +444,19 @@ impl Pool {
         ImapUnordered { run: self.run(false, RunInput::Iter(Box::new(items.into_iter().map(Into::into)))) }
     }
 
-    /// Like [`Pool::imap`], with items sent by a producer thread: results
-    /// keep flowing while the channel is empty. The input ends when every
-    /// sender is dropped.
-    pub fn imap_channel(&mut self, items: Receiver<Vec<u8>>) -> Imap<'_> {
+    /// Like [`Pool::imap`], one item per message: the pipeline's and
+    /// MapReduce's stages feed their pools this way. Not public, so that
+    /// callers have one channel-fed form (a batch of one is an item).
+    pub(crate) fn imap_channel(&mut self, items: Receiver<Vec<u8>>) -> Imap<'_> {
         Imap { run: self.run(true, RunInput::Channel(items)) }
     }
 
-    /// Like [`Pool::imap_unordered`], with items from a channel.
-    pub fn imap_unordered_channel(&mut self, items: Receiver<Vec<u8>>) -> ImapUnordered<'_> {
-        ImapUnordered { run: self.run(false, RunInput::Channel(items)) }
-    }
-
-    /// Like [`Pool::imap_channel`], with items sent in batches: a producer
-    /// of many small items wakes the pool once per batch instead of once per
-    /// item. Send a batch whenever the producer is about to wait for more
-    /// input, so that no item waits behind a slow source.
+    /// Like [`Pool::imap`], with items sent in batches by a producer thread:
+    /// results keep flowing while the channel is empty, and the input ends
+    /// when every sender is dropped. A producer of many small items wakes
+    /// the pool once per batch instead of once per item; send a batch
+    /// whenever the producer is about to wait for more input, so that no
+    /// item waits behind a slow source (the CLI reads stdin this way).
     ///
     /// The channel is a [crossbeam-channel] 0.5 `Receiver`: add
     /// `crossbeam-channel = "0.5"` to your dependencies (wpool does not
