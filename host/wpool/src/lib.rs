@@ -50,17 +50,22 @@ mod host;
 mod kernel;
 mod limits;
 mod wasi;
+#[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 pub mod wire;
+#[cfg(not(feature = "test-hooks"))]
+mod wire;
 mod worker;
 
 /// The wire protocol under its old name (the compromised-worker tests and
-/// the benches speak it); not a stable API.
+/// the benches speak it); `test-hooks` only, not a stable API.
+#[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 pub use wire as protocol;
 
 /// The dial-back transport under its old name, for the compromised-worker
-/// tests; not a stable API.
+/// tests; `test-hooks` only, not a stable API.
+#[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 pub mod remote {
     pub use crate::host::listener::LOOPBACK_ONLY_VAR;

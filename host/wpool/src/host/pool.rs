@@ -20,7 +20,7 @@ use crate::host::supervisor::{Event, WorkerCommand};
 use crate::kernel::Kernel;
 use crate::limits::{EngineSettings, Limits};
 use crate::wire::SandboxStatus;
-use crate::wire::{Code, Hello, PROTOCOL_VERSION};
+use crate::wire::{Code, Hello, TestHooks, PROTOCOL_VERSION};
 
 /// Configures and starts a [`Pool`].
 ///
@@ -45,10 +45,9 @@ pub struct PoolBuilder {
     restart_window: Duration,
     max_restarts: Option<u32>,
     command: WorkerCommand,
-    crash_on: Option<Vec<u8>>,
     init: Option<Vec<u8>>,
     require_sandbox: bool,
-    probe_sandbox: bool,
+    hooks: Option<TestHooks>,
     data_file: Option<PathBuf>,
 }
 
@@ -176,19 +175,23 @@ impl PoolBuilder {
         self
     }
 
-    /// Test hook: workers try forbidden syscalls after confining themselves
-    /// and report the outcomes in [`SandboxStatus::probes`].
-    #[doc(hidden)]
+    /// Test hook (the `test-hooks` feature): workers try forbidden syscalls
+    /// after confining themselves and report the outcomes in
+    /// [`SandboxStatus::probes`]. The workers must be built with the feature
+    /// too, or they refuse the handshake.
+    #[cfg(feature = "test-hooks")]
     pub fn probe_sandbox(mut self) -> Self {
-        self.probe_sandbox = true;
+        self.hooks.get_or_insert_with(TestHooks::default).probe_sandbox = true;
         self
     }
 
-    /// Test hook: a worker process aborts when handed exactly this item,
-    /// standing in for a host or wasmtime bug that kills the process.
-    #[doc(hidden)]
+    /// Test hook (the `test-hooks` feature): a worker process aborts when
+    /// handed exactly this item, standing in for a host or wasmtime bug that
+    /// kills the process. The workers must be built with the feature too, or
+    /// they refuse the handshake.
+    #[cfg(feature = "test-hooks")]
     pub fn crash_worker_on(mut self, item: impl Into<Vec<u8>>) -> Self {
-        self.crash_on = Some(item.into());
+        self.hooks.get_or_insert_with(TestHooks::default).crash_on = Some(item.into());
         self
     }
 
@@ -258,10 +261,9 @@ impl PoolBuilder {
             worker: 0,
             code,
             settings,
-            crash_on: self.crash_on,
             init,
             reducer: self.kernel.is_reducer(),
-            probe_sandbox: self.probe_sandbox,
+            hooks: self.hooks,
         };
         let cfg = SchedConfig {
             workers: self.workers,
@@ -339,10 +341,9 @@ impl Pool {
             restart_window: Duration::from_secs(1),
             max_restarts: None,
             command: WorkerCommand { launchers: Vec::new(), program: None, cwd: PathBuf::from("/"), listen: None },
-            crash_on: None,
             init: None,
             require_sandbox: false,
-            probe_sandbox: false,
+            hooks: None,
             data_file: None,
         }
     }

@@ -11,8 +11,9 @@
 //! length against a cap *before* allocating, so a compromised peer cannot make
 //! the other side allocate more than the cap (docs/architecture.md §3).
 //!
-//! Public only so that the compromised-worker tests can speak (and break)
-//! the protocol; not a stable API.
+//! Public only with the `test-hooks` feature, so that the compromised-worker
+//! tests and the benches can speak (and break) the protocol; not a stable
+//! API.
 
 use std::io::{self, Read, Write};
 
@@ -21,6 +22,8 @@ use serde::{Deserialize, Serialize};
 pub(crate) mod dial;
 mod status;
 
+/// Named by `remote::DialError`, public with the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
 pub use self::dial::LineError;
 pub use self::status::{Enforcement, SandboxStatus};
 use crate::limits::EngineSettings;
@@ -34,7 +37,7 @@ pub(crate) const WORKER_ARG: &str = "--wpool-worker";
 pub(crate) const DIAL_ARG: &str = "dial";
 
 /// Bumped on every incompatible change of the frame types.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The cap on the very first frame (`Hello` / `Ready`), before limits are known.
 pub const HANDSHAKE_FRAME_CAP: usize = 1 << 20;
@@ -102,11 +105,23 @@ pub struct Hello {
     pub init: Option<Vec<u8>>,
     /// The kernel is a reducer: items are [`ReduceCall`]s.
     pub reducer: bool,
-    /// Test hook: the worker process aborts when it is handed this exact item.
-    /// Stands in for a wasmtime or host bug that kills the worker process.
+    /// The test hooks the host asked for (the `test-hooks` feature), `None`
+    /// otherwise. Present whatever the features, so that the frame layout
+    /// does not depend on them: postcard is not self-describing, and a host
+    /// and its workers may be different binaries built with different
+    /// features (the tests spawn the CLI).
+    pub hooks: Option<TestHooks>,
+}
+
+/// Test hooks a host built with the `test-hooks` feature can send; a worker
+/// built without it refuses them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TestHooks {
+    /// The worker process aborts when it is handed this exact item. Stands
+    /// in for a wasmtime or host bug that kills the worker process.
     pub crash_on: Option<Vec<u8>>,
-    /// Test hook: after confining itself, the worker tries forbidden
-    /// syscalls and reports the outcomes in its sandbox status.
+    /// After confining itself, the worker tries forbidden syscalls and
+    /// reports the outcomes in its sandbox status.
     pub probe_sandbox: bool,
 }
 

@@ -64,6 +64,9 @@ enum WorkerError {
     /// The first message was not a `Hello`.
     #[error("handshake: expected Hello, got {0}")]
     NotHello(String),
+    /// The host asked for test hooks, and this worker was built without them.
+    #[error("the host asked for test hooks, and this worker was built without the `test-hooks` feature")]
+    NoTestHooks,
     /// The host speaks another protocol version.
     #[error("protocol version {host} from host, worker speaks {PROTOCOL_VERSION}")]
     Version {
@@ -202,7 +205,9 @@ fn send(output: &Mutex<File>, msg: &WorkerMsg) -> Result<(), WorkerError> {
 /// epoch ticker if items have a timeout.
 fn lock_down(hello: &Hello, runtime: &Runtime) -> SandboxStatus {
     let mut sandbox = confine::confine(&hello.settings.grants);
-    if hello.probe_sandbox {
+    // `load` refused hooks already without the feature; `cfg!` also lets
+    // the compiler drop the hook from a user's build.
+    if cfg!(feature = "test-hooks") && hello.hooks.as_ref().is_some_and(|h| h.probe_sandbox) {
         sandbox.probes = confine::probe();
     }
     if hello.settings.limits.timeout.is_some() {
@@ -222,7 +227,7 @@ fn start_wasm_thread(
     let (tx, rx) = crossbeam_channel::unbounded::<Vec<u8>>();
     let (prepared_tx, prepared) = crossbeam_channel::bounded::<Result<(), String>>(1);
     let stack = crate::limits::native_stack_for(&hello.settings.limits);
-    let crash_on = hello.crash_on.clone();
+    let crash_on = hello.hooks.as_ref().and_then(|h| h.crash_on.clone());
     let out = Arc::clone(output);
     let has_init = hello.init.is_some();
     std::thread::Builder::new()
@@ -290,6 +295,9 @@ fn node_name() -> String {
 fn load(hello: &Hello, node_cache: Option<&ArtifactCache>) -> Result<Runtime, WorkerError> {
     if hello.version != PROTOCOL_VERSION {
         return Err(WorkerError::Version { host: hello.version });
+    }
+    if hello.hooks.is_some() && !cfg!(feature = "test-hooks") {
+        return Err(WorkerError::NoTestHooks);
     }
     let mut config = hello.settings.wasmtime_config();
     if hello.settings.limits.max_items_per_instance.is_some() {
@@ -393,7 +401,8 @@ fn wasm_loop(mut rt: Runtime, rx: Receiver<Vec<u8>>, out: Arc<std::sync::Mutex<F
             if last_took >= HOLD_RESULTS || outbox.due(now) {
                 outbox.flush();
             }
-            if crash_on.as_deref() == Some(&item[..]) {
+            // The crash hook (see `lock_down` on `cfg!`).
+            if cfg!(feature = "test-hooks") && crash_on.as_deref() == Some(&item[..]) {
                 std::process::abort();
             }
             let outcome = rt.run_item(item);
