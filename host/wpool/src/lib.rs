@@ -23,11 +23,15 @@
 //! ## Where things are
 //!
 //! The root holds what every caller needs: [`Kernel`], [`Pool`] and its
-//! [`PoolBuilder`], the iterators [`Imap`] / [`ImapUnordered`], [`Limits`],
-//! [`Grants`], [`Chunksize`], [`Canceller`], [`Error`] and [`TaskError`]
-//! (with [`TaskErrorKind`], [`Crash`], [`ItemIndex`], [`WorkerId`]). The rest
-//! is in modules: [`pipeline`], [`mapreduce`], [`slurm`], [`inspect`],
-//! [`cache`], [`sandbox`], [`stats`].
+//! [`PoolBuilder`], the iterators [`Imap`] / [`ImapUnordered`] and their
+//! [`ItemResult`], [`Limits`], [`Grants`] / [`DirGrant`], [`Chunksize`],
+//! [`Canceller`], [`Error`] and [`TaskError`] (with [`TaskErrorKind`],
+//! [`Crash`], [`ItemIndex`], [`WorkerId`]). The rest is in modules:
+//! [`pipeline`], [`mapreduce`], [`slurm`], [`inspect`], [`cache`],
+//! [`sandbox`], [`stats`].
+//!
+//! The `test-hooks` cargo feature is for wpool's own tests and benches, not a
+//! stable API: fault-injection hooks on [`PoolBuilder`] and the wire protocol.
 //!
 //! ## Workers without a main guard
 //!
