@@ -69,6 +69,9 @@ fn flag_hint(e: &wpool::Error) -> &'static str {
         Error::EmptyLauncher => " (--launcher)",
         Error::GrantNotADirectory { .. } => " (--allow-dir)",
         Error::KernelTooLargeToSend { .. } => " (workers started through --launcher or --slurm)",
+        Error::Slurm(wpool::slurm::SlurmError::NoAllocation) => {
+            ", e.g. `salloc -N2 -n4 wpool map --slurm KERNEL INPUT`"
+        }
         _ => "",
     }
 }

@@ -355,9 +355,9 @@ pub enum Error {
         /// The address the pool would listen on (the default included).
         addr: std::net::IpAddr,
     },
-    /// `--slurm` / [`crate::slurm::Slurm`] outside a usable Slurm allocation.
-    #[error("slurm: {0}")]
-    Slurm(String),
+    /// [`crate::slurm::Slurm`] outside a usable Slurm allocation.
+    #[error("slurm")]
+    Slurm(#[from] crate::slurm::SlurmError),
     /// Workers keep dying before completing the handshake.
     #[error("workers fail at start-up ({failures} in a row); last: {last}")]
     WorkerStartup {

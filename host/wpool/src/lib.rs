@@ -95,7 +95,7 @@ pub mod mapreduce {
 
 /// Workers started with `srun` inside a Slurm allocation.
 pub mod slurm {
-    pub use crate::host::slurm::Slurm;
+    pub use crate::host::slurm::{Slurm, SlurmError};
 }
 
 /// What a kernel is without running it: its world, exports and imports.

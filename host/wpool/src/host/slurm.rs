@@ -37,42 +37,96 @@ pub struct Slurm {
     pub nodes: Vec<(String, usize)>,
 }
 
+/// Why the Slurm allocation could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SlurmError {
+    /// `SLURM_JOB_ID` is not set.
+    #[error("not inside a Slurm allocation (SLURM_JOB_ID is not set): run under salloc or in an sbatch script")]
+    NoAllocation,
+    /// Neither `SLURM_JOB_NODELIST` nor `SLURM_NODELIST` is set.
+    #[error("job {job}: SLURM_JOB_NODELIST is not set")]
+    NoNodeList {
+        /// The job id.
+        job: String,
+    },
+    /// A variable Slurm sets does not have the form Slurm gives it.
+    #[error("cannot read {name}={value:?}")]
+    BadVariable {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// `SLURM_TASKS_PER_NODE` and the node list disagree.
+    #[error("SLURM_TASKS_PER_NODE gives {counts} counts for the {nodes} nodes of {list}")]
+    TaskCountMismatch {
+        /// Task counts given.
+        counts: usize,
+        /// Nodes in the list.
+        nodes: usize,
+        /// The node list.
+        list: String,
+    },
+    /// The job has no tasks.
+    #[error("job {job} has no tasks")]
+    NoTasks {
+        /// The job id.
+        job: String,
+    },
+    /// `scontrol` could not be run.
+    #[error("running `scontrol show hostnames {list}`")]
+    Scontrol {
+        /// The node list.
+        list: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `scontrol` failed.
+    #[error("`scontrol show hostnames {list}` failed ({status}): {stderr}")]
+    ScontrolFailed {
+        /// The node list.
+        list: String,
+        /// How it exited.
+        status: String,
+        /// What it said.
+        stderr: String,
+    },
+    /// The node list expands to no node.
+    #[error("node list {list:?} names no nodes")]
+    NoNodes {
+        /// The node list.
+        list: String,
+    },
+}
+
 impl Slurm {
     /// Reads the allocation from `SLURM_JOB_ID`, `SLURM_JOB_NODELIST`
     /// (expanded by `scontrol show hostnames`), `SLURM_TASKS_PER_NODE` and
     /// `SLURM_NTASKS`.
     pub fn from_env() -> Result<Slurm, Error> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let job_id = var("SLURM_JOB_ID").ok_or_else(|| {
-            Error::Slurm(
-                "not inside a Slurm allocation (SLURM_JOB_ID is not set): run under salloc or in an sbatch \
-                 script, e.g. `salloc -N2 -n4 wpool map --slurm KERNEL INPUT`"
-                    .into(),
-            )
-        })?;
+        let job_id = var("SLURM_JOB_ID").ok_or(SlurmError::NoAllocation)?;
         let list = var("SLURM_JOB_NODELIST")
             .or_else(|| var("SLURM_NODELIST"))
-            .ok_or_else(|| Error::Slurm(format!("job {job_id}: SLURM_JOB_NODELIST is not set")))?;
+            .ok_or_else(|| SlurmError::NoNodeList { job: job_id.clone() })?;
         let names = expand_nodelist(&list)?;
         let counts = match var("SLURM_TASKS_PER_NODE") {
             Some(spec) => parse_tasks_per_node(&spec)
-                .ok_or_else(|| Error::Slurm(format!("cannot read SLURM_TASKS_PER_NODE={spec:?}")))?,
+                .ok_or_else(|| SlurmError::BadVariable { name: "SLURM_TASKS_PER_NODE", value: spec.clone() })?,
             None => vec![1; names.len()],
         };
         if counts.len() != names.len() {
-            return Err(Error::Slurm(format!(
-                "SLURM_TASKS_PER_NODE gives {} counts for the {} nodes of {list}",
-                counts.len(),
-                names.len()
-            )));
+            return Err(SlurmError::TaskCountMismatch { counts: counts.len(), nodes: names.len(), list }.into());
         }
         let nodes: Vec<(String, usize)> = names.into_iter().zip(counts).collect();
         let tasks = match var("SLURM_NTASKS") {
-            Some(n) => n.parse().map_err(|_| Error::Slurm(format!("cannot read SLURM_NTASKS={n:?}")))?,
+            Some(n) => n.parse().map_err(|_| SlurmError::BadVariable { name: "SLURM_NTASKS", value: n.clone() })?,
             None => nodes.iter().map(|(_, n)| n).sum(),
         };
         if tasks == 0 {
-            return Err(Error::Slurm(format!("job {job_id} has no tasks")));
+            return Err(SlurmError::NoTasks { job: job_id }.into());
         }
         Ok(Slurm { job_id, tasks, nodes })
     }
@@ -122,17 +176,18 @@ fn expand_nodelist(list: &str) -> Result<Vec<String>, Error> {
     let out = Command::new("scontrol")
         .args(["show", "hostnames", list])
         .output()
-        .map_err(|e| Error::Slurm(format!("running `scontrol show hostnames {list}`: {e}")))?;
+        .map_err(|source| SlurmError::Scontrol { list: list.to_string(), source })?;
     if !out.status.success() {
-        return Err(Error::Slurm(format!(
-            "`scontrol show hostnames {list}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(SlurmError::ScontrolFailed {
+            list: list.to_string(),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }
+        .into());
     }
     let names: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
     if names.is_empty() {
-        return Err(Error::Slurm(format!("node list {list:?} names no nodes")));
+        return Err(SlurmError::NoNodes { list: list.to_string() }.into());
     }
     Ok(names)
 }
