@@ -209,6 +209,11 @@ pub struct WireError {
 }
 
 /// Failure kinds a worker can observe itself (crashes are seen by the host).
+///
+/// Deliberately its own type, not the public `TaskErrorKind` it mirrors:
+/// `worker_crashed` and `protocol` are the host's verdicts about a worker,
+/// and a compromised worker must not be able to send them; the host maps
+/// these to `TaskErrorKind` in one place (`scheduler/ledger.rs`).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub enum WireKind {
     Kernel,
