@@ -496,3 +496,25 @@ fn f10_limit_errors_name_the_flag_that_raises_the_limit() {
     assert!(err.contains("memory_limit: ") && err.contains("(raise it with --memory)"), "{err}");
     assert!(err.contains("out_of_fuel: ") && err.contains("(raise it with --fuel)"), "{err}");
 }
+
+#[test]
+fn f3_the_sweep_leaves_run_directories_of_other_pid_namespaces_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A pid that is certainly gone: a child that ran and was reaped.
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let ours = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    let ours = ours.to_str().unwrap().trim_start_matches("pid:[").trim_end_matches(']').to_string();
+    let here = tmp.path().join(format!("wpool-{dead}-0-ns{ours}"));
+    let elsewhere = tmp.path().join(format!("wpool-{dead}-0-ns1"));
+    for dir in [&here, &elsewhere] {
+        std::fs::create_dir(dir).unwrap();
+    }
+    let mut c = map_cmd(&["-j", "1"], &kernel_path("upper"));
+    c.env("TMPDIR", tmp.path());
+    let out = run(c, b"a\n");
+    assert_eq!(stdout(&out), "A\n");
+    assert!(!here.exists(), "a stale run directory of this namespace is swept");
+    assert!(elsewhere.exists(), "another namespace's pid says nothing here: left alone");
+}

@@ -6,7 +6,8 @@
 
 use std::io;
 
-/// The per-process run directory, `$TMPDIR/wpool-PID-N`, mode 0700: every
+/// The per-process run directory, `$TMPDIR/wpool-PID-N-nsNS` (NS: the pid
+/// namespace), mode 0700: every
 /// private file of this process (the workers' working directories, shared
 /// data files) lives below it, never beside the caller's files. It exists
 /// while some [`PrivateDir`] does and is removed with the last one. A host
@@ -30,7 +31,7 @@ impl RunDir {
         let tmp = std::env::temp_dir();
         sweep_stale_run_dirs(&tmp);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = tmp.join(format!("wpool-{}-{n}", std::process::id()));
+        let path = tmp.join(format!("wpool-{}-{n}-ns{}", std::process::id(), pid_namespace()));
         // A leftover of an earlier process with our pid (pid reuse) is ours
         // to replace: it belongs to this user and that process is gone.
         if std::fs::symlink_metadata(&path).is_ok() {
@@ -49,16 +50,32 @@ impl Drop for RunDir {
     }
 }
 
-/// Removes `wpool-PID-…` directories of this user in `tmp` whose process no
-/// longer exists.
+/// The inode of this process's pid namespace (`/proc/self/ns/pid`), 0 if
+/// unknown. A run directory's name carries it: a pid means something only
+/// in its own namespace, and containers may share one `/tmp`.
+fn pid_namespace() -> u64 {
+    std::fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .and_then(|l| l.to_str()?.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Removes `wpool-PID-N-nsNS` directories of this user in `tmp` whose
+/// process no longer exists. Only those of this pid namespace: another
+/// namespace's pid says nothing here, so its directories are left alone.
 fn sweep_stale_run_dirs(tmp: &std::path::Path) {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(tmp) else { return };
     let uid = rustix::process::getuid().as_raw();
     let me = std::process::id();
+    let ns = format!("ns{}", pid_namespace());
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("wpool-")) else { continue };
+        // Names without a namespace are of versions before it was recorded.
+        if rest.rsplit('-').next().is_some_and(|last| last.starts_with("ns") && last != ns) {
+            continue;
+        }
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
         let Ok(meta) = entry.path().symlink_metadata() else { continue };
         if pid == me || !meta.is_dir() || meta.uid() != uid {
