@@ -50,7 +50,8 @@ impl Printer {
         self.progress.clone()
     }
 
-    /// Counts an item that prints nothing (a MapReduce map item).
+    /// Counts an item on the progress bar; [`Printer::item`] does it for the
+    /// items it prints, a MapReduce counts its map items with it.
     pub fn tick(&self) {
         if let Some(bar) = &self.progress {
             bar.inc(1);
@@ -61,24 +62,22 @@ impl Printer {
     /// ready) so that a downstream pipe sees results as they come.
     pub fn item(&mut self, index: u64, result: ItemResult, idle: bool) -> io::Result<()> {
         match (&self.format, result) {
-            (&Format::Plain { sep, tag, .. }, Ok(bytes)) => {
-                if tag {
-                    let origin = self.origins.lock().unwrap().describe(index);
-                    self.out.write_all(origin.as_bytes())?;
-                    self.out.write_all(b"\t")?;
-                }
-                self.out.write_all(&bytes)?;
-                self.out.write_all(&[sep])?;
-            }
-            (&Format::Plain { sep, tag, empty_on_error }, Err(e)) => {
-                let e = self.explain(e);
-                self.report(&e);
-                if empty_on_error {
+            (&Format::Plain { sep, tag, empty_on_error }, result) => {
+                // A failed item's record is empty, or absent.
+                let record = match result {
+                    Ok(bytes) => Some(bytes),
+                    Err(e) => {
+                        self.report(&self.explain(e));
+                        empty_on_error.then(Vec::new)
+                    }
+                };
+                if let Some(record) = record {
                     if tag {
                         let origin = self.origins.lock().unwrap().describe(index);
                         self.out.write_all(origin.as_bytes())?;
                         self.out.write_all(b"\t")?;
                     }
+                    self.out.write_all(&record)?;
                     self.out.write_all(&[sep])?;
                 }
             }
@@ -108,9 +107,7 @@ impl Printer {
                 self.report(&e);
             }
         }
-        if let Some(bar) = &self.progress {
-            bar.inc(1);
-        }
+        self.tick();
         if idle {
             self.out.flush()?;
         }
