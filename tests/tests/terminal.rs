@@ -27,6 +27,25 @@ fn wait_guarded(child: &mut Child, limit: Duration) -> ExitStatus {
     status.unwrap()
 }
 
+/// What a run under a terminal left: its status, its stdout, and everything
+/// the terminal (its stderr) showed.
+struct TerminalRun {
+    status: ExitStatus,
+    out: String,
+    screen: String,
+}
+
+/// Runs `cmd` to its end with stderr on a fresh terminal and stdout piped
+/// (as `wpool … | wc -l` typed at a shell).
+fn run_under_terminal(mut cmd: Command) -> TerminalRun {
+    cmd.stdout(Stdio::piped());
+    let (mut child, mut term) = Pty::new().spawn(cmd);
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let status = wait_guarded(&mut child, Duration::from_secs(120));
+    TerminalRun { status, out, screen: term.final_screen() }
+}
+
 fn map_cmd(args: &[&str], kernel: &Path) -> Command {
     let mut c = wpool();
     c.arg("map").args(args).arg(kernel);
@@ -50,13 +69,10 @@ fn f1_process_substitution_input_is_read_whole_under_a_terminal() {
     // `wpool map upper.wasm <(seq 1000)` at a terminal printed nothing.
     let mut c = Command::new("bash");
     c.arg("-c").arg(r#"exec "$0" map "$1" <(seq 1000)"#).arg(wpool_bin()).arg(kernel_path("upper"));
-    c.stdin(Stdio::null()).stdout(Stdio::piped());
-    let (mut child, _term) = Pty::new().spawn(c);
-    let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    let status = wait_guarded(&mut child, Duration::from_secs(120));
-    assert_eq!(status.code(), Some(0));
-    assert_eq!(out, numbers(1..=1000));
+    c.stdin(Stdio::null());
+    let run = run_under_terminal(c);
+    assert_eq!(run.status.code(), Some(0));
+    assert_eq!(run.out, numbers(1..=1000));
 }
 
 #[test]
@@ -68,14 +84,11 @@ fn f1_named_fifo_input_is_read_whole_under_a_terminal() {
         std::thread::spawn(move || std::fs::write(fifo, numbers(1..=1000)).unwrap())
     };
     let mut c = map_cmd(&[], &kernel_path("upper"));
-    c.arg(&fifo).stdin(Stdio::null()).stdout(Stdio::piped());
-    let (mut child, _term) = Pty::new().spawn(c);
-    let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    let status = wait_guarded(&mut child, Duration::from_secs(120));
+    c.arg(&fifo).stdin(Stdio::null());
+    let run = run_under_terminal(c);
     writer.join().unwrap();
-    assert_eq!(status.code(), Some(0));
-    assert_eq!(out, numbers(1..=1000));
+    assert_eq!(run.status.code(), Some(0));
+    assert_eq!(run.out, numbers(1..=1000));
 }
 
 #[test]
@@ -272,16 +285,11 @@ fn f8_progress_bar_on_pipeline_and_mapreduce_under_a_terminal() {
         .arg(kernel_path("hostile"))
         .arg("--stage")
         .arg(kernel_path("upper"))
-        .arg(file.path())
-        .stdout(Stdio::piped());
-    let (mut child, mut term) = Pty::new().spawn(c);
-    let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    let status = wait_guarded(&mut child, Duration::from_secs(120));
-    assert_eq!(status.code(), Some(1));
-    assert_eq!(out, "A\nB\nC\n");
-    let screen = term.final_screen();
-    assert!(screen.contains(" items"), "no progress bar: {screen:?}");
+        .arg(file.path());
+    let run = run_under_terminal(c);
+    assert_eq!(run.status.code(), Some(1));
+    assert_eq!(run.out, "A\nB\nC\n");
+    assert!(run.screen.contains(" items"), "no progress bar: {:?}", run.screen);
 
     let words = temp_file(b"a b\nb c\n");
     let mut c = wpool();
@@ -289,16 +297,11 @@ fn f8_progress_bar_on_pipeline_and_mapreduce_under_a_terminal() {
         .arg(kernel_path("wordcount"))
         .arg("--reduce")
         .arg(kernel_path("sum"))
-        .arg(words.path())
-        .stdout(Stdio::piped());
-    let (mut child, mut term) = Pty::new().spawn(c);
-    let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    let status = wait_guarded(&mut child, Duration::from_secs(120));
-    assert_eq!(status.code(), Some(0));
-    assert_eq!(out, "a\t1\nb\t2\nc\t1\n");
-    let screen = term.final_screen();
-    assert!(screen.contains(" items"), "no progress bar: {screen:?}");
+        .arg(words.path());
+    let run = run_under_terminal(c);
+    assert_eq!(run.status.code(), Some(0));
+    assert_eq!(run.out, "a\t1\nb\t2\nc\t1\n");
+    assert!(run.screen.contains(" items"), "no progress bar: {:?}", run.screen);
 }
 
 #[test]
@@ -437,11 +440,10 @@ fn f10_json_errors_name_their_origin() {
 fn f10_progress_rate_is_whole_items_per_second() {
     let file = temp_file(numbers(1..=3000).as_bytes());
     let mut c = map_cmd(&["-j", "1", "--chunksize", "1"], &kernel_path("upper"));
-    c.arg(file.path()).stdout(Stdio::null());
-    let (mut child, mut term) = Pty::new().spawn(c);
-    let status = wait_guarded(&mut child, Duration::from_secs(120));
-    assert_eq!(status.code(), Some(0));
-    let screen = term.final_screen();
+    c.arg(file.path());
+    let run = run_under_terminal(c);
+    assert_eq!(run.status.code(), Some(0));
+    let screen = run.screen;
     assert!(screen.contains("/s"), "a rate was shown: {screen:?}");
     for (at, _) in screen.match_indices("/s") {
         let before: String = screen[..at].chars().rev().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
