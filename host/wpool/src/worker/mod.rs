@@ -397,8 +397,9 @@ fn wasm_loop(mut rt: Runtime, rx: Receiver<Vec<u8>>, out: Arc<std::sync::Mutex<F
         let mut now = Instant::now();
         let n = items.len();
         for (i, item) in items.iter().enumerate() {
-            // Do not hold results back during an item that may be long.
-            if last_took >= HOLD_RESULTS || outbox.due(now) {
+            // Do not hold results back during an item that may be long (the
+            // outbox writes results that are due by size or age itself).
+            if last_took >= HOLD_RESULTS {
                 outbox.flush();
             }
             // The crash hook (see `lock_down` on `cfg!`).

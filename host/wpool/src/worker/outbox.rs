@@ -89,7 +89,9 @@ impl Outbox {
     }
 
     /// Adds the result at `offset` of `chunk`, produced at `now` after
-    /// `took` in the kernel; `last` says it ends the chunk.
+    /// `took` in the kernel; `last` says it ends the chunk. Writes what is
+    /// pending if it is due (big, or held for [`HOLD_RESULTS`]), under the
+    /// same lock: one lock per item on the hot path.
     pub(super) fn push(&self, chunk: u64, outcome: Outcome, took: Duration, last: bool, now: Instant) {
         let bytes = match &outcome {
             Outcome::Ok(b) => b.len(),
@@ -111,16 +113,17 @@ impl Outbox {
         if last {
             p.open = None;
         }
-        if p.since.is_none() {
-            p.since = Some(now);
-            self.pending.1.notify_one();
+        match p.since {
+            None => {
+                p.since = Some(now);
+                self.pending.1.notify_one();
+            }
+            Some(since) if now.saturating_duration_since(since) >= HOLD_RESULTS => self.write(&mut p),
+            Some(_) => {}
         }
-    }
-
-    /// Whether pending results should go out now: old enough, or big.
-    pub(super) fn due(&self, now: Instant) -> bool {
-        let p = self.lock();
-        p.bytes() >= BATCH_BYTES || p.since.is_some_and(|t| now.saturating_duration_since(t) >= HOLD_RESULTS)
+        if p.bytes() >= BATCH_BYTES {
+            self.write(&mut p);
+        }
     }
 
     pub(super) fn flush(&self) {
