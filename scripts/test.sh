@@ -7,6 +7,8 @@ export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 # Test traffic stays on loopback: a pool whose launched workers would dial
 # back to anything else fails to build (see README, Scale-out).
 export WPOOL_LOOPBACK_ONLY=1
+# A fresh clone builds once: incremental state would only cost disk (~1 GB).
+[ "${CI:-}" = "true" ] && export CARGO_INCREMENTAL=0
 
 scripts/setup.sh
 
