@@ -45,6 +45,8 @@ fn frames(c: &mut Criterion) {
         offset: 0,
         outcomes: data.iter().cloned().map(Outcome::Ok).collect(),
         busy_ns: 1,
+        batched: 0,
+        fallbacks: 0,
     };
     g.bench_function("encode_results_1024x8B", |b| b.iter(|| protocol::encode(&results, &mut buf)));
     protocol::encode(&results, &mut buf);

@@ -744,3 +744,145 @@ fn results_of_fast_items_are_not_held_back_by_a_long_item() {
     }
     drop(it);
 }
+
+// ---- map-batch: several small items per call, results as if one by one ----
+
+/// What a caller can see of one item's result, attempts included.
+fn seen(r: &wpool::ItemResult) -> String {
+    match r {
+        Ok(bytes) => format!("ok {}", String::from_utf8_lossy(bytes)),
+        Err(e) => format!(
+            "{} {}: {} | stderr {:?} | attempts {}",
+            e.index,
+            e.kind,
+            e.message,
+            String::from_utf8_lossy(&e.stderr),
+            e.attempts
+        ),
+    }
+}
+
+fn run_both_ways(name: &str, limits: Limits, items: &[Vec<u8>]) -> (Vec<String>, wpool::stats::PoolStats) {
+    let mut outputs = Vec::new();
+    let mut batched_stats = None;
+    for batch in [true, false] {
+        let mut p = Pool::builder(kernel(name)).workers(2).limits(limits.clone()).batch_calls(batch).build().unwrap();
+        let out: Vec<String> = p.map(items.iter().cloned()).unwrap().iter().map(seen).collect();
+        let stats = p.stats();
+        if batch {
+            batched_stats = Some(stats);
+        } else {
+            assert_eq!(stats.batched_items, 0, "batch_calls(false) never calls map-batch");
+        }
+        outputs.push(out);
+    }
+    let unbatched = outputs.pop().unwrap();
+    let batched = outputs.pop().unwrap();
+    for (i, (b, u)) in batched.iter().zip(&unbatched).enumerate() {
+        assert_eq!(b, u, "item {i}: with map-batch, then without");
+    }
+    assert_eq!(batched.len(), unbatched.len());
+    (batched, batched_stats.unwrap())
+}
+
+#[test]
+fn map_batch_gives_the_same_results_and_errors_as_map_on_100k_mixed_hostile_items() {
+    // Mostly tiny items (batched), and among them every kind of failure a
+    // batch must hand back to `map` item by item: kernel errors, traps,
+    // stderr before a trap, memory, stack, exit, oversized results and
+    // items, and a few timeouts.
+    let items: Vec<Vec<u8>> = (0..100_000u32)
+        .map(|i| match i {
+            i if i % 10_007 == 5000 => b"spin".to_vec(),
+            i if i % 9_001 == 17 => b"oom".to_vec(),
+            i if i % 7_001 == 3 => b"exit:3".to_vec(),
+            i if i % 5_003 == 11 => b"result:2".to_vec(),
+            i if i % 4_999 == 7 => b"recurse".to_vec(),
+            i if i % 3_001 == 13 => b"stderr:2".to_vec(),
+            i if i % 1_999 == 19 => format!("warn:careful {i}").into_bytes(),
+            i if i % 2_999 == 1 => vec![b'x'; 2 << 20],
+            i if i % 211 == 2 => format!("panic:boom {i}").into_bytes(),
+            i if i % 97 == 0 => format!("err:bad item {i}").into_bytes(),
+            i => format!("item {i}").into_bytes(),
+        })
+        .collect();
+    let limits = Limits {
+        timeout: Some(Duration::from_millis(300)),
+        memory: Some(64 << 20),
+        max_item_size: 1 << 20,
+        ..Limits::default()
+    };
+    let (out, stats) = run_both_ways("hostile", limits, &items);
+    assert!(stats.batched_items >= 50_000, "most items went through map-batch: {stats:?}");
+    assert!(stats.batch_fallbacks > 0, "failing batches were run again item by item: {stats:?}");
+    // The failures are really there, each at its own item.
+    for (i, kind) in [
+        (5000, "timeout"),
+        (17, "memory_limit"),
+        (3, "kernel_exit"),
+        (11, "item_too_large"),
+        (7, "stack_overflow"),
+        (13, "trap"),
+        (1, "item_too_large"),
+        (2, "trap"),
+        (97, "kernel"),
+        (19, "kernel"),
+    ] {
+        assert!(out[i].starts_with(&format!("{i} {kind}")), "item {i}: {}", out[i]);
+    }
+    assert_eq!(out[4], "ok item 4");
+    assert!(out[19].contains("stderr \"warning: careful 19\\n\""), "{}", out[19]);
+}
+
+#[test]
+fn map_batch_under_fuel_gives_the_same_results_as_map() {
+    // A batch gets one item's fuel: an item that runs out alone also sinks
+    // its batch, and then runs out alone.
+    let items: Vec<Vec<u8>> = (0..20_000u32)
+        .map(|i| match i {
+            i if i % 1_009 == 8 => format!("spin:1:{i}").into_bytes(),
+            i if i % 101 == 4 => format!("err:no {i}").into_bytes(),
+            i => format!("item {i}").into_bytes(),
+        })
+        .collect();
+    let limits = Limits { fuel: Some(2_000_000), ..Limits::default() };
+    let (out, stats) = run_both_ways("hostile", limits, &items);
+    assert!(out[8].starts_with("8 out_of_fuel"), "{}", out[8]);
+    assert!(stats.batched_items >= 10_000, "{stats:?}");
+    assert!(stats.batch_fallbacks > 0, "{stats:?}");
+}
+
+#[test]
+fn map_batch_returning_the_wrong_count_is_run_again_item_by_item() {
+    // `batch-miscount` drops the last result of every batch.
+    let items: Vec<Vec<u8>> = (0..20_000u32)
+        .map(|i| if i % 50 == 0 { format!("err:no {i}") } else { format!("item {i}") }.into_bytes())
+        .collect();
+    let (out, stats) = run_both_ways("batch-miscount", Limits::default(), &items);
+    assert_eq!(out[1], "ok item 1");
+    assert!(out[50].starts_with("50 kernel: no 50"), "{}", out[50]);
+    assert_eq!(stats.batched_items, 0, "no result of a wrong batch is used: {stats:?}");
+    assert!(stats.batch_fallbacks > 0, "{stats:?}");
+}
+
+#[test]
+fn map_batch_is_not_used_for_items_that_read_the_deterministic_clock() {
+    // Each item reads the stepping clock from its start; items sharing a
+    // batch would share the clock. The first such batch is run again item by
+    // item, and the worker stops batching.
+    let items: Vec<Vec<u8>> = (0..5_000).map(|_| b"time".to_vec()).collect();
+    let (out, stats) = run_both_ways("probe", Limits::default(), &items);
+    assert!(out[0].starts_with("ok wall="), "{}", out[0]);
+    assert!(out.iter().all(|o| *o == out[0]), "every item saw the same clock");
+    assert!((1..=2).contains(&stats.batch_fallbacks), "one fallback per worker at most: {stats:?}");
+}
+
+#[test]
+fn map_batch_is_not_used_when_every_item_gets_a_fresh_instance() {
+    let items: Vec<Vec<u8>> = (0..3_000).map(|i| format!("item {i}").into_bytes()).collect();
+    let limits = Limits { max_items_per_instance: Some(1), ..Limits::default() };
+    let mut p = Pool::builder(kernel("hostile")).workers(2).limits(limits).build().unwrap();
+    let out = p.map(items.iter().cloned()).unwrap();
+    assert!(out.iter().zip(&items).all(|(r, i)| r.as_deref().ok() == Some(&i[..])));
+    assert_eq!(p.stats().batched_items, 0);
+}

@@ -194,6 +194,10 @@ pub struct RunArgs {
     /// A fresh kernel instance for every item (no state carries over).
     #[arg(long, conflicts_with = "max_items_per_instance")]
     pub isolate: bool,
+    /// Call the kernel once per item, never its `map-batch` with several
+    /// small items at once (results are the same; only slower on tiny items).
+    #[arg(long)]
+    pub no_batch: bool,
     /// Largest item and largest result, at most 2GiB (both must fit in the
     /// kernel's wasm32 memory, and --memory must leave room for them).
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = units::parse_item_size)]

@@ -77,6 +77,12 @@ impl Determinism {
         self.rng.store(self.seed, Ordering::Relaxed);
     }
 
+    /// Whether the monotonic clock or the generator was read since the last
+    /// [`reset`](Determinism::reset).
+    pub(crate) fn touched(&self) -> bool {
+        self.ticks.load(Ordering::Relaxed) != 0 || self.rng.load(Ordering::Relaxed) != self.seed
+    }
+
     pub(crate) fn wall_clock(&self) -> FixedWallClock {
         FixedWallClock
     }

@@ -132,6 +132,9 @@ pub struct EngineSettings {
     /// Whether the memory cap is the default share rather than the caller's
     /// (said in `memory_limit` messages: the fix is then to set one).
     pub default_memory: bool,
+    /// Whether workers may give a kernel's `map-batch` several small items
+    /// in one call (results are the same either way).
+    pub batch: bool,
 }
 
 impl EngineSettings {
@@ -141,13 +144,14 @@ impl EngineSettings {
         mut limits: Limits,
         grants: crate::grants::Grants,
         workers: usize,
+        batch: bool,
     ) -> Result<EngineSettings, crate::Error> {
         if limits.max_item_size > Limits::MAX_ITEM_SIZE {
             return Err(crate::Error::ItemSizeTooLarge { len: limits.max_item_size, max: Limits::MAX_ITEM_SIZE });
         }
         let default_memory = limits.memory.is_none();
         limits.memory = Some(limits.memory.unwrap_or_else(|| Limits::default_memory(workers)));
-        Ok(EngineSettings { limits, grants, default_memory })
+        Ok(EngineSettings { limits, grants, default_memory, batch })
     }
 
     /// The part of the settings that changes generated code: artifacts are

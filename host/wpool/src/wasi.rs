@@ -186,6 +186,10 @@ impl TailPipe {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
     pub(crate) fn take(&self) -> Vec<u8> {
         let mut buf = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let out = buf.iter().copied().collect();

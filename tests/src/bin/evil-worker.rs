@@ -69,7 +69,14 @@ fn main() {
         }
         let Ok(HostMsg::Run { chunk, items }) = protocol::decode::<HostMsg>(&buf) else { return };
         let outcomes: Vec<Outcome> = items.iter().map(|i| Outcome::Ok(i.to_vec())).collect();
-        let answer = |chunk| WorkerMsg::Results { chunk, offset: 0, outcomes: outcomes.clone(), busy_ns: 1 };
+        let answer = |chunk| WorkerMsg::Results {
+            chunk,
+            offset: 0,
+            outcomes: outcomes.clone(),
+            busy_ns: 1,
+            batched: 0,
+            fallbacks: 0,
+        };
         match mode {
             "garbage" => {
                 let junk: Vec<u8> = (0..64)

@@ -71,7 +71,8 @@ impl Setup {
             .retries(args.retries)
             .limits(self.limits.clone())
             .grants(self.grants.clone())
-            .require_sandbox(args.require_sandbox);
+            .require_sandbox(args.require_sandbox)
+            .batch_calls(!args.no_batch);
         if let Some(file) = &args.data {
             builder = builder.data_file(file);
         }
@@ -121,8 +122,9 @@ pub fn report_end(pool: &Pool, args: &RunArgs, label: &str) {
     if args.verbose {
         let s = pool.stats();
         say(format_args!(
-            "wpool:{label} {} worker processes started, {} died, {} items retried, {} connections refused",
-            s.spawned, s.worker_deaths, s.retried_items, s.rejected_connections
+            "wpool:{label} {} worker processes started, {} died, {} items retried, {} connections refused, {} items \
+             in batched calls, {} batches run again item by item",
+            s.spawned, s.worker_deaths, s.retried_items, s.rejected_connections, s.batched_items, s.batch_fallbacks
         ));
     }
 }

@@ -49,6 +49,7 @@ pub struct PoolBuilder {
     require_sandbox: bool,
     hooks: Option<TestHooks>,
     data_file: Option<PathBuf>,
+    batch_calls: bool,
 }
 
 impl PoolBuilder {
@@ -175,6 +176,18 @@ impl PoolBuilder {
         self
     }
 
+    /// Whether workers may pass several small items to the kernel in one
+    /// call of its `map-batch` export, when it has one (default: yes). A
+    /// batch runs under one item's timeout and fuel; when anything goes wrong
+    /// in it (a trap, a limit, a wrong number of results), its items run
+    /// again one by one with `map` on a fresh instance, so results and
+    /// errors are the same either way: turning it off only costs speed on
+    /// small items. See [`PoolStats::batched_items`].
+    pub fn batch_calls(mut self, yes: bool) -> Self {
+        self.batch_calls = yes;
+        self
+    }
+
     /// Test hook (the `test-hooks` feature): workers try forbidden syscalls
     /// after confining themselves and report the outcomes in
     /// [`SandboxStatus::probes`]. The workers must be built with the feature
@@ -239,7 +252,7 @@ impl PoolBuilder {
             }
             None => None,
         };
-        let settings = EngineSettings::new(self.limits.clone(), grants, self.workers)?;
+        let settings = EngineSettings::new(self.limits.clone(), grants, self.workers, self.batch_calls)?;
         let code = if self.command.is_remote() {
             // Launched workers may run anywhere: they get the wasm and
             // compile it themselves, never a precompiled artifact.
@@ -345,6 +358,7 @@ impl Pool {
             require_sandbox: false,
             hooks: None,
             data_file: None,
+            batch_calls: true,
         }
     }
 

@@ -37,7 +37,7 @@ pub(crate) const WORKER_ARG: &str = "--wpool-worker";
 pub(crate) const DIAL_ARG: &str = "dial";
 
 /// Bumped on every incompatible change of the frame types.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The cap on the very first frame (`Hello` / `Ready`), before limits are known.
 pub const HANDSHAKE_FRAME_CAP: usize = 1 << 20;
@@ -182,8 +182,11 @@ pub enum WorkerMsg {
     /// else the host name); `pid` is its process id there.
     Ready { version: u32, pid: u32, node: String, sandbox: SandboxStatus },
     /// Outcomes of items `offset..offset + outcomes.len()` of `chunk`, and
-    /// the nanoseconds the worker spent running them (for chunk sizing).
-    Results { chunk: u64, offset: u32, outcomes: Vec<Outcome>, busy_ns: u64 },
+    /// the nanoseconds the worker spent running them (for chunk sizing);
+    /// how many of them came out of `map-batch` calls, and how many batches
+    /// failed and were run again item by item since the last report (for
+    /// [`crate::stats::PoolStats`]).
+    Results { chunk: u64, offset: u32, outcomes: Vec<Outcome>, busy_ns: u64, batched: u32, fallbacks: u32 },
     /// The worker cannot start (bad artifact, version mismatch); it exits next.
     Failed { message: String },
     /// The kernel's `init` failed on the worker's first instance: the same
@@ -334,6 +337,8 @@ mod tests {
                 Outcome::Err(WireError { kind: WireKind::KernelExit(1), message: "m".into(), stderr: vec![0, 1] }),
             ],
             busy_ns: 42,
+            batched: 1,
+            fallbacks: 2,
         };
         assert_eq!(roundtrip_worker(&msg), msg);
         let items = [serde_bytes::Bytes::new(b"x"), serde_bytes::Bytes::new(b"")];

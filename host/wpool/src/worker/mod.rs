@@ -18,14 +18,17 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
+use self::batch::Batcher;
 use self::outbox::{Outbox, HOLD_RESULTS};
-use self::runtime::Runtime;
+use self::runtime::{Batch, Runtime};
 use self::transport::Connection;
 use crate::kernel::ArtifactCache;
 use crate::wire::{
-    self, frame_cap, Code, FrameError, Hello, HostMsg, SandboxStatus, WorkerMsg, HELLO_FRAME_CAP, PROTOCOL_VERSION,
+    self, frame_cap, Code, FrameError, Hello, HostMsg, Outcome, SandboxStatus, WireKind, WorkerMsg, HELLO_FRAME_CAP,
+    PROTOCOL_VERSION,
 };
 
+mod batch;
 pub(crate) mod confine;
 pub(crate) mod dial;
 mod outbox;
@@ -374,11 +377,15 @@ fn start_epoch_ticker(engine: &Engine) {
 /// Runs chunks in order. Results go out in batches: one write carries the
 /// results of many small chunks while items are fast, so that the per-item
 /// cost is not a syscall and a context switch; as soon as items are slow, or
-/// there is nothing more to run, they go out at once. One clock read per
-/// item.
+/// there is nothing more to run, they go out at once. Fast items go to the
+/// kernel's `map-batch`, when it has one, several per call ([`Batcher`]).
+/// One clock read per call.
 fn wasm_loop(mut rt: Runtime, rx: Receiver<Vec<u8>>, out: Arc<std::sync::Mutex<File>>, crash_on: Option<Vec<u8>>) {
     let outbox = Outbox::new(out);
+    let max_item = rt.max_item_size();
+    let mut batcher = Batcher::new(rt.timeout());
     let mut last_took = Duration::ZERO;
+    let mut now = Instant::now();
     loop {
         let payload = match rx.try_recv() {
             Ok(p) => p,
@@ -394,23 +401,68 @@ fn wasm_loop(mut rt: Runtime, rx: Receiver<Vec<u8>>, out: Arc<std::sync::Mutex<F
         let Ok(HostMsg::Run { chunk, items }) = wire::decode::<HostMsg>(&payload) else {
             std::process::exit(3);
         };
-        let mut now = Instant::now();
-        let n = items.len();
-        for (i, item) in items.iter().enumerate() {
+        let items: Vec<&[u8]> = items.iter().map(|i| &i[..]).collect();
+        let mut done = 0;
+        while done < items.len() {
             // Do not hold results back during an item that may be long (the
             // outbox writes results that are due by size or age itself).
             if last_took >= HOLD_RESULTS {
                 outbox.flush();
             }
+            let n = if rt.can_batch() { batcher.next(&items[done..], max_item) } else { 1 };
+            let run = &items[done..done + n];
             // The crash hook (see `lock_down` on `cfg!`).
-            if cfg!(feature = "test-hooks") && crash_on.as_deref() == Some(&item[..]) {
+            if cfg!(feature = "test-hooks") && run.iter().any(|item| crash_on.as_deref() == Some(*item)) {
                 std::process::abort();
             }
-            let outcome = rt.run_item(item);
-            let end = Instant::now();
-            last_took = end.saturating_duration_since(now);
-            now = end;
-            outbox.push(chunk, outcome, last_took, i + 1 == n, now);
+            let start = now;
+            let outcomes = match n {
+                1 => None,
+                _ => match rt.run_batch(run) {
+                    Batch::Done(outcomes) => {
+                        batcher.succeeded();
+                        Some(outcomes)
+                    }
+                    Batch::Failed => {
+                        batcher.failed();
+                        outbox.fell_back();
+                        None
+                    }
+                },
+            };
+            let last = done + n == items.len();
+            match outcomes {
+                // Every item got its outcome from the batch.
+                Some(outcomes) if outcomes.iter().all(Option::is_some) => {
+                    now = Instant::now();
+                    last_took = now.saturating_duration_since(start);
+                    batcher.measured(last_took, n);
+                    outbox.push(chunk, outcomes.into_iter().flatten(), last_took, true, last, now);
+                }
+                // Items of a failed batch, or the kernel errors of a batch
+                // that wrote to stderr, run alone with `map`.
+                outcomes => {
+                    let mut from_batch = outcomes.map(Vec::into_iter);
+                    for (i, item) in run.iter().enumerate() {
+                        let (outcome, batched) = match from_batch.as_mut().and_then(Iterator::next).flatten() {
+                            Some(outcome) => (outcome, true),
+                            None => {
+                                let outcome = rt.run_item(item);
+                                batcher.single(!matches!(&outcome, Outcome::Err(e) if e.kind != WireKind::Kernel));
+                                (outcome, false)
+                            }
+                        };
+                        let end = Instant::now();
+                        last_took = end.saturating_duration_since(now);
+                        now = end;
+                        if !batched {
+                            batcher.measured(last_took, 1);
+                        }
+                        outbox.push(chunk, [outcome], last_took, batched, last && i + 1 == n, now);
+                    }
+                }
+            }
+            done += n;
         }
     }
 }

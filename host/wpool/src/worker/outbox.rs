@@ -27,6 +27,8 @@ struct OpenBatch {
     /// Time spent in the kernel on `outcomes`.
     busy: Duration,
     bytes: usize,
+    /// How many of `outcomes` came out of `map-batch` calls.
+    batched: u32,
 }
 
 /// Results not yet written: whole encoded frames, then the open batch of
@@ -35,6 +37,8 @@ struct Pending {
     frames: Vec<u8>,
     open: Option<OpenBatch>,
     since: Option<Instant>,
+    /// Batches run again item by item, not reported yet.
+    fallbacks: u32,
 }
 
 impl Pending {
@@ -49,11 +53,14 @@ impl Pending {
             offset: open.offset,
             outcomes,
             busy_ns: open.busy.as_nanos() as u64,
+            batched: open.batched,
+            fallbacks: std::mem::take(&mut self.fallbacks),
         };
         wire::append_frame(&msg, &mut self.frames);
         open.offset += count;
         open.busy = Duration::ZERO;
         open.bytes = 0;
+        open.batched = 0;
     }
 
     fn bytes(&self) -> usize {
@@ -74,7 +81,7 @@ pub(super) struct Outbox {
 
 impl Outbox {
     pub(super) fn new(out: Arc<std::sync::Mutex<File>>) -> Outbox {
-        let pending = Pending { frames: Vec::new(), open: None, since: None };
+        let pending = Pending { frames: Vec::new(), open: None, since: None, fallbacks: 0 };
         let outbox = Outbox { pending: Arc::new((std::sync::Mutex::new(pending), Default::default())), out };
         let flusher = outbox.clone();
         std::thread::Builder::new()
@@ -88,29 +95,50 @@ impl Outbox {
         self.pending.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds the result at `offset` of `chunk`, produced at `now` after
-    /// `took` in the kernel; `last` says it ends the chunk. Writes what is
+    /// Adds the next results of `chunk`, produced by `now` after `took` in
+    /// the kernel (all of them), `batched` if they came out of one
+    /// `map-batch` call; `last` says they end the chunk. Writes what is
     /// pending if it is due (big, or held for [`HOLD_RESULTS`]), under the
-    /// same lock: one lock per item on the hot path.
-    pub(super) fn push(&self, chunk: u64, outcome: Outcome, took: Duration, last: bool, now: Instant) {
-        let bytes = match &outcome {
-            Outcome::Ok(b) => b.len(),
-            Outcome::Err(e) => e.message.len() + e.stderr.len(),
-        };
+    /// same lock: one lock per call on the hot path.
+    pub(super) fn push(
+        &self,
+        chunk: u64,
+        outcomes: impl IntoIterator<Item = Outcome>,
+        took: Duration,
+        batched: bool,
+        last: bool,
+        now: Instant,
+    ) {
         let mut p = self.lock();
         if p.open.as_ref().is_some_and(|o| o.chunk != chunk) {
             p.seal();
             p.open = None;
         }
-        let open =
-            p.open.get_or_insert(OpenBatch { chunk, offset: 0, outcomes: Vec::new(), busy: Duration::ZERO, bytes: 0 });
-        open.outcomes.push(outcome);
+        let mut open = p.open.take().unwrap_or(OpenBatch {
+            chunk,
+            offset: 0,
+            outcomes: Vec::new(),
+            busy: Duration::ZERO,
+            bytes: 0,
+            batched: 0,
+        });
         open.busy += took;
-        open.bytes += bytes;
-        if last || open.bytes >= BATCH_BYTES {
-            p.seal();
+        for outcome in outcomes {
+            open.bytes += match &outcome {
+                Outcome::Ok(b) => b.len(),
+                Outcome::Err(e) => e.message.len() + e.stderr.len(),
+            };
+            open.outcomes.push(outcome);
+            open.batched += u32::from(batched);
+            if open.bytes >= BATCH_BYTES {
+                p.open = Some(open);
+                p.seal();
+                open = p.open.take().expect("just put back");
+            }
         }
+        p.open = Some(open);
         if last {
+            p.seal();
             p.open = None;
         }
         match p.since {
@@ -124,6 +152,11 @@ impl Outbox {
         if p.bytes() >= BATCH_BYTES {
             self.write(&mut p);
         }
+    }
+
+    /// Counts a `map-batch` call whose items are run again one by one.
+    pub(super) fn fell_back(&self) {
+        self.lock().fallbacks += 1;
     }
 
     pub(super) fn flush(&self) {

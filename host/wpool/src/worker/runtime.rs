@@ -12,7 +12,8 @@ use wasmtime_wasi::I32Exit;
 use crate::grants::Determinism;
 use crate::limits::EngineSettings;
 use crate::wasi::{
-    hostcall_fuel, linker, new_store, Refusal, State, TailPipe, INIT_EXPORT, MAP_EXPORT, REDUCE_EXPORT, STDERR_TAIL,
+    hostcall_fuel, linker, new_store, Refusal, State, TailPipe, INIT_EXPORT, MAP_BATCH_EXPORT, MAP_EXPORT,
+    REDUCE_EXPORT, STDERR_TAIL,
 };
 use crate::wire::{Outcome, WireError, WireKind, MAX_MESSAGE};
 
@@ -22,11 +23,29 @@ type InitResults = (Result<(), String>,);
 type MapParams<'a> = (&'a [u8],);
 type MapResults = (Result<Vec<u8>, String>,);
 
+type BatchParams<'a> = (&'a [&'a [u8]],);
+type BatchResults = (Vec<Result<Vec<u8>, String>>,);
+
 struct Live {
     store: Store<State>,
     /// The instance's `map`, its type checked once at instantiation.
     map: wasmtime::component::Func,
+    /// Its `map-batch`, when it has one of the contract's type.
+    batch: Option<wasmtime::component::Func>,
     items: u64,
+}
+
+/// How a call of `map-batch` ended.
+pub(crate) enum Batch {
+    /// One entry per input: its outcome, exactly what `map` alone gives;
+    /// `None` for an item that must run alone to get it (a kernel error
+    /// whose stderr cannot be told apart from the other items').
+    Done(Vec<Option<Outcome>>),
+    /// The call failed (trap, timeout, fuel, memory, exit), returned the
+    /// wrong number of results, or read the deterministic clock or
+    /// generator (whose readings are per item): its items must each run
+    /// alone, with `map`, on a fresh instance.
+    Failed,
 }
 
 /// A kernel ready to run items, re-instantiating as the policy requires.
@@ -44,6 +63,11 @@ pub(crate) struct Runtime {
     init: Option<(ComponentExportIndex, Vec<u8>)>,
     /// A `reducer` component: items are encoded `reduce` calls.
     reducer: bool,
+    /// `map-batch`'s export, when the kernel has one and batches may be
+    /// used: not for reducers, and not when instances are replaced after a
+    /// number of items (a batch would cross that boundary), nor once a batch
+    /// read the deterministic clock or generator.
+    batch: Option<ComponentExportIndex>,
 }
 
 impl Runtime {
@@ -70,6 +94,10 @@ impl Runtime {
             None => None,
         };
         let determinism = Determinism::new(settings.grants.seed);
+        let batch = match reducer || !settings.batch || settings.limits.max_items_per_instance.is_some() {
+            true => None,
+            false => component.get_export_index(None, MAP_BATCH_EXPORT),
+        };
         Ok(Runtime {
             engine,
             pre,
@@ -81,6 +109,7 @@ impl Runtime {
             timeout_ticks,
             init,
             reducer,
+            batch,
         })
     }
 
@@ -121,6 +150,12 @@ impl Runtime {
             } else {
                 map.typed::<MapParams<'_>, MapResults>(&store)?;
             }
+            // A `map-batch` of another type is an extra export like any
+            // other: not used.
+            let batch = self
+                .batch
+                .and_then(|index| instance.get_func(&mut store, index))
+                .filter(|f| f.typed::<BatchParams<'_>, BatchResults>(&store).is_ok());
             let init = match &self.init {
                 Some((index, config)) => {
                     let f = instance.get_typed_func::<MapParams<'_>, InitResults>(&mut store, index)?;
@@ -128,11 +163,11 @@ impl Runtime {
                 }
                 None => None,
             };
-            Ok((map, init))
+            Ok((map, batch, init))
         });
         match made {
-            Ok((map, None | Some(Ok(())))) => Ok(Live { store, map, items: 0 }),
-            Ok((_, Some(Err(message)))) => {
+            Ok((map, batch, None | Some(Ok(())))) => Ok(Live { store, map, batch, items: 0 }),
+            Ok((_, _, Some(Err(message)))) => {
                 Err(err(WireKind::Kernel, format!("init failed: {message}"), self.stderr.take()))
             }
             Err(e) => Err(self.classify(&e, store.data_mut().take_refusal())),
@@ -141,6 +176,14 @@ impl Runtime {
 
     pub(crate) fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    pub(crate) fn max_item_size(&self) -> usize {
+        self.settings.limits.max_item_size
+    }
+
+    pub(crate) fn timeout(&self) -> Option<std::time::Duration> {
+        self.settings.limits.timeout
     }
 
     /// Runs one item to completion and says how it ended. Never panics on
@@ -203,6 +246,76 @@ impl Runtime {
             self.live = Some(live);
         }
         outcome
+    }
+
+    /// Whether [`Runtime::run_batch`] may be used.
+    pub(crate) fn can_batch(&self) -> bool {
+        self.batch.is_some()
+    }
+
+    /// Runs `inputs` (each at most the item size cap) in one call of the
+    /// kernel's `map-batch`, under the limits of one item: the whole batch
+    /// gets one item's fuel and one item's timeout, so an item that would
+    /// run out alone makes its batch fail, and then runs alone.
+    pub(crate) fn run_batch(&mut self, inputs: &[&[u8]]) -> Batch {
+        let max = self.settings.limits.max_item_size;
+        debug_assert!(inputs.iter().all(|i| i.len() <= max));
+        self.stderr.clear();
+        self.determinism.reset();
+        let mut live = match self.live.take() {
+            Some(live) => live,
+            None => match self.instantiate() {
+                Ok(live) => live,
+                // The items alone will each report it.
+                Err(_) => return Batch::Failed,
+            },
+        };
+        let Some(func) = live.batch else {
+            self.batch = None;
+            self.live = Some(live);
+            return Batch::Failed;
+        };
+        let _ = live.store.data_mut().take_refusal();
+        if let Some(fuel) = self.settings.limits.fuel {
+            if live.store.set_fuel(fuel).is_err() {
+                return Batch::Failed;
+            }
+        }
+        live.store.set_epoch_deadline(self.timeout_ticks.unwrap_or(u64::MAX / 4));
+        // SAFETY: `map-batch`'s type was checked against these types when
+        // the instance was made; only the lifetimes of the inputs differ.
+        let batch = unsafe { TypedFunc::<BatchParams<'_>, BatchResults>::new_unchecked(func) };
+        let results = match batch.call(&mut live.store, (inputs,)) {
+            Ok((results,)) if results.len() == inputs.len() => results,
+            // A trap, a timeout, fuel, memory, exit: the instance is done
+            // for. A wrong count: the kernel is broken; start afresh too.
+            _ => return Batch::Failed,
+        };
+        if self.determinism.touched() {
+            // Each item must read the clock and the generator from their
+            // start; in a batch they shared them. This kernel reads them:
+            // run its items alone from now on.
+            self.batch = None;
+            return Batch::Failed;
+        }
+        let stderr = !self.stderr.is_empty();
+        let outcomes = results
+            .into_iter()
+            .map(|result| match result {
+                Ok(out) if out.len() > max => Some(err(
+                    WireKind::ItemTooLarge,
+                    format!("result of {} bytes is over the {max}-byte cap", out.len()),
+                    vec![],
+                )),
+                Ok(out) => Some(Outcome::Ok(out)),
+                // Alone, the error carries what the item wrote to stderr.
+                Err(_) if stderr => None,
+                Err(message) => Some(err(WireKind::Kernel, message, vec![])),
+            })
+            .collect();
+        live.items += inputs.len() as u64;
+        self.live = Some(live);
+        Batch::Done(outcomes)
     }
 
     fn classify(&self, e: &wasmtime::Error, refused: Option<Refusal>) -> Outcome {

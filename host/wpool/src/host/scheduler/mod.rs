@@ -120,6 +120,12 @@ pub struct PoolStats {
     /// Connections to the dial-back port of launched workers that were
     /// refused for a missing or wrong token.
     pub rejected_connections: u64,
+    /// Items whose result came out of a call of the kernel's `map-batch`
+    /// (several small items per call; see [`crate::PoolBuilder::batch_calls`]).
+    pub batched_items: u64,
+    /// `map-batch` calls that failed (a trap, a limit, a wrong number of
+    /// results) and whose items were run again one by one with `map`.
+    pub batch_fallbacks: u64,
 }
 
 /// A worker process as it described itself when it started.
@@ -448,7 +454,9 @@ impl Scheduler {
             // Late results of a worker being killed (after an abandoned run):
             // nobody wants them.
             (SlotState::Ready, WorkerMsg::Results { .. }) if self.slots[slot].killed.is_some() => {}
-            (SlotState::Ready, WorkerMsg::Results { chunk, offset, outcomes, busy_ns }) => {
+            (SlotState::Ready, WorkerMsg::Results { chunk, offset, outcomes, busy_ns, batched, fallbacks }) => {
+                self.stats.batched_items += u64::from(batched).min(outcomes.len() as u64);
+                self.stats.batch_fallbacks += u64::from(fallbacks);
                 if let Err(violation) = self.on_results(slot, chunk, offset, outcomes, busy_ns) {
                     self.slots[slot].reject(violation);
                 }
