@@ -65,7 +65,7 @@ fn artifact_of(kernel: &str) -> (String, u64) {
     assert_eq!(names.len(), 1, "{names:?}");
     let size = |p: PathBuf| std::fs::metadata(p).unwrap().len();
     let key = names[0].trim_end_matches(".cwasm");
-    let bytes = size(scratch.path().join(&names[0])) + size(scratch.path().join(format!("{key}.sha256")));
+    let bytes = size(scratch.path().join(&names[0])) + size(scratch.path().join(format!("{key}.blake3")));
     (names[0].clone(), bytes)
 }
 
@@ -113,7 +113,7 @@ fn eviction_over_the_cap_removes_the_least_recently_used() {
     let mut expected = vec![upper.clone(), sha.clone()];
     expected.sort();
     assert_eq!(artifacts(cache.path()), expected, "echo ({echo}) was the least recently used");
-    assert!(!cache.path().join(echo.replace(".cwasm", ".sha256")).exists());
+    assert!(!cache.path().join(echo.replace(".cwasm", ".blake3")).exists());
 
     // A cap below one artifact keeps just the one written last.
     map_one(cache.path(), "echo", "a", Some("1"));

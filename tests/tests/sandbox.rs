@@ -227,11 +227,23 @@ fn s11_a_tampered_artifact_cache_is_detected_and_recompiled() {
     std::fs::write(&artifact, &tampered).unwrap();
     let k = wpool::Kernel::from_bytes_with_cache("upper", bytes.clone(), cache.path()).unwrap();
     assert_eq!(std::fs::read(&artifact).unwrap(), original, "recompiled, not deserialized");
-    let mut p = Pool::builder(k).workers(1).build().unwrap();
+    // Tampered while pools run. Workers map the host's sealed copy of the
+    // bytes it checked: a respawned worker runs the checked code.
+    let mut p = Pool::builder(k.clone()).workers(1).build().unwrap();
     assert_eq!(p.map(["ok"]).unwrap()[0].as_deref().unwrap(), b"OK");
+    let victim = p.worker_pids()[0];
+    std::fs::write(&artifact, &tampered).unwrap();
+    signal(victim, libc::SIGKILL);
+    let out = p.map(["again"]).unwrap();
+    assert_eq!(out[0].as_deref().unwrap(), b"AGAIN");
+    assert_ne!(p.worker_pids()[0], victim, "a new worker ran it");
+    assert_eq!(std::fs::read(&artifact).unwrap(), tampered);
 
-    // Tampered while the pool runs: a respawned worker checks the digest
-    // the host recorded, and refuses to deserialize.
+    // Workers that read the file (no memfd to open) check the digest the
+    // host recorded, and refuse to deserialize.
+    std::fs::write(&artifact, &original).unwrap();
+    let mut p = Pool::builder(k).workers(1).workers_read_artifact_file().build().unwrap();
+    assert_eq!(p.map(["ok"]).unwrap()[0].as_deref().unwrap(), b"OK");
     let victim = p.worker_pids()[0];
     std::fs::write(&artifact, &tampered).unwrap();
     signal(victim, libc::SIGKILL);

@@ -11,12 +11,11 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
 use wasmtime::component::types::{ComponentFunc, ComponentItem, Type};
 use wasmtime::component::Component;
 use wasmtime::Engine;
@@ -210,7 +209,7 @@ impl Kernel {
     /// only when the file cannot be read.
     pub fn inspect(path: impl AsRef<Path>) -> Result<Inspection, Error> {
         let path = path.as_ref();
-        let bytes: Arc<[u8]> = read_kernel(path)?.into();
+        let bytes = read_kernel(path)?;
         let name = path.display().to_string();
         let mut info = KernelInfo { size: bytes.len(), format: format_of(&bytes), imports: vec![], exports: vec![] };
         let cache = ArtifactCache::default_location()?;
@@ -228,11 +227,27 @@ impl Kernel {
     }
 }
 
-fn read_kernel(path: &Path) -> Result<Vec<u8>, Error> {
-    fs::read(path).map_err(|source| match source.kind() {
+/// The kernel file's bytes, read straight into their shared buffer (a
+/// `Vec` turned into an `Arc<[u8]>` would be copied once more: 18 MB for a
+/// Python kernel).
+fn read_kernel(path: &Path) -> Result<Arc<[u8]>, Error> {
+    let err = |source: io::Error| match source.kind() {
         io::ErrorKind::NotFound => Error::KernelNotFound { path: path.to_path_buf() },
         _ => Error::KernelRead { path: path.to_path_buf(), source },
-    })
+    };
+    let mut file = fs::File::open(path).map_err(err)?;
+    let len = file.metadata().map_err(err)?.len();
+    let Ok(len) = usize::try_from(len) else { return Err(err(io::Error::from(io::ErrorKind::OutOfMemory))) };
+    // Allocated in place (`repeat_n` has a trusted length).
+    let mut bytes: Arc<[u8]> = std::iter::repeat_n(0u8, len).collect();
+    io::Read::read_exact(&mut file, Arc::get_mut(&mut bytes).expect("just made")).map_err(err)?;
+    // A file that grew since `metadata` (or a pipe, a device): read it all.
+    let mut rest = Vec::new();
+    io::Read::read_to_end(&mut file, &mut rest).map_err(err)?;
+    if rest.is_empty() {
+        return Ok(bytes);
+    }
+    Ok([&bytes[..], &rest[..]].concat().into())
 }
 
 fn format_of(bytes: &[u8]) -> &'static str {
@@ -473,11 +488,94 @@ fn type_name(t: &Type) -> String {
 }
 
 /// A precompiled artifact in the cache, with the digest that was recorded
-/// when the host wrote it.
+/// when the host wrote it, and its bytes as the host checked them in a
+/// sealed memfd (when the system has them) that local workers map instead
+/// of reading and hashing the file again.
 #[derive(Debug, Clone)]
 pub(crate) struct Artifact {
     pub path: PathBuf,
     pub digest: [u8; 32],
+    pub sealed: Option<Arc<std::os::fd::OwnedFd>>,
+}
+
+/// The seals that make a memfd's contents final: no write, no resize, and
+/// no removing of these seals.
+pub(crate) const FINAL_SEALS: libc::c_int =
+    libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+
+/// `bytes` in a new memfd sealed with [`FINAL_SEALS`]: nobody, this process
+/// included, can change them any more, so whoever maps it later maps these
+/// bytes.
+fn seal(bytes: &[u8]) -> io::Result<std::os::fd::OwnedFd> {
+    let mut memfd = fs::File::from(new_memfd()?);
+    memfd.write_all(bytes)?;
+    add_final_seals(&memfd)?;
+    Ok(memfd.into())
+}
+
+/// An empty memfd that can be sealed.
+fn new_memfd() -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a plain syscall; the descriptor it returns is ours.
+    let fd = unsafe { libc::memfd_create(c"wpool-artifact".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+fn add_final_seals(memfd: &fs::File) -> io::Result<()> {
+    // SAFETY: a plain syscall on a descriptor we own.
+    if unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(memfd), libc::F_ADD_SEALS, FINAL_SEALS) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `file`'s contents in a new memfd sealed with [`FINAL_SEALS`], copied by
+/// the kernel.
+fn seal_copy(file: &mut fs::File) -> io::Result<std::os::fd::OwnedFd> {
+    let mut memfd = fs::File::from(new_memfd()?);
+    io::copy(file, &mut memfd)?;
+    add_final_seals(&memfd)?;
+    Ok(memfd.into())
+}
+
+/// BLAKE3 of a sealed memfd's contents, hashed where they are (mapped, not
+/// copied out).
+fn digest_of(sealed: &std::os::fd::OwnedFd) -> io::Result<[u8; 32]> {
+    use std::os::fd::AsRawFd;
+    let len = fs::File::from(sealed.try_clone()?).metadata()?.len() as usize;
+    if len == 0 {
+        return Ok(*blake3::hash(&[]).as_bytes());
+    }
+    // SAFETY: a read-only shared mapping of a memfd sealed against writes,
+    // shrinking and growing: its `len` bytes stay mapped and unchanged until
+    // `munmap` below, and nothing else refers to the mapping.
+    unsafe {
+        let at = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, sealed.as_raw_fd(), 0);
+        if at == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let digest = *blake3::hash(std::slice::from_raw_parts(at.cast::<u8>(), len)).as_bytes();
+        libc::munmap(at, len);
+        Ok(digest)
+    }
+}
+
+/// Deserializes the artifact in `sealed` by mapping it (no copy: the page
+/// cache holds one copy for every process that maps it).
+///
+/// # Safety
+/// As [`Component::deserialize`]: `sealed` must hold an artifact that
+/// wpool itself wrote, sealed so that it cannot change.
+pub(crate) unsafe fn deserialize_sealed(
+    engine: &Engine,
+    sealed: &impl std::os::fd::AsRawFd,
+) -> wasmtime::Result<Component> {
+    // SAFETY: the caller's.
+    unsafe { Component::deserialize_file(engine, format!("/proc/self/fd/{}", sealed.as_raw_fd())) }
 }
 
 /// The host-private directory of precompiled artifacts.
@@ -570,7 +668,7 @@ impl ArtifactCache {
     ) -> Result<(Artifact, Component), Error> {
         let key = cache_key(engine, bytes, settings);
         let path = self.dir.join(format!("{key}.cwasm"));
-        let sum_path = self.dir.join(format!("{key}.sha256"));
+        let sum_path = self.dir.join(format!("{key}.{}", cache::DIGEST_EXT));
         if let Some(hit) = self.load(engine, &path, &sum_path) {
             return Ok(hit);
         }
@@ -579,7 +677,8 @@ impl ArtifactCache {
         let serialized = component
             .serialize()
             .map_err(|e| Error::InvalidKernel { kernel: name.into(), message: format!("serializing: {e:#}") })?;
-        let digest: [u8; 32] = Sha256::digest(&serialized).into();
+        let digest = *blake3::hash(&serialized).as_bytes();
+        let sealed = seal(&serialized).ok().map(Arc::new);
         // Held before eviction runs, so that no other process evicts it
         // before this one's workers have read it; a cleaner racing the
         // write gets one more write.
@@ -591,27 +690,57 @@ impl ArtifactCache {
             }
         }
         cache::evict(&self.dir, self.max_bytes, &path);
-        Ok((Artifact { path, digest }, component))
+        Ok((Artifact { path, digest, sealed }, component))
     }
 
     /// A cache hit is used only if its recorded digest matches; anything
     /// else (missing, truncated, tampered) is a miss and gets recompiled.
+    /// The file is copied into a sealed memfd (in the kernel, no copy
+    /// through this process) and the digest is checked on the sealed copy:
+    /// exactly the bytes that this process and the workers map.
     fn load(&self, engine: &Engine, path: &Path, sum_path: &Path) -> Option<(Artifact, Component)> {
         let mut file = cache::hold(path)?;
         let recorded = fs::read_to_string(sum_path).ok()?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).ok()?;
-        let digest: [u8; 32] = Sha256::digest(&bytes).into();
-        if hex::encode(digest) != recorded.trim() {
+        let recorded = recorded.trim();
+        let (digest, component, sealed) = match seal_copy(&mut file) {
+            Ok(sealed) => {
+                let digest = digest_of(&sealed).ok()?;
+                if hex::encode(digest) != recorded {
+                    return None;
+                }
+                // SAFETY: these bytes were written by wpool into this user's
+                // private (0700, owner-checked) cache on this machine and
+                // match the digest recorded then; the memfd is sealed, so
+                // they cannot change; wasmtime also checks the artifact's
+                // engine compatibility header. Nothing here came over the
+                // network.
+                match unsafe { deserialize_sealed(engine, &sealed) } {
+                    Ok(component) => (digest, component, Some(Arc::new(sealed))),
+                    // A memfd that cannot be mapped executable here.
+                    Err(_) => (digest, self.deserialize_checked(engine, path, recorded)?.1, None),
+                }
+            }
+            // No memfds here.
+            Err(_) => {
+                let (digest, component) = self.deserialize_checked(engine, path, recorded)?;
+                (digest, component, None)
+            }
+        };
+        cache::touch(&file);
+        Some((Artifact { path: path.to_path_buf(), digest, sealed }, component))
+    }
+
+    /// The artifact at `path` read into memory, checked against `recorded`
+    /// and deserialized from there.
+    fn deserialize_checked(&self, engine: &Engine, path: &Path, recorded: &str) -> Option<([u8; 32], Component)> {
+        let bytes = fs::read(path).ok()?;
+        let digest = *blake3::hash(&bytes).as_bytes();
+        if hex::encode(digest) != recorded {
             return None;
         }
-        // SAFETY: these bytes were written by wpool into this user's private
-        // (0700, owner-checked) cache on this machine and match the digest
-        // recorded then; wasmtime also checks the artifact's engine
-        // compatibility header. Nothing here came over the network.
+        // SAFETY: as in `load`: wpool's own artifact, matching its digest.
         let component = unsafe { Component::deserialize(engine, &bytes) }.ok()?;
-        cache::touch(&file);
-        Some((Artifact { path: path.to_path_buf(), digest }, component))
+        Some((digest, component))
     }
 
     fn write_atomic(&self, path: &Path, data: &[u8]) -> Result<(), Error> {
@@ -633,8 +762,8 @@ impl ArtifactCache {
 /// version, target, codegen flags) and our codegen-relevant settings.
 fn cache_key(engine: &Engine, bytes: &[u8], settings: &EngineSettings) -> String {
     use std::hash::Hash;
-    struct ShaHasher(Sha256);
-    impl std::hash::Hasher for ShaHasher {
+    struct KeyHasher(blake3::Hasher);
+    impl std::hash::Hasher for KeyHasher {
         fn finish(&self) -> u64 {
             0
         }
@@ -642,10 +771,10 @@ fn cache_key(engine: &Engine, bytes: &[u8], settings: &EngineSettings) -> String
             self.0.update(bytes);
         }
     }
-    let mut h = ShaHasher(Sha256::new());
-    std::hash::Hasher::write(&mut h, b"wpool-artifact-v1\0");
+    let mut h = KeyHasher(blake3::Hasher::new());
+    std::hash::Hasher::write(&mut h, b"wpool-artifact-v2\0");
     engine.precompile_compatibility_hash().hash(&mut h);
     std::hash::Hasher::write(&mut h, settings.codegen_key().as_bytes());
-    std::hash::Hasher::write(&mut h, &Sha256::digest(bytes));
-    hex::encode(h.0.finalize())[..32].to_string()
+    std::hash::Hasher::write(&mut h, blake3::hash(bytes).as_bytes());
+    hex::encode(h.0.finalize().as_bytes())[..32].to_string()
 }

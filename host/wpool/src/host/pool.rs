@@ -208,6 +208,15 @@ impl PoolBuilder {
         self
     }
 
+    /// Test hook (the `test-hooks` feature): local workers read the
+    /// kernel's artifact from the cache file and check its digest, as they
+    /// do when they cannot open the host's sealed copy.
+    #[cfg(feature = "test-hooks")]
+    pub fn workers_read_artifact_file(mut self) -> Self {
+        self.hooks.get_or_insert_with(TestHooks::default).file_artifact = true;
+        self
+    }
+
     /// Starts the workers. Returns once at least one is ready; fails if they
     /// cannot start (with what the last one said).
     pub fn build(self) -> Result<Pool, Error> {
@@ -253,6 +262,8 @@ impl PoolBuilder {
             None => None,
         };
         let settings = EngineSettings::new(self.limits.clone(), grants, self.workers, self.batch_calls)?;
+        // Kept open as long as the pool may start workers.
+        let mut sealed_artifact = None;
         let code = if self.command.is_remote() {
             // Launched workers may run anywhere: they get the wasm and
             // compile it themselves, never a precompiled artifact.
@@ -267,7 +278,14 @@ impl PoolBuilder {
             Code::Wasm { name: self.kernel.name().to_string(), bytes: crate::wire::SharedBytes(bytes) }
         } else {
             let artifact = self.kernel.artifact(&settings)?;
-            Code::Artifact { path: artifact.path.to_string_lossy().into_owned(), digest: artifact.digest }
+            let file_artifact = self.hooks.as_ref().is_some_and(|h| h.file_artifact);
+            let sealed = artifact
+                .sealed
+                .as_ref()
+                .filter(|_| !file_artifact)
+                .map(|fd| (std::process::id(), std::os::fd::AsRawFd::as_raw_fd(&**fd)));
+            sealed_artifact = artifact.sealed;
+            Code::Artifact { path: artifact.path.to_string_lossy().into_owned(), digest: artifact.digest, sealed }
         };
         let hello = Hello {
             version: PROTOCOL_VERSION,
@@ -295,6 +313,7 @@ impl PoolBuilder {
             workers: self.workers,
             reducer: self.kernel.is_reducer(),
             _data: data,
+            _artifact: sealed_artifact,
             cancel_signal: StopSignal::new(),
         })
     }
@@ -328,6 +347,9 @@ pub struct Pool {
     reducer: bool,
     /// The shared data file's directory; removed after the workers are gone.
     _data: Option<PrivateDir>,
+    /// The sealed memfd local workers map the kernel from (see
+    /// `wire::Code::Artifact`); open while workers may be (re)started.
+    _artifact: Option<Arc<std::os::fd::OwnedFd>>,
     /// Fired by a [`Canceller`] next to the scheduler's flag, for threads
     /// that wait on channels rather than in the scheduler (a pipeline's).
     cancel_signal: StopSignal,

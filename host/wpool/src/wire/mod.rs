@@ -123,6 +123,9 @@ pub struct TestHooks {
     /// After confining itself, the worker tries forbidden syscalls and
     /// reports the outcomes in its sandbox status.
     pub probe_sandbox: bool,
+    /// Local workers read the artifact file and check its digest, as when
+    /// they cannot open the host's sealed memfd.
+    pub file_artifact: bool,
 }
 
 /// Where a worker gets its kernel's code.
@@ -133,8 +136,13 @@ pub enum Code {
     Artifact {
         /// Path of the artifact in the host-private cache.
         path: String,
-        /// SHA-256 of the artifact, checked before the `unsafe` deserialize.
+        /// BLAKE3 of the artifact, checked before the `unsafe` deserialize.
         digest: [u8; 32],
+        /// The same bytes, as the host checked them, in a sealed memfd of
+        /// the host: `(host pid, fd)`. The worker opens it through `/proc`,
+        /// checks that it is sealed, and maps it: no read, no hash, one copy
+        /// in memory for all workers. `path` is the fallback.
+        sealed: Option<(u32, i32)>,
     },
     /// A worker started through a launcher, possibly on another machine: the
     /// kernel's wasm bytes, which the worker compiles itself (or finds in

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
@@ -308,19 +307,33 @@ fn load(hello: &Hello, node_cache: Option<&ArtifactCache>) -> Result<Runtime, Wo
     }
     let engine = Engine::new(&config).map_err(WorkerError::Engine)?;
     let component = match &hello.code {
-        Code::Artifact { path, digest } => {
-            let bytes =
-                std::fs::read(path).map_err(|source| WorkerError::ReadArtifact { path: path.clone(), source })?;
-            let actual: [u8; 32] = Sha256::digest(&bytes).into();
-            if actual != *digest {
-                return Err(WorkerError::ArtifactDigest { path: path.clone() });
+        Code::Artifact { path, digest, sealed } => {
+            // The host's sealed memfd when it can be opened (not with a
+            // `/proc` that hides other processes), else the file.
+            match sealed.and_then(|(pid, fd)| open_sealed(pid, fd)) {
+                // SAFETY: `deserialize` trusts its input to be a wasmtime
+                // artifact. This memfd holds the bytes the host read from its
+                // private (0700) cache, which it wrote itself, and checked
+                // against the digest it recorded; it is sealed (checked by
+                // `open_sealed`), so they cannot have changed since.
+                Some(file) => {
+                    unsafe { crate::kernel::deserialize_sealed(&engine, &file) }.map_err(WorkerError::Artifact)?
+                }
+                None => {
+                    let bytes = std::fs::read(path)
+                        .map_err(|source| WorkerError::ReadArtifact { path: path.clone(), source })?;
+                    let actual = *blake3::hash(&bytes).as_bytes();
+                    if actual != *digest {
+                        return Err(WorkerError::ArtifactDigest { path: path.clone() });
+                    }
+                    // SAFETY: `deserialize` trusts its input to be a wasmtime
+                    // artifact. These bytes come from the host's private
+                    // (0700) cache, written by the host itself, and match the
+                    // digest the host recorded when it wrote them; wasmtime
+                    // further checks that the artifact fits this engine.
+                    unsafe { Component::deserialize(&engine, &bytes) }.map_err(WorkerError::Artifact)?
+                }
             }
-            // SAFETY: `deserialize` trusts its input to be a wasmtime
-            // artifact. These bytes come from the host's private (0700)
-            // cache, written by the host itself, and match the digest the
-            // host recorded when it wrote them; wasmtime further checks that
-            // the artifact fits this engine.
-            unsafe { Component::deserialize(&engine, &bytes) }.map_err(WorkerError::Artifact)?
         }
         // Wasm from the network is compiled here, never deserialized.
         Code::Wasm { name, bytes } => {
@@ -337,6 +350,16 @@ fn load(hello: &Hello, node_cache: Option<&ArtifactCache>) -> Result<Runtime, Wo
     let ticks = hello.settings.limits.timeout.map(|t| (t.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64).max(1));
     Runtime::new(engine, &component, hello.settings.clone(), ticks, hello.init.clone(), hello.reducer)
         .map_err(WorkerError::Prepare)
+}
+
+/// The host's memfd `fd`, if it can be opened and carries the seals that
+/// make its contents final.
+fn open_sealed(host_pid: u32, fd: i32) -> Option<File> {
+    let file = File::open(format!("/proc/{host_pid}/fd/{fd}")).ok()?;
+    // SAFETY: a query on a descriptor we own.
+    let seals = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), libc::F_GET_SEALS) };
+    let sealed = seals >= 0 && seals & crate::kernel::FINAL_SEALS == crate::kernel::FINAL_SEALS;
+    sealed.then_some(file)
 }
 
 /// With instances replaced often (`--isolate`, `--deterministic`,
