@@ -262,17 +262,31 @@ fn f4_inspect_reports_the_worlds_a_component_satisfies_and_the_command_that_take
 
     let (code, text) = inspect("dict");
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("worlds:  wpool:kernel/kernel-with-init, wpool:kernel/kernel (accepted)\n"), "{text}");
+    // Kernels built with the Rust SDK also export `map-batch`.
+    assert!(
+        text.contains(
+            "worlds:  wpool:kernel/batch-kernel-with-init, wpool:kernel/kernel-with-init, wpool:kernel/batch-kernel, \
+             wpool:kernel/kernel (accepted)\n"
+        ),
+        "{text}"
+    );
     assert!(text.contains("use:     wpool map --init FILE "), "{text}");
     assert!(text.contains("init:    called once per kernel instance"), "{text}");
     assert!(text.contains("init: func(config: list<u8>) -> result<_, string>"), "{text}");
 
     let (code, text) = inspect("upper");
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("worlds:  wpool:kernel/kernel (accepted)\n"), "{text}");
+    assert!(text.contains("worlds:  wpool:kernel/batch-kernel, wpool:kernel/kernel (accepted)\n"), "{text}");
+    assert!(text.contains("batch:   `map-batch` may be given several small items"), "{text}");
     assert!(text.contains(&format!("use:     wpool map {} [INPUT]...", kernel_path("upper").display())), "{text}");
     assert!(text.contains("wpool pipeline --stage "), "{text}");
     assert!(!text.contains("init"), "{text}");
+
+    // A kernel of the plain `kernel` world (its own bindings, no SDK).
+    let (code, text) = inspect("plain");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("worlds:  wpool:kernel/kernel (accepted)\n"), "{text}");
+    assert!(!text.contains("batch"), "{text}");
 
     let (code, text) = inspect("wrong-world");
     assert_eq!(code, Some(1), "{text}");

@@ -16,6 +16,12 @@ const WORTH_BATCHING: Duration = Duration::from_micros(50);
 /// holds results for [`super::outbox::HOLD_RESULTS`] anyway).
 const BATCH_WORK: Duration = Duration::from_micros(500);
 
+/// A batch still running after this long (sized for [`BATCH_WORK`], it is
+/// 40 times late) is cut short and its items run alone: an item that is
+/// slow, or never ends without a timeout, must not hold back the results
+/// of the fast items that shared its batch.
+pub(super) const BATCH_DEADLINE: Duration = Duration::from_millis(20);
+
 /// A batch uses at most this fraction of the per-item timeout, so that a
 /// batch of ordinary items does not run into it.
 const TIMEOUT_SHARE: u32 = 10;

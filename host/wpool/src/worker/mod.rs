@@ -204,7 +204,7 @@ fn send(output: &Mutex<File>, msg: &WorkerMsg) -> Result<(), WorkerError> {
 /// The kernel is in memory: from here on the worker needs no filesystem
 /// (but granted directories), no network, no exec. Confines before any
 /// other thread starts, so that every thread inherits it; then starts the
-/// epoch ticker if items have a timeout.
+/// epoch ticker if items have a timeout or batches may run.
 fn lock_down(hello: &Hello, runtime: &Runtime) -> SandboxStatus {
     let mut sandbox = confine::confine(&hello.settings.grants);
     // `load` refused hooks already without the feature; `cfg!` also lets
@@ -212,7 +212,8 @@ fn lock_down(hello: &Hello, runtime: &Runtime) -> SandboxStatus {
     if cfg!(feature = "test-hooks") && hello.hooks.as_ref().is_some_and(|h| h.probe_sandbox) {
         sandbox.probes = confine::probe();
     }
-    if hello.settings.limits.timeout.is_some() {
+    // Batches have a deadline of their own, timeout or not.
+    if hello.settings.limits.timeout.is_some() || runtime.can_batch() {
         start_epoch_ticker(runtime.engine());
     }
     sandbox
@@ -302,6 +303,10 @@ fn load(hello: &Hello, node_cache: Option<&ArtifactCache>) -> Result<Runtime, Wo
         return Err(WorkerError::NoTestHooks);
     }
     let mut config = hello.settings.wasmtime_config();
+    // Compile (a launched worker) on this thread only: threads that exist
+    // when the worker confines itself would stay outside Landlock, which
+    // binds the calling thread and those it starts later.
+    config.parallel_compilation(false);
     if hello.settings.limits.max_items_per_instance.is_some() {
         config.allocation_strategy(pooling(&hello.settings.limits));
     }
@@ -347,9 +352,18 @@ fn load(hello: &Hello, node_cache: Option<&ArtifactCache>) -> Result<Runtime, Wo
             }
         }
     };
-    let ticks = hello.settings.limits.timeout.map(|t| (t.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64).max(1));
-    Runtime::new(engine, &component, hello.settings.clone(), ticks, hello.init.clone(), hello.reducer)
-        .map_err(WorkerError::Prepare)
+    let ticks = |t: Duration| (t.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64).max(1);
+    let timeout = hello.settings.limits.timeout.map(ticks);
+    Runtime::new(
+        engine,
+        &component,
+        hello.settings.clone(),
+        timeout,
+        ticks(batch::BATCH_DEADLINE),
+        hello.init.clone(),
+        hello.reducer,
+    )
+    .map_err(WorkerError::Prepare)
 }
 
 /// The host's memfd `fd`, if it can be opened and carries the seals that

@@ -68,6 +68,8 @@ pub(crate) struct Runtime {
     /// number of items (a batch would cross that boundary), nor once a batch
     /// read the deterministic clock or generator.
     batch: Option<ComponentExportIndex>,
+    /// Epoch ticks a batch may take (see [`Runtime::run_batch`]).
+    batch_ticks: u64,
 }
 
 impl Runtime {
@@ -76,6 +78,7 @@ impl Runtime {
         component: &Component,
         settings: EngineSettings,
         timeout_ticks: Option<u64>,
+        batch_ticks: u64,
         init: Option<Vec<u8>>,
         reducer: bool,
     ) -> wasmtime::Result<Runtime> {
@@ -110,6 +113,7 @@ impl Runtime {
             init,
             reducer,
             batch,
+            batch_ticks,
         })
     }
 
@@ -281,7 +285,11 @@ impl Runtime {
                 return Batch::Failed;
             }
         }
-        live.store.set_epoch_deadline(self.timeout_ticks.unwrap_or(u64::MAX / 4));
+        // A batch that runs far longer than batches are sized for holds
+        // back the results of its fast items (and may never end, without a
+        // timeout): cut it short, and run its items alone.
+        let ticks = self.timeout_ticks.map_or(self.batch_ticks, |t| t.min(self.batch_ticks));
+        live.store.set_epoch_deadline(ticks);
         // SAFETY: `map-batch`'s type was checked against these types when
         // the instance was made; only the lifetimes of the inputs differ.
         let batch = unsafe { TypedFunc::<BatchParams<'_>, BatchResults>::new_unchecked(func) };
