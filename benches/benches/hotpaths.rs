@@ -14,10 +14,15 @@ fn limits() -> Limits {
 }
 
 fn pool(workers: usize, chunksize: Chunksize, limits: Limits) -> Pool {
+    pool_batching(workers, chunksize, limits, true)
+}
+
+fn pool_batching(workers: usize, chunksize: Chunksize, limits: Limits, batch: bool) -> Pool {
     let mut pool = Pool::builder(wpool_benches::kernel("echo"))
         .workers(workers)
         .chunksize(chunksize)
         .limits(limits)
+        .batch_calls(batch)
         .build()
         .expect("pool");
     pool.wait_ready().expect("workers ready");
@@ -64,13 +69,15 @@ fn per_item(c: &mut Criterion) {
     let data = items(10_000);
     let mut g = c.benchmark_group("pool/10k_noop_items");
     g.throughput(Throughput::Elements(data.len() as u64)).sample_size(20);
-    for (name, chunksize, limits) in [
-        ("chunksize_1", Chunksize::Fixed(1), limits()),
-        ("auto", Chunksize::Auto, limits()),
-        ("auto_fresh_instance_per_item", Chunksize::Auto, Limits { max_items_per_instance: Some(1), ..limits() }),
+    for (name, chunksize, limits, batch) in [
+        ("chunksize_1", Chunksize::Fixed(1), limits(), true),
+        ("auto", Chunksize::Auto, limits(), true),
+        // One component call per item: what `map-batch` saves.
+        ("auto_no_batch", Chunksize::Auto, limits(), false),
+        ("auto_fresh_instance_per_item", Chunksize::Auto, Limits { max_items_per_instance: Some(1), ..limits() }, true),
     ] {
         for workers in [1, 2] {
-            let mut p = pool(workers, chunksize, limits.clone());
+            let mut p = pool_batching(workers, chunksize, limits.clone(), batch);
             g.bench_with_input(BenchmarkId::new(name, format!("{workers}w")), &data, |b, data| {
                 b.iter(|| {
                     let out = p.map(data.iter().cloned()).unwrap();
