@@ -127,6 +127,8 @@ impl Opening {
         let (frames_tx, frames_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
         let link = match self {
             Opening::Pipes => {
+                widen_pipe(&stdin);
+                widen_pipe(&stdout);
                 let mut hello_frame = Vec::new();
                 wire::encode(&HostMsg::Hello(Box::new(hello.clone())), &mut hello_frame);
                 let _ = frames_tx.send(hello_frame);
@@ -147,6 +149,16 @@ impl Opening {
 
 /// The threads of a launched worker: one drains the launcher's stdout, one
 /// waits for the worker's connection and then reads its frames.
+/// Pipes hold 64 KiB by default: a 1 MiB item or batch of results then
+/// crosses in 16 rounds of write, wake-up and read. One round with a 1 MiB
+/// pipe (the unprivileged maximum, `/proc/sys/fs/pipe-max-size`). Best
+/// effort: past the per-user pipe budget the kernel refuses, and the pipe
+/// keeps working at its default size.
+fn widen_pipe(pipe: &impl std::os::fd::AsRawFd) {
+    // SAFETY: a plain syscall on a descriptor the caller owns.
+    let _ = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+}
+
 fn start_dial_back(
     session: Session,
     mut stdin: ChildStdin,

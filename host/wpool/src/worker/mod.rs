@@ -148,6 +148,7 @@ fn report(error: &dyn std::error::Error) -> String {
 
 /// Entry point of a worker process. Never returns.
 pub(crate) fn main(transport: Transport) -> ! {
+    keep_big_buffers();
     let code = match run(transport) {
         Ok(()) => 0,
         Err(error) => {
@@ -156,6 +157,20 @@ pub(crate) fn main(transport: Transport) -> ! {
         }
     };
     std::process::exit(code)
+}
+
+/// Frames and results of big items are buffers of megabytes, one after
+/// another. By default glibc maps each from the kernel and unmaps it when
+/// freed, so every 1 MiB item costs hundreds of page faults and as many
+/// zeroed pages, several times over. Serve them from the heap instead, and
+/// hand memory back once 64 MiB of it is free. Items beyond 64 MiB are still
+/// mapped on their own.
+pub(crate) fn keep_big_buffers() {
+    // SAFETY: mallopt only changes allocator parameters; called at start-up.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+    }
 }
 
 /// The worker's life in order: reach the host, take the handshake, load
