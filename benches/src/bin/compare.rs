@@ -70,6 +70,9 @@ fn main() -> Result<()> {
     if args.first().map(String::as_str) == Some("native") {
         return native(&args[1..]);
     }
+    if args.first().map(String::as_str) == Some("bare") {
+        return bare(&args[1..]);
+    }
     let mut opts = Opts { quick: false, json: false, reps: 0, jobs: 2, peers: true };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -130,6 +133,22 @@ fn main() -> Result<()> {
     let native = median(reps, || env.native_wall(&[&n, &items, &j], &primes_expected))?;
     rows.push(Row::new(&format!("primes-native-{j}t"), "s", native, None));
     rows.push(Row::absolute("primes-wasm/native-cli", "x", tn / native, None).target_abs("<=", 1.15));
+
+    eprint("primes, bare wasmtime");
+    // The same kernel in the smallest wasmtime host there is (precompiled,
+    // one instance per thread, `map` called in a loop): what wpool adds on
+    // top of the engine. The import-free build, which both run.
+    let cwasm = dir.path().join("primes.cwasm");
+    std::fs::write(&cwasm, wasmtime::Engine::default().precompile_component(&std::fs::read(env.bare_kernel())?)?)?;
+    let cwasm_arg = cwasm.to_string_lossy().into_owned();
+    let bare_t = median(reps, || env.bare_wall(&[&cwasm_arg, &n, &items, &j], &primes_expected))?;
+    let tn_bare_kernel =
+        median(reps, || env.wpool_primes_of(&["-j", &j], &env.bare_kernel(), &inputs.primes, &primes_expected))?;
+    rows.push(Row::new(&format!("primes-bare-wasmtime-{j}t"), "s", bare_t, None));
+    rows.push(
+        Row::absolute("primes-wpool/bare-wasmtime-cli", "x", tn_bare_kernel / bare_t, None).target_abs("<=", 1.10),
+    );
+    rows.push(Row::absolute("primes-bare-wasmtime/native", "x", bare_t / native, None));
 
     eprint("primes on a warm pool (library), and native threads in-process");
     let w1 = median(reps, || warm_primes(&env, 1, &sizes, &primes_expected))?;
@@ -240,7 +259,17 @@ impl Env {
     }
 
     fn wpool_primes(&self, flags: &[&str], input: &Path, expected: &str) -> Result<f64> {
-        let mut c = self.map_cmd(flags, "primes");
+        self.wpool_primes_of(flags, &self.kernel("primes"), input, expected)
+    }
+
+    /// The import-free build of the `primes` kernel (`wasm32-unknown-unknown`).
+    fn bare_kernel(&self) -> PathBuf {
+        self.kernels.join("..").join("unknown").join("primes.wasm")
+    }
+
+    fn wpool_primes_of(&self, flags: &[&str], kernel: &Path, input: &Path, expected: &str) -> Result<f64> {
+        let mut c = Command::new(&self.wpool);
+        c.arg("map").args(flags).args(["--timeout", "10s", "--no-progress"]).arg(kernel);
         c.arg("--chunksize").arg("1").arg(input);
         let started = Instant::now();
         let out = c.stderr(Stdio::inherit()).output()?;
@@ -258,6 +287,16 @@ impl Env {
         let t = started.elapsed().as_secs_f64();
         if !out.status.success() || String::from_utf8_lossy(&out.stdout).trim() != expected {
             bail!("native primes failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(t)
+    }
+
+    fn bare_wall(&self, args: &[&str], expected: &str) -> Result<f64> {
+        let started = Instant::now();
+        let out = Command::new(&self.me).arg("bare").args(args).output()?;
+        let t = started.elapsed().as_secs_f64();
+        if !out.status.success() || String::from_utf8_lossy(&out.stdout).trim() != expected {
+            bail!("bare wasmtime primes failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(t)
     }
@@ -390,6 +429,50 @@ fn native(args: &[String]) -> Result<()> {
     let [n, items, threads] = args else { bail!("usage: compare native N ITEMS THREADS") };
     let (result, _) = native_threads(n.parse()?, items.parse()?, threads.parse()?)?;
     println!("{result}");
+    Ok(())
+}
+
+/// `bare CWASM N ITEMS THREADS`: the primes workload in a minimal wasmtime
+/// host: the precompiled import-free kernel, one instance per thread, `map`
+/// called for each item it takes.
+fn bare(args: &[String]) -> Result<()> {
+    use wasmtime::component::{Component, Linker};
+    let [cwasm, n, items, threads] = args else { bail!("usage: compare bare CWASM N ITEMS THREADS") };
+    let items: usize = items.parse()?;
+    let threads: usize = threads.parse()?;
+    let engine = wasmtime::Engine::default();
+    // SAFETY: written by this program's parent, from the kernel, just now.
+    let component = unsafe { Component::deserialize_file(&engine, cwasm)? };
+    let pre = Linker::<()>::new(&engine).instantiate_pre(&component)?;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(vec![Vec::new(); items]);
+    std::thread::scope(|s| -> Result<()> {
+        let mut handles = Vec::new();
+        for _ in 0..threads {
+            handles.push(s.spawn(|| -> Result<()> {
+                let mut store = wasmtime::Store::new(&engine, ());
+                let instance = pre.instantiate(&mut store)?;
+                let map = instance.get_typed_func::<(&[u8],), (Result<Vec<u8>, String>,)>(&mut store, "map")?;
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= items {
+                        return Ok(());
+                    }
+                    let (out,) = map.call(&mut store, (n.as_bytes(),))?;
+                    results.lock().unwrap()[i] = out.map_err(anyhow::Error::msg)?;
+                }
+            }));
+        }
+        for h in handles {
+            h.join().expect("bare thread")?;
+        }
+        Ok(())
+    })?;
+    let results = results.into_inner().unwrap();
+    if results.iter().any(|r| *r != results[0]) {
+        bail!("bare results differ");
+    }
+    println!("{}", String::from_utf8_lossy(&results[0]));
     Ok(())
 }
 
