@@ -126,6 +126,9 @@ impl Origins {
 pub struct Items {
     sources: std::vec::IntoIter<Source>,
     current: Option<BufReader<Box<dyn Read + Send>>>,
+    /// The current source's size when it is a regular file (with --files,
+    /// the item is read straight into a buffer of that size).
+    current_size: Option<u64>,
     split: Split,
     max_item: usize,
     next_index: u64,
@@ -144,6 +147,7 @@ impl Items {
         Items {
             sources: sources.into_iter(),
             current: None,
+            current_size: None,
             split,
             max_item,
             next_index: 0,
@@ -176,6 +180,10 @@ impl Items {
         self.current_name = source.name();
         self.current_is_file = source.is_regular_file();
         self.current_is_list = matches!(source, Source::Names);
+        self.current_size = match &source {
+            Source::File(p) if self.current_is_file => std::fs::metadata(p).ok().map(|m| m.len()),
+            _ => None,
+        };
         match source.open() {
             Ok(r) => {
                 self.origins.lock().unwrap().starts.push((self.next_index, source.name()));
@@ -209,7 +217,7 @@ impl Items {
     /// noted for the error message.
     fn read_record(&mut self, sep: Option<u8>) -> io::Result<Option<Vec<u8>>> {
         let reader = self.current.as_mut().expect("a source is open");
-        let (item, size) = read_capped(reader, sep, self.max_item)?;
+        let (item, size) = read_capped(reader, sep, self.max_item, self.current_size)?;
         if item.as_ref().is_some_and(|i| i.len() > self.max_item) {
             self.origins.lock().unwrap().oversized.insert(self.next_index, size);
         }
@@ -220,7 +228,7 @@ impl Items {
     /// line, or per NUL-terminated record with -0), read whole as one item.
     fn next_listed_file(&mut self, names_sep: u8) -> Option<Vec<u8>> {
         let reader = self.current.as_mut().expect("stdin is open");
-        let name = match read_capped(reader, Some(names_sep), 64 << 10) {
+        let name = match read_capped(reader, Some(names_sep), 64 << 10, None) {
             Ok((Some(name), _)) => name,
             Ok((None, _)) => return None,
             Err(e) => {
@@ -230,15 +238,18 @@ impl Items {
         };
         let path = std::path::PathBuf::from(std::ffi::OsString::from_vec(name));
         let listed = self.next_index;
-        let mut file = match File::open(&path) {
-            Ok(f) => BufReader::new(f),
+        let (mut file, size_hint) = match File::open(&path) {
+            Ok(f) => {
+                let size = f.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+                (BufReader::new(f), size)
+            }
             Err(e) => {
                 *self.error.lock().unwrap() =
                     Some(format!("cannot read input {} (file name {} on stdin): {e}", path.display(), listed + 1));
                 return None;
             }
         };
-        match read_capped(&mut file, None, self.max_item) {
+        match read_capped(&mut file, None, self.max_item, size_hint) {
             Ok((item, size)) => {
                 let mut origins = self.origins.lock().unwrap();
                 origins.starts.push((self.next_index, path.display().to_string()));
@@ -259,8 +270,28 @@ impl Items {
 
 /// Reads up to `sep` (exclusive; to the end with `None`), keeping at most
 /// `max + 1` bytes; also returns the record's whole size. `None` at the end.
-fn read_capped(reader: &mut impl BufRead, sep: Option<u8>, max: usize) -> io::Result<(Option<Vec<u8>>, u64)> {
+/// A whole source (`sep` `None`) is read straight into the item, sized by
+/// `size_hint` when known: no copy through the reader's buffer, no regrowth.
+fn read_capped(
+    reader: &mut impl BufRead,
+    sep: Option<u8>,
+    max: usize,
+    size_hint: Option<u64>,
+) -> io::Result<(Option<Vec<u8>>, u64)> {
     let cap = max + 1;
+    if sep.is_none() {
+        let hint = size_hint.map_or(0, |h| usize::try_from(h).unwrap_or(usize::MAX).min(cap));
+        // One byte more than the file: `read_to_end` then sees the end
+        // without growing the buffer.
+        let mut item = Vec::with_capacity(hint.saturating_add(1).min(cap));
+        reader.by_ref().take(cap as u64).read_to_end(&mut item)?;
+        let rest = if item.len() == cap { io::copy(reader, &mut io::sink())? } else { 0 };
+        if item.is_empty() {
+            return Ok((None, 0));
+        }
+        let size = item.len() as u64 + rest;
+        return Ok((Some(item), size));
+    }
     let mut item = Vec::new();
     let mut size = 0u64;
     let mut any = false;
