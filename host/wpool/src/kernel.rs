@@ -558,10 +558,20 @@ fn digest_of(sealed: &std::os::fd::OwnedFd) -> io::Result<[u8; 32]> {
         if at == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let digest = *blake3::hash(std::slice::from_raw_parts(at.cast::<u8>(), len)).as_bytes();
+        let digest = digest_bytes(std::slice::from_raw_parts(at.cast::<u8>(), len));
         libc::munmap(at, len);
         Ok(digest)
     }
+}
+
+/// BLAKE3 of `bytes`, on every core for big ones in the host (a Python
+/// kernel is 18 MB of wasm and 35 MB of artifact, both hashed on every
+/// start); on one thread in a worker (see `worker::in_worker`).
+pub(crate) fn digest_bytes(bytes: &[u8]) -> [u8; 32] {
+    if bytes.len() < 1 << 20 || crate::worker::in_worker() {
+        return *blake3::hash(bytes).as_bytes();
+    }
+    *blake3::Hasher::new().update_rayon(bytes).finalize().as_bytes()
 }
 
 /// Deserializes the artifact in `sealed` by mapping it (no copy: the page
@@ -677,7 +687,7 @@ impl ArtifactCache {
         let serialized = component
             .serialize()
             .map_err(|e| Error::InvalidKernel { kernel: name.into(), message: format!("serializing: {e:#}") })?;
-        let digest = *blake3::hash(&serialized).as_bytes();
+        let digest = digest_bytes(&serialized);
         let sealed = seal(&serialized).ok().map(Arc::new);
         // Held before eviction runs, so that no other process evicts it
         // before this one's workers have read it; a cleaner racing the
@@ -734,7 +744,7 @@ impl ArtifactCache {
     /// and deserialized from there.
     fn deserialize_checked(&self, engine: &Engine, path: &Path, recorded: &str) -> Option<([u8; 32], Component)> {
         let bytes = fs::read(path).ok()?;
-        let digest = *blake3::hash(&bytes).as_bytes();
+        let digest = digest_bytes(&bytes);
         if hex::encode(digest) != recorded {
             return None;
         }
@@ -775,6 +785,6 @@ fn cache_key(engine: &Engine, bytes: &[u8], settings: &EngineSettings) -> String
     std::hash::Hasher::write(&mut h, b"wpool-artifact-v2\0");
     engine.precompile_compatibility_hash().hash(&mut h);
     std::hash::Hasher::write(&mut h, settings.codegen_key().as_bytes());
-    std::hash::Hasher::write(&mut h, blake3::hash(bytes).as_bytes());
+    std::hash::Hasher::write(&mut h, &digest_bytes(bytes));
     hex::encode(h.0.finalize().as_bytes())[..32].to_string()
 }

@@ -146,8 +146,20 @@ fn report(error: &dyn std::error::Error) -> String {
     line
 }
 
+/// Set first thing in a worker process. Code shared with the host that
+/// would start threads (parallel hashing) stays on one thread in a worker:
+/// threads that exist when the worker confines itself would stay outside
+/// Landlock, which binds the calling thread and the threads it starts later.
+static IN_WORKER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process is a worker (see [`IN_WORKER`]).
+pub(crate) fn in_worker() -> bool {
+    IN_WORKER.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Entry point of a worker process. Never returns.
 pub(crate) fn main(transport: Transport) -> ! {
+    IN_WORKER.store(true, std::sync::atomic::Ordering::Relaxed);
     keep_big_buffers();
     let code = match run(transport) {
         Ok(()) => 0,
@@ -342,7 +354,7 @@ fn load(hello: &Hello, node_cache: Option<&ArtifactCache>) -> Result<Runtime, Wo
                 None => {
                     let bytes = std::fs::read(path)
                         .map_err(|source| WorkerError::ReadArtifact { path: path.clone(), source })?;
-                    let actual = *blake3::hash(&bytes).as_bytes();
+                    let actual = crate::kernel::digest_bytes(&bytes);
                     if actual != *digest {
                         return Err(WorkerError::ArtifactDigest { path: path.clone() });
                     }
