@@ -343,3 +343,30 @@ fn ctrl_c_stops_a_pipeline_waiting_on_stdin() {
     assert_eq!(status.code(), Some(130), "{status:?} {err}");
     assert!(eventually(std::time::Duration::from_secs(10), || workers.iter().all(|w| !alive(*w))), "workers ended");
 }
+
+#[test]
+fn no_batch_gives_the_same_output_and_says_so_with_verbose() {
+    // 20 000 tiny items through an SDK kernel (it exports `map-batch`): by
+    // default most go through batched calls, with --no-batch none do, and
+    // the output is the same.
+    let input: Vec<u8> = (0..20_000).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
+    let mut outputs = Vec::new();
+    for extra in [&[][..], &["--no-batch"][..]] {
+        let mut c = wpool();
+        c.args(["map", "-v", "-j", "2"]).args(extra).arg(kernel_path("upper"));
+        let o = run(c, &input);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let err = stderr(&o);
+        let line = err.lines().find(|l| l.contains("items in batched calls")).unwrap_or_else(|| panic!("{err}"));
+        let batched: u64 =
+            line.split(", ").find_map(|p| p.strip_suffix(" items in batched calls")).unwrap().parse().unwrap();
+        if extra.is_empty() {
+            assert!(batched > 10_000, "{line}");
+        } else {
+            assert_eq!(batched, 0, "{line}");
+        }
+        outputs.push(stdout(&o));
+    }
+    assert_eq!(outputs[0], outputs[1]);
+    assert_eq!(outputs[0].lines().nth(19_999), Some("LINE 19999"));
+}
