@@ -59,6 +59,34 @@ impl Default for Limits {
 const WASM32_MEMORY: u64 = 4 << 30;
 
 impl Limits {
+    /// A size as messages show it: `64 MiB`, `4 GiB`, `65.1 MiB`,
+    /// `4095.9 MiB`, `1000 bytes`: exact when it is a whole number of the
+    /// unit, else to a tenth of a KiB or MiB (memory grows by 64 KiB pages;
+    /// a tenth of a GiB would hide such steps).
+    ///
+    /// ```
+    /// use wpool::Limits;
+    /// assert_eq!(Limits::format_size(64 << 20), "64 MiB");
+    /// assert_eq!(Limits::format_size(1000), "1000 bytes");
+    /// assert_eq!(Limits::format_size((64 << 20) + (64 << 10)), "64.1 MiB");
+    /// assert_eq!(Limits::format_size(4 << 30), "4 GiB");
+    /// assert_eq!(Limits::format_size((4 << 30) - (64 << 10)), "4095.9 MiB");
+    /// assert_eq!(Limits::format_size(1536), "1.5 KiB");
+    /// ```
+    pub fn format_size(n: u64) -> String {
+        let (shift, unit) = match n {
+            0..1024 => return format!("{n} bytes"),
+            n if n >= 1 << 30 && n % (1 << 30) == 0 => return format!("{} GiB", n >> 30),
+            n if n >= 1 << 20 => (20, "MiB"),
+            _ => (10, "KiB"),
+        };
+        if n % (1 << shift) == 0 {
+            format!("{} {unit}", n >> shift)
+        } else {
+            format!("{:.1} {unit}", n as f64 / (1u64 << shift) as f64)
+        }
+    }
+
     /// A size as people write it: bytes (`4096`, `4096B`), binary units
     /// (`64K`/`64KiB`, `M`/`MiB`, `G`/`GiB`, `T`/`TiB`) or decimal ones
     /// (`KB`, `MB`, `GB`, `TB`). `None` if it is not one, or overflows.

@@ -17,8 +17,9 @@ pub fn run(cmd: Option<CacheCmd>) -> Result<Exit> {
             let usage = cache.usage()?;
             writeln!(out, "directory: {}", cache.dir().display())?;
             writeln!(out, "artifacts: {}", usage.artifacts)?;
-            writeln!(out, "size:      {} bytes ({})", usage.bytes, human(usage.bytes))?;
-            writeln!(out, "cap:       {} bytes ({}, {})", cache.max_bytes(), human(cache.max_bytes()), cap_source())?;
+            writeln!(out, "size:      {}", both(usage.bytes))?;
+            let cap = cache.max_bytes();
+            writeln!(out, "cap:       {cap} bytes ({}, {})", wpool::Limits::format_size(cap), cap_source())?;
         }
         Some(CacheCmd::Clean) => {
             let cleaned = cache.clean()?;
@@ -44,17 +45,10 @@ fn cap_source() -> String {
     }
 }
 
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
+/// `12345 bytes (12.1 KiB)`; `1000 bytes` alone below a KiB.
+fn both(bytes: u64) -> String {
+    match bytes {
+        0..1024 => format!("{bytes} bytes"),
+        _ => format!("{bytes} bytes ({})", wpool::Limits::format_size(bytes)),
     }
 }

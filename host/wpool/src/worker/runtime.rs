@@ -385,20 +385,20 @@ impl Runtime {
         let mut message = match refusal {
             Refusal::OverCap { current: 0, desired } => format!(
                 "memory limit of {} exceeded: the kernel asked for {} of linear memory to start with",
-                bytes_human(cap),
-                bytes_human(*desired as u64)
+                crate::Limits::format_size(cap),
+                crate::Limits::format_size(*desired as u64)
             ),
             Refusal::OverCap { current, desired } => format!(
                 "memory limit of {} exceeded: the kernel asked for {} more, to grow its linear memory from {} to {}",
-                bytes_human(cap),
-                bytes_human((desired - current) as u64),
-                bytes_human(*current as u64),
-                bytes_human(*desired as u64)
+                crate::Limits::format_size(cap),
+                crate::Limits::format_size((desired - current) as u64),
+                crate::Limits::format_size(*current as u64),
+                crate::Limits::format_size(*desired as u64)
             ),
             Refusal::Failed { reason } => format!(
                 "memory limit of {} exceeded: the kernel asked for more memory than it can have ({reason}; \
                  wasm32 memory ends at 4 GiB)",
-                bytes_human(cap)
+                crate::Limits::format_size(cap)
             ),
         };
         if self.settings.default_memory {
@@ -464,36 +464,4 @@ fn err(kind: WireKind, mut message: String, stderr: Vec<u8>) -> Outcome {
         message.push_str(" […cut]");
     }
     Outcome::Err(WireError { kind, message, stderr })
-}
-
-/// `64 MiB`, `4 GiB`, `65.1 MiB`, `4095.9 MiB`, `1000 bytes`: exact when it
-/// is a whole number of the unit, else to a tenth of a KiB or MiB (memory
-/// grows by 64 KiB pages; a tenth of a GiB would hide such steps).
-pub(crate) fn bytes_human(n: u64) -> String {
-    let (shift, unit) = match n {
-        0..1024 => return format!("{n} bytes"),
-        n if n >= 1 << 30 && n % (1 << 30) == 0 => return format!("{} GiB", n >> 30),
-        n if n >= 1 << 20 => (20, "MiB"),
-        _ => (10, "KiB"),
-    };
-    if n % (1 << shift) == 0 {
-        format!("{} {unit}", n >> shift)
-    } else {
-        format!("{:.1} {unit}", n as f64 / (1u64 << shift) as f64)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bytes_human_prefers_exact_units() {
-        assert_eq!(bytes_human(64 << 20), "64 MiB");
-        assert_eq!(bytes_human(1000), "1000 bytes");
-        assert_eq!(bytes_human((64 << 20) + (64 << 10)), "64.1 MiB");
-        assert_eq!(bytes_human(4 << 30), "4 GiB");
-        assert_eq!(bytes_human((4 << 30) - (64 << 10)), "4095.9 MiB");
-        assert_eq!(bytes_human(1536), "1.5 KiB");
-    }
 }
