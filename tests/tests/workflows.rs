@@ -257,6 +257,17 @@ fn many_values_of_one_key_are_combined_in_batches() {
 }
 
 #[test]
+fn a_key_whose_values_do_not_fit_one_reduce_call_is_reduced_in_several() {
+    // 300 values per key; under a 64-byte item cap a reduce call holds a
+    // few of them: the values go into as many calls as it takes, and the
+    // results are reduced again, to the same totals.
+    let input = "the cat\n".repeat(300);
+    let o = run(mapreduce("wordcount", "sum", &["--max-item-size", "64"]), input.as_bytes());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "cat\t300\nthe\t300\n");
+}
+
+#[test]
 fn a_failing_reducer_fails_its_key_and_a_failing_map_item_its_item() {
     let o = run(mapreduce("csv-kv", "sum", &["--json"]), b"a,1\nb,x\nno comma\na,2\n");
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));

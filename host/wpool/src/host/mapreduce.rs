@@ -191,27 +191,70 @@ impl MapReduce {
     }
 }
 
-/// One `reduce` call per key (of those still going), results put back as the
-/// key's only value; a failed call fails the key.
+/// Reduces each of `keys` (of those still going) to one value, put back as
+/// the key's only value; a failed call fails the key. A key's values go into
+/// as many calls as it takes for each call to fit under the reducer pool's
+/// item size cap, and the results are reduced again until one is left.
 fn reduce_keys(pool: &mut Pool, groups: &mut HashMap<Vec<u8>, Group>, keys: Vec<Vec<u8>>) -> Result<(), Error> {
-    let keys: Vec<Vec<u8>> = keys
+    let cap = pool.max_item_size();
+    let mut keys: Vec<Vec<u8>> = keys
         .into_iter()
         .filter(|k| groups.get(k).is_some_and(|g| g.failed.is_none() && !g.values.is_empty()))
         .collect();
-    let calls: Vec<Vec<u8>> = keys.iter().map(|k| reduce_item(k, &groups[k].values)).collect();
-    let results = pool.map(calls)?;
-    for (key, result) in keys.into_iter().zip(results) {
-        let group = groups.get_mut(&key).expect("a key being reduced");
-        match result {
-            Ok(value) => group.values = vec![value],
-            Err(mut e) => {
-                e.message = format!("reducing key {:?}: {}", String::from_utf8_lossy(&key), e.message);
-                group.values.clear();
-                group.failed = Some(e);
+    while !keys.is_empty() {
+        let mut owners = Vec::new();
+        let mut calls = Vec::new();
+        for key in &keys {
+            let group = groups.get_mut(key).expect("a key being reduced");
+            for batch in split_to_fit(key, std::mem::take(&mut group.values), cap) {
+                calls.push(reduce_item(key, &batch));
+                owners.push(key.clone());
             }
         }
+        let results = pool.map(calls)?;
+        for (key, result) in owners.into_iter().zip(results) {
+            let group = groups.get_mut(&key).expect("a key being reduced");
+            if group.failed.is_some() {
+                continue;
+            }
+            match result {
+                Ok(value) => group.values.push(value),
+                Err(mut e) => {
+                    e.message = format!("reducing key {:?}: {}", String::from_utf8_lossy(&key), e.message);
+                    group.values.clear();
+                    group.failed = Some(e);
+                }
+            }
+        }
+        // Keys split over several calls have several results: again.
+        keys.retain(|k| groups[k].failed.is_none() && groups[k].values.len() > 1);
     }
     Ok(())
+}
+
+/// `values` in batches whose `reduce` calls for `key` are at most `cap`
+/// bytes; every batch but the last has at least two values, so that each
+/// round leaves fewer values than it took.
+fn split_to_fit(key: &[u8], values: Vec<Vec<u8>>, cap: usize) -> Vec<Vec<Vec<u8>>> {
+    // A bound on the encoding: lengths and counts are varints of at most
+    // 10 bytes.
+    let base = 20 + key.len();
+    let mut batches = Vec::new();
+    let mut batch: Vec<Vec<u8>> = Vec::new();
+    let mut size = base;
+    for value in values {
+        let add = 10 + value.len();
+        if batch.len() >= 2 && size + add > cap {
+            batches.push(std::mem::take(&mut batch));
+            size = base;
+        }
+        size += add;
+        batch.push(value);
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    batches
 }
 
 /// A key and a value, borrowed from a map result.
@@ -234,6 +277,23 @@ fn parse_pairs(bytes: &[u8]) -> Result<Vec<Pair<'_>>, usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_are_split_into_calls_that_fit_and_combine() {
+        let values: Vec<Vec<u8>> = (0..10).map(|_| vec![b'v'; 100]).collect();
+        let batches = split_to_fit(b"key", values.clone(), 400);
+        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [3, 3, 3, 1]);
+        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 10);
+        for b in &batches {
+            assert!(reduce_item(b"key", b).len() <= 400);
+        }
+        assert_eq!(split_to_fit(b"key", values.clone(), 1 << 20).len(), 1, "all in one when they fit");
+        assert_eq!(split_to_fit(b"key", vec![b"1".to_vec()], 10).len(), 1, "a lone value still gets its call");
+        // Two values that do not fit together still go together: that call
+        // fails with item_too_large rather than the run going round forever.
+        assert_eq!(split_to_fit(b"key", values[..2].to_vec(), 50), vec![values[..2].to_vec()]);
+    }
 
     #[test]
     fn pairs_parse_and_reject_lines_without_a_tab() {

@@ -384,6 +384,11 @@ impl Pool {
         }
     }
 
+    /// The largest item (and result) its workers take.
+    pub(crate) fn max_item_size(&self) -> usize {
+        self.sched.max_item_size()
+    }
+
     /// Whether this pool runs a reducer kernel (see [`crate::mapreduce::MapReduce`]).
     pub fn is_reducer(&self) -> bool {
         self.reducer

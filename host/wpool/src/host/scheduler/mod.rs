@@ -189,6 +189,11 @@ impl Scheduler {
         (Arc::clone(&self.cancelled), self.wake.clone())
     }
 
+    /// The largest item the workers take.
+    pub(crate) fn max_item_size(&self) -> usize {
+        self.max_item
+    }
+
     pub(crate) fn sandbox_status(&self) -> Option<&SandboxStatus> {
         self.sandbox.as_ref()
     }
