@@ -326,3 +326,32 @@ fn a_file_before_stdin_is_mapped_without_waiting_for_stdin() {
     drop(stdin);
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn stdout_on_a_full_disk_exits_2_naming_standard_output() {
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let input = temp_file(&(0..100_000).flat_map(|i| format!("{i}\n").into_bytes()).collect::<Vec<u8>>());
+    let mut c = map_cmd(&kernel_path("upper"));
+    c.arg(input.path()).stdout(full).stderr(std::process::Stdio::piped());
+    let o = c.spawn().unwrap().wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("writing results to standard output: No space left on device"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+}
+
+#[test]
+fn stdout_closed_by_the_reader_ends_the_run_quietly() {
+    use std::io::BufRead;
+    let input = temp_file(&(0..200_000).flat_map(|i| format!("{i}\n").into_bytes()).collect::<Vec<u8>>());
+    let mut c = map_cmd(&kernel_path("upper"));
+    c.arg(input.path()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert_eq!(first, "0\n");
+    drop(out);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "like `head`'s writers: {}", stderr(&o));
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+}

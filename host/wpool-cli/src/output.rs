@@ -61,6 +61,10 @@ impl Printer {
     /// Writes one item's outcome; flushes when `idle` (no further result is
     /// ready) so that a downstream pipe sees results as they come.
     pub fn item(&mut self, index: u64, result: ItemResult, idle: bool) -> io::Result<()> {
+        self.write_item(index, result, idle).map_err(on_stdout)
+    }
+
+    fn write_item(&mut self, index: u64, result: ItemResult, idle: bool) -> io::Result<()> {
         match (&self.format, result) {
             (&Format::Plain { sep, tag, empty_on_error }, result) => {
                 // A failed item's record is empty, or absent.
@@ -117,6 +121,10 @@ impl Printer {
     /// One key of a MapReduce: `key<TAB>value` (or a JSON object with the
     /// key); a failed key gets one line on stderr.
     pub fn key(&mut self, key: &[u8], result: Result<Vec<u8>, TaskError>) -> io::Result<()> {
+        self.write_key(key, result).map_err(on_stdout)
+    }
+
+    fn write_key(&mut self, key: &[u8], result: Result<Vec<u8>, TaskError>) -> io::Result<()> {
         match (&self.format, result) {
             (Format::Plain { sep, .. }, Ok(value)) => {
                 self.out.write_all(key)?;
@@ -194,8 +202,14 @@ impl Printer {
         if let Some(bar) = self.progress.take() {
             bar.finish_and_clear();
         }
-        self.out.flush()
+        self.out.flush().map_err(on_stdout)
     }
+}
+
+/// Says where a write failed (a full disk, a closed pipe), keeping its
+/// kind: a closed pipe still ends the run quietly.
+fn on_stdout(e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("writing results to standard output: {e}"))
 }
 
 fn style(template: &str) -> ProgressStyle {
