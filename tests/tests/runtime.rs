@@ -793,7 +793,7 @@ fn map_batch_gives_the_same_results_and_errors_as_map_on_100k_mixed_hostile_item
     // items, and a few timeouts.
     let items: Vec<Vec<u8>> = (0..100_000u32)
         .map(|i| match i {
-            i if i % 10_007 == 5000 => b"spin".to_vec(),
+            i if i % 20_011 == 5000 => b"spin".to_vec(),
             i if i % 9_001 == 17 => b"oom".to_vec(),
             i if i % 7_001 == 3 => b"exit:3".to_vec(),
             i if i % 5_003 == 11 => b"result:2".to_vec(),
@@ -806,8 +806,10 @@ fn map_batch_gives_the_same_results_and_errors_as_map_on_100k_mixed_hostile_item
             i => format!("item {i}").into_bytes(),
         })
         .collect();
+    // Generous: under a loaded machine, an ordinary item (`oom` fills its
+    // 64 MiB) must not run into the timeout in one run and not the other.
     let limits = Limits {
-        timeout: Some(Duration::from_millis(300)),
+        timeout: Some(Duration::from_secs(1)),
         memory: Some(64 << 20),
         max_item_size: 1 << 20,
         ..Limits::default()
@@ -885,4 +887,36 @@ fn map_batch_is_not_used_when_every_item_gets_a_fresh_instance() {
     let out = p.map(items.iter().cloned()).unwrap();
     assert!(out.iter().zip(&items).all(|(r, i)| r.as_deref().ok() == Some(&i[..])));
     assert_eq!(p.stats().batched_items, 0);
+}
+
+/// Voluntary context switches of a worker's epoch ticker thread.
+fn ticker_switches(pid: u32) -> Option<u64> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let dir = task.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+        if comm.trim() == "wpool-epoch" {
+            let status = std::fs::read_to_string(dir.join("status")).ok()?;
+            let line = status.lines().find(|l| l.starts_with("voluntary_ctxt_switches:"))?;
+            return line.split_whitespace().nth(1)?.parse().ok();
+        }
+    }
+    None
+}
+
+#[test]
+fn an_idle_worker_stops_ticking_and_a_timeout_still_fires_after_a_pause() {
+    let limits = Limits { timeout: Some(Duration::from_millis(300)), ..Limits::default() };
+    let mut p = pool_with("hostile", 1, limits);
+    assert!(p.map(["warm up"]).unwrap()[0].is_ok());
+    let pid = p.worker_pids()[0];
+    std::thread::sleep(Duration::from_millis(100));
+    let before = ticker_switches(pid).expect("the worker has an epoch ticker");
+    std::thread::sleep(Duration::from_millis(500));
+    let after = ticker_switches(pid).unwrap();
+    // Ticking every 5 ms would be about 100 wake-ups.
+    assert!(after - before <= 3, "the idle ticker woke up {} times in 500 ms", after - before);
+    // Work wakes it up: the timeout fires as before.
+    let out = p.map(["spin"]).unwrap();
+    assert_eq!(out[0].as_ref().unwrap_err().kind, TaskErrorKind::Timeout);
+    assert!(p.map(["after"]).unwrap()[0].is_ok());
 }

@@ -200,9 +200,9 @@ fn run(transport: Transport) -> Result<(), WorkerError> {
             return Err(error);
         }
     };
-    let sandbox = lock_down(&hello, &runtime);
+    let (sandbox, ticker) = lock_down(&hello, &runtime);
     transport.watch()?;
-    let items = start_wasm_thread(runtime, &hello, &output)?;
+    let items = start_wasm_thread(runtime, &hello, &output, ticker)?;
     send(&output, &WorkerMsg::Ready { version: PROTOCOL_VERSION, pid: std::process::id(), node, sandbox })?;
     serve(input, frame_cap(hello.settings.limits.max_item_size), &items)
 }
@@ -232,7 +232,7 @@ fn send(output: &Mutex<File>, msg: &WorkerMsg) -> Result<(), WorkerError> {
 /// (but granted directories), no network, no exec. Confines before any
 /// other thread starts, so that every thread inherits it; then starts the
 /// epoch ticker if items have a timeout or batches may run.
-fn lock_down(hello: &Hello, runtime: &Runtime) -> SandboxStatus {
+fn lock_down(hello: &Hello, runtime: &Runtime) -> (SandboxStatus, Option<Ticker>) {
     let mut sandbox = confine::confine(&hello.settings.grants);
     // `load` refused hooks already without the feature; `cfg!` also lets
     // the compiler drop the hook from a user's build.
@@ -240,10 +240,9 @@ fn lock_down(hello: &Hello, runtime: &Runtime) -> SandboxStatus {
         sandbox.probes = confine::probe();
     }
     // Batches have a deadline of their own, timeout or not.
-    if hello.settings.limits.timeout.is_some() || runtime.can_batch() {
-        start_epoch_ticker(runtime.engine());
-    }
-    sandbox
+    let ticker =
+        (hello.settings.limits.timeout.is_some() || runtime.can_batch()).then(|| Ticker::start(runtime.engine()));
+    (sandbox, ticker)
 }
 
 /// Starts the wasm thread, which runs `init` (on the first instance) before
@@ -253,6 +252,7 @@ fn start_wasm_thread(
     runtime: Runtime,
     hello: &Hello,
     output: &Arc<Mutex<File>>,
+    ticker: Option<Ticker>,
 ) -> Result<Sender<Vec<u8>>, WorkerError> {
     let (tx, rx) = crossbeam_channel::unbounded::<Vec<u8>>();
     let (prepared_tx, prepared) = crossbeam_channel::bounded::<Result<(), String>>(1);
@@ -269,7 +269,7 @@ fn start_wasm_thread(
             let ok = result.is_ok();
             let _ = prepared_tx.send(result);
             if ok {
-                wasm_loop(runtime, rx, out, crash_on);
+                wasm_loop(runtime, rx, out, crash_on, ticker);
             }
         })
         .map_err(|source| WorkerError::Spawn { what: "wasm thread", source })?;
@@ -424,18 +424,50 @@ fn pooling(limits: &crate::Limits) -> wasmtime::InstanceAllocationStrategy {
     wasmtime::InstanceAllocationStrategy::Pooling(pooling)
 }
 
-fn start_epoch_ticker(engine: &Engine) {
-    let engine = engine.weak();
-    std::thread::Builder::new()
-        .name("wpool-epoch".into())
-        .spawn(move || loop {
-            std::thread::sleep(EPOCH_TICK);
-            match engine.upgrade() {
-                Some(e) => e.increment_epoch(),
-                None => return,
-            }
-        })
-        .expect("spawning the epoch ticker");
+/// The thread that advances the engine's epoch every [`EPOCH_TICK`], for
+/// timeouts and batch deadlines. It ticks while the wasm thread has work and
+/// sleeps while the worker waits for some: an idle pool wakes nobody up 200
+/// times a second.
+struct Ticker {
+    busy: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::Thread,
+}
+
+impl Ticker {
+    /// Starts ticking, busy (`init` runs under the deadline too).
+    fn start(engine: &Engine) -> Ticker {
+        use std::sync::atomic::Ordering;
+        let engine = engine.weak();
+        let busy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = Arc::clone(&busy);
+        let handle = std::thread::Builder::new()
+            .name("wpool-epoch".into())
+            .spawn(move || loop {
+                std::thread::sleep(EPOCH_TICK);
+                match engine.upgrade() {
+                    Some(e) => e.increment_epoch(),
+                    None => return,
+                }
+                // An `unpark` that came before this `park` is not lost.
+                while !flag.load(Ordering::Acquire) {
+                    std::thread::park();
+                }
+            })
+            .expect("spawning the epoch ticker");
+        Ticker { busy, thread: handle.thread().clone() }
+    }
+
+    /// Work arrived: tick (again).
+    fn busy(&self) {
+        if !self.busy.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            self.thread.unpark();
+        }
+    }
+
+    /// No work: stop ticking after the current tick.
+    fn idle(&self) {
+        self.busy.store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// Runs chunks in order. Results go out in batches: one write carries the
@@ -444,7 +476,13 @@ fn start_epoch_ticker(engine: &Engine) {
 /// there is nothing more to run, they go out at once. Fast items go to the
 /// kernel's `map-batch`, when it has one, several per call ([`Batcher`]).
 /// One clock read per call.
-fn wasm_loop(mut rt: Runtime, rx: Receiver<Vec<u8>>, out: Arc<std::sync::Mutex<File>>, crash_on: Option<Vec<u8>>) {
+fn wasm_loop(
+    mut rt: Runtime,
+    rx: Receiver<Vec<u8>>,
+    out: Arc<std::sync::Mutex<File>>,
+    crash_on: Option<Vec<u8>>,
+    ticker: Option<Ticker>,
+) {
     let outbox = Outbox::new(out);
     let max_item = rt.max_item_size();
     let mut batcher = Batcher::new(rt.timeout());
@@ -456,10 +494,17 @@ fn wasm_loop(mut rt: Runtime, rx: Receiver<Vec<u8>>, out: Arc<std::sync::Mutex<F
             Err(_) => {
                 // Idle: whatever is pending goes out before waiting.
                 outbox.flush();
-                match rx.recv() {
+                if let Some(t) = &ticker {
+                    t.idle();
+                }
+                let p = match rx.recv() {
                     Ok(p) => p,
                     Err(_) => return,
+                };
+                if let Some(t) = &ticker {
+                    t.busy();
                 }
+                p
             }
         };
         let Ok(HostMsg::Run { chunk, items }) = wire::decode::<HostMsg>(&payload) else {
