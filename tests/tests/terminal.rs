@@ -291,7 +291,9 @@ fn f8_progress_bar_on_pipeline_and_mapreduce_under_a_terminal() {
     assert_eq!(run.out, "A\nB\nC\n");
     assert!(run.screen.contains(" items"), "no progress bar: {:?}", run.screen);
 
-    let words = temp_file(b"a b\nb c\n");
+    // Enough items to outlast the bar's first redraw (a run that ends
+    // before it never shows a bar, and needs none).
+    let words = temp_file("a b\nb c\n".repeat(50_000).as_bytes());
     let mut c = wpool();
     c.args(["mapreduce", "-j", "1", "--map"])
         .arg(kernel_path("wordcount"))
@@ -300,7 +302,7 @@ fn f8_progress_bar_on_pipeline_and_mapreduce_under_a_terminal() {
         .arg(words.path());
     let run = run_under_terminal(c);
     assert_eq!(run.status.code(), Some(0));
-    assert_eq!(run.out, "a\t1\nb\t2\nc\t1\n");
+    assert_eq!(run.out, "a\t50000\nb\t100000\nc\t50000\n");
     assert!(run.screen.contains(" items"), "no progress bar: {:?}", run.screen);
 }
 
