@@ -920,3 +920,20 @@ fn an_idle_worker_stops_ticking_and_a_timeout_still_fires_after_a_pause() {
     assert_eq!(out[0].as_ref().unwrap_err().kind, TaskErrorKind::Timeout);
     assert!(p.map(["after"]).unwrap()[0].is_ok());
 }
+
+#[test]
+fn map_batch_is_not_used_when_the_kernel_may_write_to_a_granted_directory() {
+    // The items of a failed batch run twice: not where they may leave traces.
+    let dir = tempfile::tempdir().unwrap();
+    let items: Vec<Vec<u8>> = (0..3_000).map(|i| format!("item {i}").into_bytes()).collect();
+    for (writable, batched) in [(false, true), (true, false)] {
+        let grants = wpool::Grants {
+            dirs: vec![wpool::DirGrant { host: dir.path().to_path_buf(), guest: "/out".into(), writable }],
+            ..wpool::Grants::default()
+        };
+        let mut p = Pool::builder(kernel("hostile")).workers(2).grants(grants).build().unwrap();
+        let out = p.map(items.iter().cloned()).unwrap();
+        assert!(out.iter().zip(&items).all(|(r, i)| r.as_deref().ok() == Some(&i[..])));
+        assert_eq!(p.stats().batched_items > 0, batched, "writable {writable}: {:?}", p.stats());
+    }
+}

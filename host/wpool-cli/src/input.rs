@@ -217,7 +217,8 @@ impl Items {
     /// noted for the error message.
     fn read_record(&mut self, sep: Option<u8>) -> io::Result<Option<Vec<u8>>> {
         let reader = self.current.as_mut().expect("a source is open");
-        let (item, size) = read_capped(reader, sep, self.max_item, self.current_size)?;
+        // The size is the whole source's: it sizes its first read only.
+        let (item, size) = read_capped(reader, sep, self.max_item, self.current_size.take())?;
         if item.as_ref().is_some_and(|i| i.len() > self.max_item) {
             self.origins.lock().unwrap().oversized.insert(self.next_index, size);
         }

@@ -22,12 +22,12 @@ fn main() -> ExitCode {
     // Big items pass through the host as buffers of megabytes, one after
     // another: serve them from the heap instead of mapping and unmapping
     // each (hundreds of page faults per 1 MiB item); memory goes back to the
-    // system once 64 MiB of it is free. The workers do the same.
+    // system once 16 MiB of it is free. The workers do the same.
     // SAFETY: mallopt only changes allocator parameters; nothing is
     // allocated concurrently this early.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
     }
     widen_pipes();
     exit::status(cmd::run(flags::Cli::parse().command))

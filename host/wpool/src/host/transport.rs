@@ -127,16 +127,18 @@ impl Opening {
         let (frames_tx, frames_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
         let link = match self {
             Opening::Pipes => {
-                widen_pipe(&stdin);
-                widen_pipe(&stdout);
+                let wide_in = WidePipe::try_widen(&stdin);
+                let wide_out = WidePipe::try_widen(&stdout);
                 let mut hello_frame = Vec::new();
                 wire::encode(&HostMsg::Hello(Box::new(hello.clone())), &mut hello_frame);
                 let _ = frames_tx.send(hello_frame);
-                thread::Builder::new()
-                    .name(session.thread_name("write"))
-                    .spawn(move || write_frames(stdin, frames_rx))?;
+                thread::Builder::new().name(session.thread_name("write")).spawn(move || {
+                    write_frames(stdin, frames_rx);
+                    drop(wide_in);
+                })?;
                 thread::Builder::new().name(session.thread_name("read")).spawn(move || {
                     let violation = read_frames(&session, stdout);
+                    drop(wide_out);
                     session.finish(violation, None);
                 })?;
                 None
@@ -147,18 +149,47 @@ impl Opening {
     }
 }
 
-/// The threads of a launched worker: one drains the launcher's stdout, one
-/// waits for the worker's connection and then reads its frames.
-/// Pipes hold 64 KiB by default: a 1 MiB item or batch of results then
-/// crosses in 16 rounds of write, wake-up and read. One round with a 1 MiB
-/// pipe (the unprivileged maximum, `/proc/sys/fs/pipe-max-size`). Best
-/// effort: past the per-user pipe budget the kernel refuses, and the pipe
-/// keeps working at its default size.
-fn widen_pipe(pipe: &impl std::os::fd::AsRawFd) {
-    // SAFETY: a plain syscall on a descriptor the caller owns.
-    let _ = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+/// Pipes widened by this process that are still open.
+static WIDE_PIPES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// At most this many widened pipes at once: 32 × 1 MiB is half of a user's
+/// default pipe budget (`/proc/sys/fs/pipe-user-pages-soft`, 64 MiB). Past
+/// that budget the kernel makes every new pipe of the user, in any process,
+/// 8 KiB, so a pool of many workers leaves the rest of its pipes as they are.
+const MAX_WIDE_PIPES: usize = 32;
+
+/// A pipe to a local worker made to hold 1 MiB (the unprivileged maximum,
+/// `/proc/sys/fs/pipe-max-size`) instead of 64 KiB: a 1 MiB item or batch of
+/// results then crosses in one round of write, wake-up and read instead of
+/// sixteen. Counted against [`MAX_WIDE_PIPES`] until dropped (with the pipe).
+struct WidePipe(bool);
+
+impl WidePipe {
+    fn try_widen(pipe: &impl std::os::fd::AsRawFd) -> WidePipe {
+        use std::sync::atomic::Ordering;
+        if WIDE_PIPES.fetch_add(1, Ordering::Relaxed) >= MAX_WIDE_PIPES {
+            WIDE_PIPES.fetch_sub(1, Ordering::Relaxed);
+            return WidePipe(false);
+        }
+        // SAFETY: a plain syscall on a descriptor the caller owns.
+        let widened = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) } >= 0;
+        if !widened {
+            WIDE_PIPES.fetch_sub(1, Ordering::Relaxed);
+        }
+        WidePipe(widened)
+    }
 }
 
+impl Drop for WidePipe {
+    fn drop(&mut self) {
+        if self.0 {
+            WIDE_PIPES.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// The threads of a launched worker: one drains the launcher's stdout, one
+/// waits for the worker's connection and then reads its frames.
 fn start_dial_back(
     session: Session,
     mut stdin: ChildStdin,

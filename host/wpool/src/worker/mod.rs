@@ -175,13 +175,13 @@ pub(crate) fn main(transport: Transport) -> ! {
 /// another. By default glibc maps each from the kernel and unmaps it when
 /// freed, so every 1 MiB item costs hundreds of page faults and as many
 /// zeroed pages, several times over. Serve them from the heap instead, and
-/// hand memory back once 64 MiB of it is free. Items beyond 64 MiB are still
+/// hand memory back once 16 MiB of it is free. Items beyond 64 MiB are still
 /// mapped on their own.
 pub(crate) fn keep_big_buffers() {
     // SAFETY: mallopt only changes allocator parameters; called at start-up.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
     }
 }
 
@@ -341,16 +341,19 @@ fn load(hello: &Hello, node_cache: Option<&ArtifactCache>) -> Result<Runtime, Wo
     let component = match &hello.code {
         Code::Artifact { path, digest, sealed } => {
             // The host's sealed memfd when it can be opened (not with a
-            // `/proc` that hides other processes), else the file.
-            match sealed.and_then(|(pid, fd)| open_sealed(pid, fd)) {
-                // SAFETY: `deserialize` trusts its input to be a wasmtime
-                // artifact. This memfd holds the bytes the host read from its
-                // private (0700) cache, which it wrote itself, and checked
-                // against the digest it recorded; it is sealed (checked by
-                // `open_sealed`), so they cannot have changed since.
-                Some(file) => {
-                    unsafe { crate::kernel::deserialize_sealed(&engine, &file) }.map_err(WorkerError::Artifact)?
-                }
+            // `/proc` that hides other processes) and mapped executable (some
+            // security policies forbid that for memfds), else the file.
+            //
+            // SAFETY: `deserialize` trusts its input to be a wasmtime
+            // artifact. This memfd holds the bytes the host read from its
+            // private (0700) cache, which it wrote itself, and checked against
+            // the digest it recorded; it is sealed (checked by `open_sealed`),
+            // so they cannot have changed since.
+            let mapped = sealed
+                .and_then(|(pid, fd)| open_sealed(pid, fd))
+                .and_then(|file| unsafe { crate::kernel::deserialize_sealed(&engine, &file) }.ok());
+            match mapped {
+                Some(component) => component,
                 None => {
                     let bytes = std::fs::read(path)
                         .map_err(|source| WorkerError::ReadArtifact { path: path.clone(), source })?;
@@ -487,7 +490,7 @@ fn wasm_loop(
     let max_item = rt.max_item_size();
     let mut batcher = Batcher::new(rt.timeout());
     let mut last_took = Duration::ZERO;
-    let mut now = Instant::now();
+    let mut now: Instant;
     loop {
         let payload = match rx.try_recv() {
             Ok(p) => p,
@@ -511,6 +514,8 @@ fn wasm_loop(
             std::process::exit(3);
         };
         let items: Vec<&[u8]> = items.iter().map(|i| &i[..]).collect();
+        // Time spent waiting for this chunk is nobody's kernel time.
+        now = Instant::now();
         let mut done = 0;
         while done < items.len() {
             // Do not hold results back during an item that may be long (the
@@ -537,6 +542,7 @@ fn wasm_loop(
                         outbox.fell_back();
                         None
                     }
+                    Batch::Unavailable => None,
                 },
             };
             let last = done + n == items.len();

@@ -46,6 +46,9 @@ pub(crate) enum Batch {
     /// generator (whose readings are per item): its items must each run
     /// alone, with `map`, on a fresh instance.
     Failed,
+    /// The instance has no usable `map-batch`: its items run alone, and no
+    /// batch is tried again.
+    Unavailable,
 }
 
 /// A kernel ready to run items, re-instantiating as the policy requires.
@@ -64,9 +67,10 @@ pub(crate) struct Runtime {
     /// A `reducer` component: items are encoded `reduce` calls.
     reducer: bool,
     /// `map-batch`'s export, when the kernel has one and batches may be
-    /// used: not for reducers, and not when instances are replaced after a
-    /// number of items (a batch would cross that boundary), nor once a batch
-    /// read the deterministic clock or generator.
+    /// used: not for reducers, not when instances are replaced after a
+    /// number of items (a batch would cross that boundary), not when the
+    /// kernel may write to a granted directory, nor once a batch read the
+    /// deterministic clock or generator.
     batch: Option<ComponentExportIndex>,
     /// Epoch ticks a batch may take (see [`Runtime::run_batch`]).
     batch_ticks: u64,
@@ -97,7 +101,10 @@ impl Runtime {
             None => None,
         };
         let determinism = Determinism::new(settings.grants.seed);
-        let batch = match reducer || !settings.batch || settings.limits.max_items_per_instance.is_some() {
+        // Items of a failed batch run a second time: not for a kernel that
+        // may write where it leaves traces (a writable granted directory).
+        let writes = settings.grants.dirs.iter().any(|d| d.writable);
+        let batch = match reducer || !settings.batch || settings.limits.max_items_per_instance.is_some() || writes {
             true => None,
             false => component.get_export_index(None, MAP_BATCH_EXPORT),
         };
@@ -275,9 +282,10 @@ impl Runtime {
             },
         };
         let Some(func) = live.batch else {
+            // A `map-batch` of another type than the contract's.
             self.batch = None;
             self.live = Some(live);
-            return Batch::Failed;
+            return Batch::Unavailable;
         };
         let _ = live.store.data_mut().take_refusal();
         if let Some(fuel) = self.settings.limits.fuel {
@@ -299,6 +307,12 @@ impl Runtime {
             // for. A wrong count: the kernel is broken; start afresh too.
             _ => return Batch::Failed,
         };
+        // Memory refused to the batch (which holds all its inputs and
+        // results at once) that the kernel coped with, say by returning an
+        // error: alone, an item might have had the memory.
+        if live.store.data_mut().take_refusal().is_some() {
+            return Batch::Failed;
+        }
         if self.determinism.touched() {
             // Each item must read the clock and the generator from their
             // start; in a batch they shared them. This kernel reads them:
