@@ -86,9 +86,11 @@ impl Batcher {
     pub(super) fn measured(&mut self, took: Duration, n: usize) {
         let sample = took.as_nanos() as f64 / n.max(1) as f64;
         self.per_item_ns = Some(match self.per_item_ns {
-            // Slow to forget a slow item, quick to notice one.
-            Some(avg) if sample > avg => avg + (sample - avg) / 2.0,
-            Some(avg) => avg + (sample - avg) / 8.0,
+            // A moving average that one outlier (the thread preempted
+            // mid-item on a busy machine) moves by at most a third: items
+            // that are really slower take a few samples to show, and a batch
+            // of them meanwhile runs into the batch deadline, not past it.
+            Some(avg) => avg + (sample.min(avg * 4.0) - avg) / 8.0,
             None => sample,
         });
     }
@@ -164,6 +166,19 @@ mod tests {
         assert_eq!(b.next(&refs(&owned[3..]), 50), 1, "which runs alone");
         let owned = items(100, 100 << 10);
         assert_eq!(b.next(&refs(&owned), 1 << 20), 2, "256 KiB of input at most");
+    }
+
+    #[test]
+    fn one_slow_sample_does_not_stop_batching() {
+        let owned = items(5000, 8);
+        let mut b = Batcher::new(None);
+        b.measured(Duration::from_micros(1), 1);
+        b.measured(Duration::from_millis(10), 1);
+        assert!(b.next(&refs(&owned), 1 << 20) > 100, "a preempted item is not a slow kernel");
+        for _ in 0..40 {
+            b.measured(Duration::from_micros(200), 1);
+        }
+        assert_eq!(b.next(&refs(&owned), 1 << 20), 1, "items that stay slow run alone");
     }
 
     #[test]
