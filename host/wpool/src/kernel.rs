@@ -564,6 +564,35 @@ fn digest_of(sealed: &std::os::fd::OwnedFd) -> io::Result<[u8; 32]> {
     }
 }
 
+/// Why [`read_checked`] refused an artifact.
+#[derive(Debug)]
+pub(crate) enum Unchecked {
+    /// It could not be read.
+    Read(io::Error),
+    /// Its bytes do not match the digest recorded when it was written.
+    Digest,
+    /// wasmtime refused it (another engine's, or not an artifact).
+    Deserialize(wasmtime::Error),
+}
+
+/// The artifact at `path`, read into memory and deserialized only if its
+/// bytes match `digest`, the one recorded when wpool wrote it: the one way
+/// an artifact file reaches `unsafe` deserialization (the host's fallback
+/// when it cannot use a memfd, and a worker's when it cannot map the
+/// host's).
+pub(crate) fn read_checked(engine: &Engine, path: &Path, digest: &[u8; 32]) -> Result<Component, Unchecked> {
+    let bytes = fs::read(path).map_err(Unchecked::Read)?;
+    if digest_bytes(&bytes) != *digest {
+        return Err(Unchecked::Digest);
+    }
+    // SAFETY: `deserialize` trusts its input to be a wasmtime artifact.
+    // These bytes come from this user's private (0700, owner-checked) cache,
+    // written by wpool itself, and match the digest recorded when they were
+    // written; wasmtime further checks that the artifact fits this engine.
+    // Nothing here came over the network.
+    unsafe { Component::deserialize(engine, &bytes) }.map_err(Unchecked::Deserialize)
+}
+
 /// BLAKE3 of `bytes`, on every core for big ones in the host (a Python
 /// kernel is 18 MB of wasm and 35 MB of artifact, both hashed on every
 /// start); on one thread in a worker (see `worker::in_worker`).
@@ -741,16 +770,10 @@ impl ArtifactCache {
     }
 
     /// The artifact at `path` read into memory, checked against `recorded`
-    /// and deserialized from there.
+    /// (hex) and deserialized from there.
     fn deserialize_checked(&self, engine: &Engine, path: &Path, recorded: &str) -> Option<([u8; 32], Component)> {
-        let bytes = fs::read(path).ok()?;
-        let digest = digest_bytes(&bytes);
-        if hex::encode(digest) != recorded {
-            return None;
-        }
-        // SAFETY: as in `load`: wpool's own artifact, matching its digest.
-        let component = unsafe { Component::deserialize(engine, &bytes) }.ok()?;
-        Some((digest, component))
+        let digest: [u8; 32] = hex::decode(recorded).ok()?.try_into().ok()?;
+        Some((digest, read_checked(engine, path, &digest).ok()?))
     }
 
     fn write_atomic(&self, path: &Path, data: &[u8]) -> Result<(), Error> {

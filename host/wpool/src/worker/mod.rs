@@ -10,6 +10,7 @@
 
 use std::fs::File;
 use std::io;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use self::batch::Batcher;
 use self::outbox::{Outbox, HOLD_RESULTS};
 use self::runtime::{Batch, Runtime};
 use self::transport::Connection;
-use crate::kernel::ArtifactCache;
+use crate::kernel::{ArtifactCache, Unchecked};
 use crate::wire::{
     self, frame_cap, Code, FrameError, Hello, HostMsg, Outcome, SandboxStatus, WireKind, WorkerMsg, HELLO_FRAME_CAP,
     PROTOCOL_VERSION,
@@ -354,20 +355,11 @@ fn load(hello: &Hello, node_cache: Option<&ArtifactCache>) -> Result<Runtime, Wo
                 .and_then(|file| unsafe { crate::kernel::deserialize_sealed(&engine, &file) }.ok());
             match mapped {
                 Some(component) => component,
-                None => {
-                    let bytes = std::fs::read(path)
-                        .map_err(|source| WorkerError::ReadArtifact { path: path.clone(), source })?;
-                    let actual = crate::kernel::digest_bytes(&bytes);
-                    if actual != *digest {
-                        return Err(WorkerError::ArtifactDigest { path: path.clone() });
-                    }
-                    // SAFETY: `deserialize` trusts its input to be a wasmtime
-                    // artifact. These bytes come from the host's private
-                    // (0700) cache, written by the host itself, and match the
-                    // digest the host recorded when it wrote them; wasmtime
-                    // further checks that the artifact fits this engine.
-                    unsafe { Component::deserialize(&engine, &bytes) }.map_err(WorkerError::Artifact)?
-                }
+                None => crate::kernel::read_checked(&engine, Path::new(path), digest).map_err(|e| match e {
+                    Unchecked::Read(source) => WorkerError::ReadArtifact { path: path.clone(), source },
+                    Unchecked::Digest => WorkerError::ArtifactDigest { path: path.clone() },
+                    Unchecked::Deserialize(e) => WorkerError::Artifact(e),
+                })?,
             }
         }
         // Wasm from the network is compiled here, never deserialized.

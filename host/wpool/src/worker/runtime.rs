@@ -208,23 +208,10 @@ impl Runtime {
                 vec![],
             );
         }
-        self.stderr.clear();
-        self.determinism.reset();
-        let live = match self.live.take() {
-            Some(live) => live,
-            None => match self.instantiate() {
-                Ok(live) => live,
-                Err(outcome) => return outcome,
-            },
+        let mut live = match self.start_call(self.timeout_ticks.unwrap_or(u64::MAX / 4)) {
+            Ok(live) => live,
+            Err(outcome) => return outcome,
         };
-        let mut live = live;
-        let _ = live.store.data_mut().take_refusal();
-        if let Some(fuel) = self.settings.limits.fuel {
-            if let Err(e) = live.store.set_fuel(fuel) {
-                return err(WireKind::Trap, format!("cannot set fuel: {e}"), vec![]);
-            }
-        }
-        live.store.set_epoch_deadline(self.timeout_ticks.unwrap_or(u64::MAX / 4));
         let result = if self.reducer {
             let call = match crate::wire::decode::<crate::wire::ReduceCall<'_>>(input) {
                 Ok(call) => call,
@@ -241,10 +228,7 @@ impl Runtime {
             map.call(&mut live.store, (input,))
         };
         let outcome = match result {
-            Ok((Ok(out),)) if out.len() > max => {
-                err(WireKind::ItemTooLarge, format!("result of {} bytes is over the {max}-byte cap", out.len()), vec![])
-            }
-            Ok((Ok(out),)) => Outcome::Ok(out),
+            Ok((Ok(out),)) => self.result(out),
             Ok((Err(message),)) => err(WireKind::Kernel, message, self.stderr.take()),
             Err(e) => {
                 // A trapped instance refuses further calls: drop it.
@@ -269,17 +253,15 @@ impl Runtime {
     /// gets one item's fuel and one item's timeout, so an item that would
     /// run out alone makes its batch fail, and then runs alone.
     pub(crate) fn run_batch(&mut self, inputs: &[&[u8]]) -> Batch {
-        let max = self.settings.limits.max_item_size;
-        debug_assert!(inputs.iter().all(|i| i.len() <= max));
-        self.stderr.clear();
-        self.determinism.reset();
-        let mut live = match self.live.take() {
-            Some(live) => live,
-            None => match self.instantiate() {
-                Ok(live) => live,
-                // The items alone will each report it.
-                Err(_) => return Batch::Failed,
-            },
+        debug_assert!(inputs.iter().all(|i| i.len() <= self.settings.limits.max_item_size));
+        // A batch that runs far longer than batches are sized for holds
+        // back the results of its fast items (and may never end, without a
+        // timeout): cut it short, and run its items alone.
+        let ticks = self.timeout_ticks.map_or(self.batch_ticks, |t| t.min(self.batch_ticks));
+        let mut live = match self.start_call(ticks) {
+            Ok(live) => live,
+            // The items alone will each report it.
+            Err(_) => return Batch::Failed,
         };
         let Some(func) = live.batch else {
             // A `map-batch` of another type than the contract's.
@@ -287,17 +269,6 @@ impl Runtime {
             self.live = Some(live);
             return Batch::Unavailable;
         };
-        let _ = live.store.data_mut().take_refusal();
-        if let Some(fuel) = self.settings.limits.fuel {
-            if live.store.set_fuel(fuel).is_err() {
-                return Batch::Failed;
-            }
-        }
-        // A batch that runs far longer than batches are sized for holds
-        // back the results of its fast items (and may never end, without a
-        // timeout): cut it short, and run its items alone.
-        let ticks = self.timeout_ticks.map_or(self.batch_ticks, |t| t.min(self.batch_ticks));
-        live.store.set_epoch_deadline(ticks);
         // SAFETY: `map-batch`'s type was checked against these types when
         // the instance was made; only the lifetimes of the inputs differ.
         let batch = unsafe { TypedFunc::<BatchParams<'_>, BatchResults>::new_unchecked(func) };
@@ -324,12 +295,7 @@ impl Runtime {
         let outcomes = results
             .into_iter()
             .map(|result| match result {
-                Ok(out) if out.len() > max => Some(err(
-                    WireKind::ItemTooLarge,
-                    format!("result of {} bytes is over the {max}-byte cap", out.len()),
-                    vec![],
-                )),
-                Ok(out) => Some(Outcome::Ok(out)),
+                Ok(out) => Some(self.result(out)),
                 // Alone, the error carries what the item wrote to stderr.
                 Err(_) if stderr => None,
                 Err(message) => Some(err(WireKind::Kernel, message, vec![])),
@@ -338,6 +304,37 @@ impl Runtime {
         live.items += inputs.len() as u64;
         self.live = Some(live);
         Batch::Done(outcomes)
+    }
+
+    /// The instance for the next call, made ready for it: stderr and the
+    /// deterministic clock and generator back at their start, one item's
+    /// fuel, the epoch deadline `ticks` from now.
+    fn start_call(&mut self, ticks: u64) -> Result<Live, Outcome> {
+        self.stderr.clear();
+        self.determinism.reset();
+        let mut live = match self.live.take() {
+            Some(live) => live,
+            None => self.instantiate()?,
+        };
+        let _ = live.store.data_mut().take_refusal();
+        if let Some(fuel) = self.settings.limits.fuel {
+            if let Err(e) = live.store.set_fuel(fuel) {
+                return Err(err(WireKind::Trap, format!("cannot set fuel: {e}"), vec![]));
+            }
+        }
+        live.store.set_epoch_deadline(ticks);
+        Ok(live)
+    }
+
+    /// A result the kernel returned: itself, or `item_too_large` over the cap.
+    fn result(&self, out: Vec<u8>) -> Outcome {
+        let max = self.settings.limits.max_item_size;
+        match out.len() > max {
+            true => {
+                err(WireKind::ItemTooLarge, format!("result of {} bytes is over the {max}-byte cap", out.len()), vec![])
+            }
+            false => Outcome::Ok(out),
+        }
     }
 
     fn classify(&self, e: &wasmtime::Error, refused: Option<Refusal>) -> Outcome {
