@@ -130,7 +130,7 @@ fn main() -> Result<()> {
     eprint("primes, native");
     let items = sizes.primes_items.to_string();
     let n = sizes.primes_n.to_string();
-    let native = median(reps, || env.native_wall(&[&n, &items, &j], &primes_expected))?;
+    let native = median(reps, || env.self_wall("native", &[&n, &items, &j], &primes_expected))?;
     rows.push(Row::new(&format!("primes-native-{j}t"), "s", native, None));
     rows.push(Row::absolute("primes-wasm/native-cli", "x", tn / native, None).target_abs("<=", 1.15));
 
@@ -141,7 +141,7 @@ fn main() -> Result<()> {
     let cwasm = dir.path().join("primes.cwasm");
     std::fs::write(&cwasm, wasmtime::Engine::default().precompile_component(&std::fs::read(env.bare_kernel())?)?)?;
     let cwasm_arg = cwasm.to_string_lossy().into_owned();
-    let bare_t = median(reps, || env.bare_wall(&[&cwasm_arg, &n, &items, &j], &primes_expected))?;
+    let bare_t = median(reps, || env.self_wall("bare", &[&cwasm_arg, &n, &items, &j], &primes_expected))?;
     let tn_bare_kernel =
         median(reps, || env.wpool_primes_of(&["-j", &j], &env.bare_kernel(), &inputs.primes, &primes_expected))?;
     rows.push(Row::new(&format!("primes-bare-wasmtime-{j}t"), "s", bare_t, None));
@@ -241,15 +241,16 @@ impl Env {
         self.kernels.join(format!("{name}.wasm"))
     }
 
-    fn map_cmd(&self, flags: &[&str], kernel: &str) -> Command {
+    /// `wpool map` of `kernel` as every row runs it (timeouts on, no bar).
+    fn map_cmd(&self, flags: &[&str], kernel: &Path) -> Command {
         let mut c = Command::new(&self.wpool);
-        c.arg("map").args(flags).args(["--timeout", "10s", "--no-progress"]).arg(self.kernel(kernel));
+        c.arg("map").args(flags).args(["--timeout", "10s", "--no-progress"]).arg(kernel);
         c
     }
 
     /// Wall seconds of a whole `wpool map`, its output drained from a pipe.
     fn wpool_wall(&self, flags: &[&str], kernel: &str, inputs: &[&Path]) -> Result<f64> {
-        let mut c = self.map_cmd(flags, kernel);
+        let mut c = self.map_cmd(flags, &self.kernel(kernel));
         c.args(inputs);
         let started = Instant::now();
         let out = c.stderr(Stdio::inherit()).output()?;
@@ -270,8 +271,7 @@ impl Env {
     }
 
     fn wpool_primes_of(&self, flags: &[&str], kernel: &Path, input: &Path, expected: &str) -> Result<f64> {
-        let mut c = Command::new(&self.wpool);
-        c.arg("map").args(flags).args(["--timeout", "10s", "--no-progress"]).arg(kernel);
+        let mut c = self.map_cmd(flags, kernel);
         c.arg("--chunksize").arg("1").arg(input);
         let started = Instant::now();
         let out = c.stderr(Stdio::inherit()).output()?;
@@ -283,22 +283,14 @@ impl Env {
         Ok(t)
     }
 
-    fn native_wall(&self, args: &[&str], expected: &str) -> Result<f64> {
+    /// Wall seconds of this program run as `compare MODE ARGS…` (`native`
+    /// or `bare`), which must print `expected`.
+    fn self_wall(&self, mode: &str, args: &[&str], expected: &str) -> Result<f64> {
         let started = Instant::now();
-        let out = Command::new(&self.me).arg("native").args(args).output()?;
+        let out = Command::new(&self.me).arg(mode).args(args).output()?;
         let t = started.elapsed().as_secs_f64();
         if !out.status.success() || String::from_utf8_lossy(&out.stdout).trim() != expected {
-            bail!("native primes failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(t)
-    }
-
-    fn bare_wall(&self, args: &[&str], expected: &str) -> Result<f64> {
-        let started = Instant::now();
-        let out = Command::new(&self.me).arg("bare").args(args).output()?;
-        let t = started.elapsed().as_secs_f64();
-        if !out.status.success() || String::from_utf8_lossy(&out.stdout).trim() != expected {
-            bail!("bare wasmtime primes failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!("{mode} primes failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(t)
     }
@@ -329,8 +321,7 @@ impl Env {
     }
 
     fn first_line_with(&self, flags: &[&str], kernel: &Path, input: &Path, cache: Option<&Path>) -> Result<f64> {
-        let mut c = Command::new(&self.wpool);
-        c.arg("map").args(flags).args(["--timeout", "10s", "--no-progress"]).arg(kernel);
+        let mut c = self.map_cmd(flags, kernel);
         if let Some(dir) = cache {
             c.env("WPOOL_CACHE_DIR", dir);
         }
@@ -351,7 +342,7 @@ impl Env {
     /// as fast as it takes them: seconds from spawning it to its first
     /// result. The rest of the stream is not waited for.
     fn first_from_start(&self, flags: &[&str], n: u64) -> Result<f64> {
-        let mut c = self.map_cmd(flags, "echo");
+        let mut c = self.map_cmd(flags, &self.kernel("echo"));
         c.stdin(Stdio::piped()).stdout(Stdio::piped());
         let started = Instant::now();
         let mut child = c.spawn()?;
@@ -382,7 +373,7 @@ impl Env {
     /// the first item written to the first result read, then the whole
     /// stream; and the host's peak RSS (MiB).
     fn streaming(&self, flags: &[&str], n: u64) -> Result<(f64, f64)> {
-        let mut c = self.map_cmd(flags, "echo");
+        let mut c = self.map_cmd(flags, &self.kernel("echo"));
         c.stdin(Stdio::piped()).stdout(Stdio::piped());
         let mut child = c.spawn()?;
         let mut stdin = child.stdin.take().context("stdin")?;
