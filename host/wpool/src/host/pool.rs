@@ -451,6 +451,17 @@ impl Pool {
         self.cancel_signal.clone()
     }
 
+    /// Changes the chunk sizing of the runs started from now on (the
+    /// builder's [`PoolBuilder::chunksize`] is the first), as Python's
+    /// `Pool.map(..., chunksize=)` does per call.
+    pub fn set_chunksize(&mut self, chunksize: Chunksize) -> Result<(), Error> {
+        if chunksize == Chunksize::Fixed(0) {
+            return Err(Error::ZeroChunksize);
+        }
+        self.sched.set_chunksize(chunksize);
+        Ok(())
+    }
+
     /// Runs every item and returns the results in input order. The outer
     /// `Err` is a pool failure; each item has its own `Result`.
     pub fn map<I>(&mut self, items: I) -> Result<Vec<ItemResult>, Error>

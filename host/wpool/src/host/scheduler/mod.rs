@@ -237,6 +237,11 @@ impl Scheduler {
         self.slots.iter().filter_map(|s| s.proc.as_ref().map(|p| p.pid)).collect()
     }
 
+    /// The chunk sizing of the runs begun from now on.
+    pub(crate) fn set_chunksize(&mut self, chunksize: Chunksize) {
+        self.cfg.chunksize = chunksize;
+    }
+
     /// Begins a run. Any state of an abandoned run was cleared by `abandon`.
     pub(crate) fn begin(&mut self, ordered: bool) {
         self.job = Job::new(ordered, &self.cfg);

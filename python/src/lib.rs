@@ -1,0 +1,892 @@
+//! `wpool._wpool`: the Rust half of the Python package `wpool`.
+//!
+//! The Python half (`python/wpool/__init__.py`) owns the public API, the
+//! exception classes and the docstrings; this module owns everything that
+//! touches a [`wpool::Pool`]. Each Python pool has a driver thread that owns
+//! its `wpool::Pool` (built there, dropped there) and runs one run at a time.
+//! A run's items are pulled from the Python iterator on the *caller's*
+//! thread, with the GIL, a few at a time as the scheduler takes them (its
+//! bounded input channel is the backpressure); the caller waits for results
+//! with the GIL released, waking every [`POLL`] to let Python deliver signals
+//! (Ctrl-C). No thread but the caller's ever needs the GIL, so nothing here
+//! can deadlock on it.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Receiver, Select, Sender, TryRecvError};
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use wpool::mapreduce::MapReduce;
+use wpool::pipeline::Pipeline;
+use wpool::{Chunksize, Error, ItemIndex, ItemResult, Kernel, Limits, Pool, TaskError, TaskErrorKind};
+
+/// How often a waiting caller wakes up to let Python run signal handlers.
+const POLL: Duration = Duration::from_millis(20);
+/// Most items pulled from the Python iterator in one batch.
+const MAX_BATCH: usize = 1024;
+/// Most results handed to Python in one list.
+const MAX_RESULTS: usize = 8192;
+
+create_exception!(_wpool, PoolFailure, PyException, "A pool-level failure: args are (kind, message).");
+
+/// The name of a pool error's variant, which `wpool/__init__.py` maps to its
+/// exception class.
+fn error_kind(e: &Error) -> &'static str {
+    match e {
+        Error::KernelNotFound { .. } => "KernelNotFound",
+        Error::KernelRead { .. } => "KernelRead",
+        Error::NotWasm { .. } => "NotWasm",
+        Error::CoreModule { .. } => "CoreModule",
+        Error::InvalidKernel { .. } => "InvalidKernel",
+        Error::WorldMismatch { .. } => "WorldMismatch",
+        Error::UnsatisfiedImports { .. } => "UnsatisfiedImports",
+        Error::NoInit { .. } => "NoInit",
+        Error::InitFailed { .. } => "InitFailed",
+        Error::Cache { .. } => "CacheError",
+        Error::DataFile { .. } => "DataFileError",
+        Error::InitTooLarge { .. } => "InitTooLarge",
+        Error::KernelTooLargeToSend { .. } | Error::ItemSizeTooLarge { .. } => "ConfigError",
+        Error::NoWorkers | Error::ZeroChunksize | Error::GrantNotADirectory { .. } | Error::EmptyLauncher => "ConfigError",
+        Error::EmptyPipeline | Error::WrongKernelForStage { .. } => "ConfigError",
+        Error::Spawn { .. } | Error::WorkerStartup { .. } => "WorkerStartup",
+        Error::RestartIntensity { .. } => "RestartIntensity",
+        Error::SandboxUnavailable { .. } => "SandboxUnavailable",
+        Error::Cancelled => "Cancelled",
+        _ => "PoolError",
+    }
+}
+
+/// The error with its causes, `a: b: c`, as the CLI prints it.
+fn error_message(e: &Error) -> String {
+    let mut s = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+fn pool_failure(e: &Error) -> PyErr {
+    PoolFailure::new_err((error_kind(e), error_message(e)))
+}
+
+/// A task error as the tuple `wpool.TaskError._from_raw` takes:
+/// `(kind, message, index, attempts, worker, stderr, detail)`, `detail`
+/// being the exit status of a `kernel_exit` or how a crashed worker ended.
+fn task_error<'py>(py: Python<'py>, e: &TaskError, stage: Option<usize>) -> PyResult<Bound<'py, PyTuple>> {
+    let detail: Option<String> = match &e.kind {
+        TaskErrorKind::KernelExit(code) => Some(code.to_string()),
+        TaskErrorKind::WorkerCrashed(crash) => Some(crash.to_string()),
+        _ => None,
+    };
+    (
+        e.kind.name(),
+        e.message.as_str(),
+        e.index.get(),
+        e.attempts,
+        e.worker.map(|w| w.0),
+        PyBytes::new(py, &e.stderr),
+        detail,
+        stage,
+    )
+        .into_pyobject(py)
+}
+
+/// A Python item as bytes: `bytes`, `bytearray`, `memoryview`-like buffers
+/// through `bytes()`, or `str` as UTF-8.
+fn item_bytes(item: &Bound<'_, PyAny>, index: u64) -> PyResult<Vec<u8>> {
+    if let Ok(b) = item.cast::<PyBytes>() {
+        return Ok(b.as_bytes().to_vec());
+    }
+    if let Ok(s) = item.cast::<PyString>() {
+        return Ok(s.to_cow()?.as_bytes().to_vec());
+    }
+    if let Ok(v) = item.extract::<Vec<u8>>() {
+        if !item.is_instance_of::<pyo3::types::PyList>() && !item.is_instance_of::<PyTuple>() {
+            return Ok(v);
+        }
+    }
+    Err(PyTypeError::new_err(format!(
+        "item {index}: expected bytes or str, got {}",
+        item.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
+    )))
+}
+
+/// The options of a pool, as `wpool.Pool.__init__` passes them.
+#[derive(Clone)]
+struct Options {
+    kernel: PathBuf,
+    worker_program: PathBuf,
+    processes: Option<usize>,
+    timeout: Option<f64>,
+    memory: Option<u64>,
+    fuel: Option<u64>,
+    max_item_size: Option<usize>,
+    retries: Option<u32>,
+    init: Option<Vec<u8>>,
+    data: Option<PathBuf>,
+    max_items_per_instance: Option<u64>,
+    batch: bool,
+    require_sandbox: bool,
+}
+
+impl Options {
+    fn build(&self) -> Result<Pool, Error> {
+        let kernel = Kernel::from_file(&self.kernel)?;
+        let mut limits = Limits::default();
+        if let Some(t) = self.timeout {
+            limits.timeout = Some(Duration::from_secs_f64(t));
+        }
+        limits.memory = self.memory;
+        limits.fuel = self.fuel;
+        if let Some(m) = self.max_item_size {
+            limits.max_item_size = m;
+        }
+        limits.max_items_per_instance = self.max_items_per_instance;
+        let mut b = Pool::builder(kernel)
+            .worker_program(&self.worker_program)
+            .limits(limits)
+            .batch_calls(self.batch)
+            .require_sandbox(self.require_sandbox);
+        if let Some(n) = self.processes {
+            b = b.workers(n);
+        }
+        if let Some(r) = self.retries {
+            b = b.retries(r);
+        }
+        if let Some(init) = &self.init {
+            b = b.init(init.clone());
+        }
+        if let Some(d) = &self.data {
+            b = b.data_file(d);
+        }
+        b.build()
+    }
+}
+
+fn chunksize(c: Option<usize>) -> Chunksize {
+    c.map_or(Chunksize::Auto, Chunksize::Fixed)
+}
+
+/// What the driver thread sends back for a run.
+enum Out {
+    /// One item's outcome, with its index in the run's input.
+    Item(u64, ItemResult),
+    /// An item that a pipeline stage failed.
+    Stage(u64, Result<Vec<u8>, wpool::pipeline::StageFailure>),
+    /// The run ended with a pool failure.
+    Failed(Error),
+}
+
+enum Cmd {
+    Run { ordered: bool, chunksize: Option<usize>, input: Receiver<Vec<Vec<u8>>>, out: Sender<Out> },
+    Pids(Sender<Vec<u32>>),
+    Stats(Sender<[u64; 6]>),
+}
+
+struct Driver {
+    cmds: Sender<Cmd>,
+    thread: JoinHandle<()>,
+    canceller: wpool::Canceller,
+}
+
+/// Waits for `rx` with the GIL released, waking every [`POLL`] to run
+/// Python's signal handlers: a Ctrl-C raises `KeyboardInterrupt` here.
+fn wait<T: Send>(py: Python<'_>, rx: &Receiver<T>) -> PyResult<Option<T>> {
+    loop {
+        match py.detach(|| rx.recv_timeout(POLL)) {
+            Ok(v) => return Ok(Some(v)),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Ok(None),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => py.check_signals()?,
+        }
+    }
+}
+
+/// A pool: `wpool.Pool` wraps it.
+#[pyclass(module = "wpool._wpool", frozen)]
+struct RawPool {
+    driver: Mutex<Option<Driver>>,
+    workers: usize,
+}
+
+fn run_driver(pool: &mut Pool, ordered: bool, input: Receiver<Vec<Vec<u8>>>, out: Sender<Out>) {
+    if ordered {
+        for (i, r) in pool.imap_batches(input).enumerate() {
+            let msg = match r {
+                Ok(r) => Out::Item(i as u64, r),
+                Err(e) => Out::Failed(e),
+            };
+            if out.send(msg).is_err() {
+                return;
+            }
+        }
+    } else {
+        for r in pool.imap_unordered_batches(input) {
+            let msg = match r {
+                Ok((ItemIndex(i), r)) => Out::Item(i, r),
+                Err(e) => Out::Failed(e),
+            };
+            if out.send(msg).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl RawPool {
+    fn with_driver<T>(&self, f: impl FnOnce(&Driver) -> PyResult<T>) -> PyResult<T> {
+        let guard = self.driver.lock().map_err(|_| PyRuntimeError::new_err("pool lock poisoned"))?;
+        match guard.as_ref() {
+            Some(d) => f(d),
+            None => Err(PyValueError::new_err("Pool not running")),
+        }
+    }
+
+    /// Stops the driver: cancels what runs (when asked), lets it drop the
+    /// pool (every worker ends before that returns) and waits for it.
+    fn stop(&self, py: Python<'_>, cancel: bool) {
+        let driver = self.driver.lock().ok().and_then(|mut g| g.take());
+        if let Some(d) = driver {
+            if cancel {
+                d.canceller.cancel();
+            }
+            drop(d.cmds);
+            py.detach(|| {
+                let _ = d.thread.join();
+            });
+        }
+    }
+}
+
+#[pymethods]
+impl RawPool {
+    #[new]
+    #[pyo3(signature = (kernel, worker_program, processes=None, timeout=None, memory=None, fuel=None,
+                        max_item_size=None, retries=None, init=None, data=None,
+                        max_items_per_instance=None, batch=true, require_sandbox=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        kernel: PathBuf,
+        worker_program: PathBuf,
+        processes: Option<usize>,
+        timeout: Option<f64>,
+        memory: Option<u64>,
+        fuel: Option<u64>,
+        max_item_size: Option<usize>,
+        retries: Option<u32>,
+        init: Option<Vec<u8>>,
+        data: Option<PathBuf>,
+        max_items_per_instance: Option<u64>,
+        batch: bool,
+        require_sandbox: bool,
+    ) -> PyResult<RawPool> {
+        if let Some(t) = timeout {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(PyValueError::new_err(format!("timeout must be a positive number of seconds, not {t}")));
+            }
+        }
+        let opts = Options {
+            kernel,
+            worker_program,
+            processes,
+            timeout,
+            memory,
+            fuel,
+            max_item_size,
+            retries,
+            init,
+            data,
+            max_items_per_instance,
+            batch,
+            require_sandbox,
+        };
+        let (ready_tx, ready_rx) = bounded(1);
+        let (cmds, cmd_rx) = crossbeam_channel::unbounded::<Cmd>();
+        let thread = std::thread::Builder::new()
+            .name("wpool-python-driver".into())
+            .spawn(move || {
+                let mut pool = match opts.build() {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok((pool.workers(), pool.canceller())));
+                for cmd in cmd_rx {
+                    match cmd {
+                        Cmd::Run { ordered, chunksize: c, input, out } => {
+                            if let Err(e) = pool.set_chunksize(chunksize(c)) {
+                                let _ = out.send(Out::Failed(e));
+                                continue;
+                            }
+                            run_driver(&mut pool, ordered, input, out);
+                        }
+                        Cmd::Pids(tx) => {
+                            let _ = tx.send(pool.worker_pids());
+                        }
+                        Cmd::Stats(tx) => {
+                            let s = pool.stats();
+                            let _ = tx.send([
+                                s.spawned,
+                                s.worker_deaths,
+                                s.retried_items,
+                                s.batched_items,
+                                s.batch_fallbacks,
+                                pool.workers() as u64,
+                            ]);
+                        }
+                    }
+                }
+            })
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot start the pool's thread: {e}")))?;
+        match wait(py, &ready_rx) {
+            Ok(Some(Ok((workers, canceller)))) => {
+                Ok(RawPool { driver: Mutex::new(Some(Driver { cmds, thread, canceller })), workers })
+            }
+            Ok(Some(Err(e))) => {
+                let _ = thread.join();
+                Err(pool_failure(&e))
+            }
+            Ok(None) => Err(PyRuntimeError::new_err("the pool's thread ended before the pool was built")),
+            Err(interrupted) => {
+                // The pool is still being built: let the thread finish and
+                // drop it (its workers end with it) without waiting here.
+                drop(cmds);
+                Err(interrupted)
+            }
+        }
+    }
+
+    /// Number of worker processes.
+    #[getter]
+    fn processes(&self) -> usize {
+        self.workers
+    }
+
+    /// Starts a run over `items` (any Python iterable); its results come
+    /// from the returned run's `next_results`.
+    #[pyo3(signature = (items, ordered, chunksize=None, text=false))]
+    fn run(
+        slf: Bound<'_, Self>,
+        items: Bound<'_, PyAny>,
+        ordered: bool,
+        chunksize: Option<usize>,
+        text: bool,
+    ) -> PyResult<RawRun> {
+        let iter = items.try_iter()?.unbind();
+        let (input_tx, input_rx) = bounded::<Vec<Vec<u8>>>(2);
+        let (out_tx, out_rx) = crossbeam_channel::unbounded::<Out>();
+        slf.borrow().with_driver(|d| {
+            d.cmds
+                .send(Cmd::Run { ordered, chunksize, input: input_rx, out: out_tx })
+                .map_err(|_| PyValueError::new_err("Pool not running"))
+        })?;
+        Ok(RawRun {
+            state: Mutex::new(RunState {
+                items: Some(iter),
+                input: Some(input_tx),
+                pending: None,
+                out: Some(out_rx),
+                next_batch: 1,
+                pulled: 0,
+                received: 0,
+                text,
+            }),
+            pool: Some(slf.unbind()),
+        })
+    }
+
+    /// Process ids of the live worker processes.
+    fn worker_pids(&self, py: Python<'_>) -> PyResult<Vec<u32>> {
+        let (tx, rx) = bounded(1);
+        self.with_driver(|d| d.cmds.send(Cmd::Pids(tx)).map_err(|_| PyValueError::new_err("Pool not running")))?;
+        wait(py, &rx)?.ok_or_else(|| PyValueError::new_err("Pool not running"))
+    }
+
+    /// Counters: `(spawned, worker_deaths, retried_items, batched_items,
+    /// batch_fallbacks, workers)`.
+    fn stats(&self, py: Python<'_>) -> PyResult<[u64; 6]> {
+        let (tx, rx) = bounded(1);
+        self.with_driver(|d| d.cmds.send(Cmd::Stats(tx)).map_err(|_| PyValueError::new_err("Pool not running")))?;
+        wait(py, &rx)?.ok_or_else(|| PyValueError::new_err("Pool not running"))
+    }
+
+    /// Whether the pool still runs (neither closed-and-joined nor
+    /// terminated).
+    fn is_running(&self) -> bool {
+        self.driver.lock().map(|g| g.is_some()).unwrap_or(false)
+    }
+
+    /// Stops the current run at once and ends every worker process before
+    /// returning.
+    fn terminate(&self, py: Python<'_>) {
+        self.stop(py, true);
+    }
+
+    /// Lets the current run finish, then ends every worker process before
+    /// returning.
+    fn join(&self, py: Python<'_>) {
+        self.stop(py, false);
+    }
+}
+
+impl Drop for RawPool {
+    fn drop(&mut self) {
+        if let Ok(mut g) = self.driver.lock() {
+            if let Some(d) = g.take() {
+                d.canceller.cancel();
+                drop(d.cmds);
+                let _ = d.thread.join();
+            }
+        }
+    }
+}
+
+struct RunState {
+    /// The Python iterator; `None` once it is exhausted (or the run was
+    /// abandoned).
+    items: Option<Py<pyo3::types::PyIterator>>,
+    /// Batches to the scheduler; dropped when the input ends.
+    input: Option<Sender<Vec<Vec<u8>>>>,
+    /// A batch pulled from Python that the scheduler has not taken yet.
+    pending: Option<Vec<Vec<u8>>>,
+    out: Option<Receiver<Out>>,
+    /// Items to pull next time: 1 at first (a first result at once, even
+    /// from a slow generator), doubling up to [`MAX_BATCH`].
+    next_batch: usize,
+    pulled: u64,
+    received: u64,
+    text: bool,
+}
+
+/// One run of a pool or a pipeline: `wpool.Pool.imap` and friends iterate
+/// it.
+#[pyclass(module = "wpool._wpool", frozen)]
+struct RawRun {
+    state: Mutex<RunState>,
+    /// The pool, to terminate it on Ctrl-C; `None` for a pipeline's run.
+    pool: Option<Py<RawPool>>,
+}
+
+/// What one wait produced.
+enum Step {
+    Sent,
+    Got(Out),
+    Ended,
+    Timeout,
+}
+
+impl RunState {
+    /// Pulls the next batch from the Python iterator into `pending`.
+    fn pull(&mut self, py: Python<'_>) -> PyResult<()> {
+        let Some(iter) = &self.items else { return Ok(()) };
+        let mut iter = iter.bind(py).clone();
+        let mut batch = Vec::with_capacity(self.next_batch);
+        while batch.len() < self.next_batch {
+            match iter.next() {
+                Some(item) => {
+                    batch.push(item_bytes(&item?, self.pulled)?);
+                    self.pulled += 1;
+                }
+                None => {
+                    self.items = None;
+                    break;
+                }
+            }
+        }
+        self.next_batch = (self.next_batch * 2).min(MAX_BATCH);
+        if !batch.is_empty() {
+            self.pending = Some(batch);
+        }
+        Ok(())
+    }
+
+    /// Abandons the run: no more input, no more results.
+    fn abandon(&mut self) {
+        self.items = None;
+        self.pending = None;
+        self.input = None;
+        self.out = None;
+    }
+}
+
+/// Results converted for Python: `(values, errors, indices)`. `values` holds
+/// each result (`bytes`, or `str` with `text`) and `None` where an item
+/// failed; `errors` lists `(position in values, error tuple)`; `indices` is
+/// each value's input index.
+type Batch<'py> = (Bound<'py, PyList>, Vec<(usize, Bound<'py, PyTuple>)>, Vec<u64>);
+
+#[pymethods]
+impl RawRun {
+    /// The results available now, waiting for at least one: `None` when
+    /// the run is complete. A pool failure raises `PoolFailure`.
+    fn next_results<'py>(&self, py: Python<'py>) -> PyResult<Option<Batch<'py>>> {
+        let mut st = self.state.lock().map_err(|_| PyRuntimeError::new_err("run lock poisoned"))?;
+        let r = self.step(py, &mut st);
+        if r.is_err() {
+            st.abandon();
+            if let Some(pool) = &self.pool {
+                // A Ctrl-C (or any exception) while the pool was busy: stop
+                // its workers now, like leaving a `with` block would.
+                let interrupted = r.as_ref().err().is_some_and(|e| e.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py));
+                if interrupted {
+                    pool.get().stop(py, true);
+                }
+            }
+        }
+        r
+    }
+
+    /// Stops the run: the rest of the input is not read.
+    fn close(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            st.abandon();
+        }
+    }
+}
+
+impl RawRun {
+    fn step<'py>(&self, py: Python<'py>, st: &mut RunState) -> PyResult<Option<Batch<'py>>> {
+        let values = PyList::empty(py);
+        let mut errors = Vec::new();
+        let mut indices = Vec::new();
+        loop {
+            let Some(out) = st.out.clone() else { return Ok(None) };
+            // Everything already waiting, without blocking.
+            let mut ended = false;
+            while values.len() < MAX_RESULTS {
+                match out.try_recv() {
+                    Ok(o) => self.take(py, st, o, &values, &mut errors, &mut indices)?,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        ended = true;
+                        break;
+                    }
+                }
+            }
+            if !values.is_empty() {
+                return Ok(Some((values, errors, indices)));
+            }
+            if ended {
+                return self.end(st);
+            }
+            if st.pending.is_none() && st.items.is_some() {
+                st.pull(py)?;
+            }
+            if st.pending.is_none() && st.items.is_none() {
+                // The input ended: the scheduler finishes what it has.
+                st.input = None;
+            }
+            let pending = st.pending.take();
+            let input = st.input.clone();
+            let (step, back) = py.detach(move || {
+                let mut sel = Select::new();
+                let send_op = match (&pending, &input) {
+                    (Some(_), Some(tx)) => Some(sel.send(tx)),
+                    _ => None,
+                };
+                let recv_op = sel.recv(&out);
+                let Ok(op) = sel.select_timeout(POLL) else { return (Step::Timeout, pending) };
+                if Some(op.index()) == send_op {
+                    let tx = input.as_ref().expect("send op has a sender");
+                    match op.send(tx, pending.expect("send op has a batch")) {
+                        Ok(()) => (Step::Sent, None),
+                        // The driver dropped the run: its results say why.
+                        Err(e) => (Step::Timeout, Some(e.into_inner())),
+                    }
+                } else {
+                    debug_assert_eq!(op.index(), recv_op);
+                    match op.recv(&out) {
+                        Ok(o) => (Step::Got(o), pending),
+                        Err(_) => (Step::Ended, pending),
+                    }
+                }
+            });
+            st.pending = back;
+            match step {
+                Step::Sent => {}
+                Step::Got(o) => self.take(py, st, o, &values, &mut errors, &mut indices)?,
+                Step::Ended => return self.end(st),
+                Step::Timeout => py.check_signals()?,
+            }
+        }
+    }
+
+    /// The run's results channel closed.
+    fn end<'py>(&self, st: &mut RunState) -> PyResult<Option<Batch<'py>>> {
+        let (pulled, received) = (st.pulled, st.received);
+        st.abandon();
+        if received < pulled {
+            return Err(PyRuntimeError::new_err(format!(
+                "wpool: the run ended after {received} of {pulled} results (the pool was terminated)"
+            )));
+        }
+        Ok(None)
+    }
+
+    fn take<'py>(
+        &self,
+        py: Python<'py>,
+        st: &mut RunState,
+        o: Out,
+        values: &Bound<'py, PyList>,
+        errors: &mut Vec<(usize, Bound<'py, PyTuple>)>,
+        indices: &mut Vec<u64>,
+    ) -> PyResult<()> {
+        let (index, result) = match o {
+            Out::Failed(e) => return Err(pool_failure(&e)),
+            Out::Item(i, r) => (i, r.map_err(|e| (e, None))),
+            Out::Stage(i, r) => (i, r.map_err(|f| (f.error, Some(f.stage)))),
+        };
+        st.received += 1;
+        indices.push(index);
+        match result {
+            Ok(bytes) => {
+                if st.text {
+                    values.append(String::from_utf8_lossy(&bytes))?;
+                } else {
+                    values.append(PyBytes::new(py, &bytes))?;
+                }
+            }
+            Err((e, stage)) => {
+                errors.push((values.len(), task_error(py, &e, stage)?));
+                values.append(py.None())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A pipeline: stages of pools with their own kernels, items stream
+/// through all of them at once. `wpool.Pipeline` wraps it.
+#[pyclass(module = "wpool._wpool", frozen)]
+struct RawPipeline {
+    stages: Mutex<Option<Vec<Options>>>,
+}
+
+#[pymethods]
+impl RawPipeline {
+    /// `stages` are `(kernel, processes)` pairs; the other options apply to
+    /// every stage.
+    #[new]
+    #[pyo3(signature = (stages, worker_program, timeout=None, memory=None, retries=None))]
+    fn new(
+        stages: Vec<(PathBuf, Option<usize>)>,
+        worker_program: PathBuf,
+        timeout: Option<f64>,
+        memory: Option<u64>,
+        retries: Option<u32>,
+    ) -> PyResult<RawPipeline> {
+        if stages.is_empty() {
+            return Err(pool_failure(&Error::EmptyPipeline));
+        }
+        let stages = stages
+            .into_iter()
+            .map(|(kernel, processes)| Options {
+                kernel,
+                worker_program: worker_program.clone(),
+                processes,
+                timeout,
+                memory,
+                fuel: None,
+                max_item_size: None,
+                retries,
+                init: None,
+                data: None,
+                max_items_per_instance: None,
+                batch: true,
+                require_sandbox: false,
+            })
+            .collect();
+        Ok(RawPipeline { stages: Mutex::new(Some(stages)) })
+    }
+
+    /// Starts the pipeline's pools and runs `items` through them; results
+    /// come, in input order, from the returned run.
+    #[pyo3(signature = (items, text=false))]
+    fn run(&self, py: Python<'_>, items: Bound<'_, PyAny>, text: bool) -> PyResult<RawRun> {
+        let stages = self.stages.lock().map_err(|_| PyRuntimeError::new_err("lock poisoned"))?.clone();
+        let stages = stages.ok_or_else(|| PyValueError::new_err("Pipeline closed"))?;
+        let iter = items.try_iter()?.unbind();
+        let (input_tx, input_rx) = bounded::<Vec<Vec<u8>>>(2);
+        let (out_tx, out_rx) = crossbeam_channel::unbounded::<Out>();
+        let (ready_tx, ready_rx) = bounded::<Result<(), Error>>(1);
+        std::thread::Builder::new()
+            .name("wpool-python-pipeline".into())
+            .spawn(move || {
+                let pools: Result<Vec<Pool>, Error> = stages.iter().map(Options::build).collect();
+                let mut pipeline = match pools.and_then(Pipeline::new) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let items = input_rx.into_iter().flatten();
+                let r = pipeline.run(items, |ItemIndex(i), r| out_tx.send(Out::Stage(i, r)).is_ok());
+                if let Err(e) = r {
+                    let _ = out_tx.send(Out::Failed(e));
+                }
+            })
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot start the pipeline's thread: {e}")))?;
+        match wait(py, &ready_rx)? {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(pool_failure(&e)),
+            None => return Err(PyRuntimeError::new_err("the pipeline's thread ended before it started")),
+        }
+        Ok(RawRun {
+            state: Mutex::new(RunState {
+                items: Some(iter),
+                input: Some(input_tx),
+                pending: None,
+                out: Some(out_rx),
+                next_batch: 1,
+                pulled: 0,
+                received: 0,
+                text,
+            }),
+            pool: None,
+        })
+    }
+}
+
+/// MapReduce: map every item with `map_kernel`, group the `key\tvalue`
+/// lines of the results by key, reduce each key's values with
+/// `reduce_kernel`. Returns `(pairs, failures)`: `(key, value or None)` sorted
+/// by key, and the error tuples of failed map items and keys.
+#[pyfunction]
+#[pyo3(signature = (map_kernel, reduce_kernel, items, worker_program, processes=None, timeout=None, memory=None))]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn mapreduce<'py>(
+    py: Python<'py>,
+    map_kernel: PathBuf,
+    reduce_kernel: PathBuf,
+    items: Bound<'py, PyAny>,
+    worker_program: PathBuf,
+    processes: Option<usize>,
+    timeout: Option<f64>,
+    memory: Option<u64>,
+) -> PyResult<(Vec<(Bound<'py, PyBytes>, Option<Bound<'py, PyBytes>>)>, Vec<Bound<'py, PyTuple>>)> {
+    let opts = |kernel| Options {
+        kernel,
+        worker_program: worker_program.clone(),
+        processes,
+        timeout,
+        memory,
+        fuel: None,
+        max_item_size: None,
+        retries: None,
+        init: None,
+        data: None,
+        max_items_per_instance: None,
+        batch: true,
+        require_sandbox: false,
+    };
+    let (map_opts, reduce_opts) = (opts(map_kernel), opts(reduce_kernel));
+    let (input_tx, input_rx) = bounded::<Vec<u8>>(1024);
+    let (done_tx, done_rx) = bounded(1);
+    std::thread::Builder::new()
+        .name("wpool-python-mapreduce".into())
+        .spawn(move || {
+            let r = (|| {
+                let mut mr = MapReduce::new(map_opts.build()?, reduce_opts.build()?)?;
+                let mut failed = Vec::new();
+                let pairs = mr.run(input_rx, |_, r| {
+                    if let Err(e) = r {
+                        failed.push(e);
+                    }
+                    true
+                })?;
+                Ok::<_, Error>((pairs, failed))
+            })();
+            let _ = done_tx.send(r);
+        })
+        .map_err(|e| PyRuntimeError::new_err(format!("cannot start the MapReduce thread: {e}")))?;
+    // Feed the items from this thread (it has the GIL), a bounded channel
+    // ahead of the map pool.
+    for (index, item) in items.try_iter()?.enumerate() {
+        let mut bytes = item_bytes(&item?, index as u64)?;
+        loop {
+            match py.detach(|| input_tx.send_timeout(bytes, POLL)) {
+                Ok(()) => break,
+                Err(crossbeam_channel::SendTimeoutError::Timeout(b)) => {
+                    bytes = b;
+                    py.check_signals()?;
+                }
+                // The run ended early (a pool failure): its result says why.
+                Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => break,
+            }
+        }
+    }
+    drop(input_tx);
+    let (pairs, failed) = match wait(py, &done_rx)? {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => return Err(pool_failure(&e)),
+        None => return Err(PyRuntimeError::new_err("the MapReduce thread ended without a result")),
+    };
+    let mut errors = failed.iter().map(|e| task_error(py, e, Some(0))).collect::<PyResult<Vec<_>>>()?;
+    let mut out = Vec::with_capacity(pairs.len());
+    for (key, value) in pairs {
+        match value {
+            Ok(v) => out.push((PyBytes::new(py, &key), Some(PyBytes::new(py, &v)))),
+            Err(e) => {
+                errors.push(task_error(py, &e, Some(1))?);
+                out.push((PyBytes::new(py, &key), None));
+            }
+        }
+    }
+    Ok((out, errors))
+}
+
+/// What `wpool inspect` prints about a kernel, as a tuple
+/// `(size, format, imports, exports, worlds, rejection)`; `rejection` is
+/// `None` for an accepted kernel, else `(kind, message)`.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn inspect(
+    py: Python<'_>,
+    path: PathBuf,
+) -> PyResult<(usize, &'static str, Vec<String>, Vec<String>, Vec<&'static str>, Option<(&'static str, String)>)> {
+    let i = py.detach(|| Kernel::inspect(&path)).map_err(|e| pool_failure(&e))?;
+    let rejection = i.rejection.as_ref().map(|e| (error_kind(e), error_message(e)));
+    Ok((
+        i.info.size,
+        i.info.format,
+        i.info.imports.clone(),
+        i.info.exports.clone(),
+        i.worlds.iter().map(|w| w.name()).collect(),
+        rejection,
+    ))
+}
+
+/// A size such as `256MiB`, `100MB` or `4096`, in bytes, as the CLI reads
+/// `--memory`.
+#[pyfunction]
+fn parse_size(s: &str) -> PyResult<u64> {
+    Limits::parse_size(s).ok_or_else(|| {
+        PyValueError::new_err(format!("{s:?} is not a size (a number of bytes with an optional unit: K, KiB, MB, GiB, ...)"))
+    })
+}
+
+#[pymodule]
+fn _wpool(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<RawPool>()?;
+    m.add_class::<RawRun>()?;
+    m.add_class::<RawPipeline>()?;
+    m.add_function(wrap_pyfunction!(mapreduce, m)?)?;
+    m.add_function(wrap_pyfunction!(inspect, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_size, m)?)?;
+    m.add("PoolFailure", m.py().get_type::<PoolFailure>())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
