@@ -6,6 +6,7 @@
 #   scripts/python.sh            release build (what a user installs)
 #   scripts/python.sh --debug    debug build (the test command's: quicker)
 #   scripts/python.sh --test     ... then run the pytest suite against it
+#                                (arguments after `--` go to pytest)
 #
 # Then: target/python/venv/bin/python -c 'import wpool; ...'
 set -euo pipefail
@@ -13,12 +14,14 @@ cd "$(dirname "$0")/.."
 target_dir=${CARGO_TARGET_DIR:-target}
 profile=release
 run_tests=
-for arg in "$@"; do
-  case $arg in
+while [ $# -gt 0 ]; do
+  case $1 in
     --debug) profile=debug ;;
     --test) run_tests=1 ;;
-    *) echo "usage: scripts/python.sh [--debug] [--test]" >&2; exit 2 ;;
+    --) shift; break ;;
+    *) echo "usage: scripts/python.sh [--debug] [--test] [-- PYTEST_ARGS...]" >&2; exit 2 ;;
   esac
+  shift
 done
 cargo_profile=(--release)
 [ "$profile" = debug ] && cargo_profile=()
@@ -53,7 +56,7 @@ python3 -m venv "$venv"
 echo "python: installed $(basename "$wheel") into $venv" >&2
 
 if [ -n "$run_tests" ]; then
-  "$venv/bin/pip" install --quiet --disable-pip-version-check pytest==8.3.4
+  "$venv/bin/pip" install --quiet --disable-pip-version-check pytest==8.3.4 pytest-timeout==2.3.1
   # The tests find the kernels under target/kernels (scripts/setup.sh).
-  WPOOL_KERNELS="$(pwd)/$target_dir/kernels" "$venv/bin/python" -m pytest -q -p no:cacheprovider python/tests "${PYTEST_ARGS[@]:-}"
+  WPOOL_KERNELS="$(pwd)/$target_dir/kernels" "$venv/bin/python" -m pytest -q -p no:cacheprovider --timeout 300 python/tests "$@"
 fi

@@ -12,9 +12,9 @@
 //! can deadlock on it.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Select, Sender, TryRecvError};
 use pyo3::create_exception;
@@ -23,6 +23,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 use wpool::mapreduce::MapReduce;
 use wpool::pipeline::Pipeline;
+use wpool::stats::PoolStats;
 use wpool::{Chunksize, Error, ItemIndex, ItemResult, Kernel, Limits, Pool, TaskError, TaskErrorKind};
 
 /// How often a waiting caller wakes up to let Python run signal handlers.
@@ -51,7 +52,9 @@ fn error_kind(e: &Error) -> &'static str {
         Error::DataFile { .. } => "DataFileError",
         Error::InitTooLarge { .. } => "InitTooLarge",
         Error::KernelTooLargeToSend { .. } | Error::ItemSizeTooLarge { .. } => "ConfigError",
-        Error::NoWorkers | Error::ZeroChunksize | Error::GrantNotADirectory { .. } | Error::EmptyLauncher => "ConfigError",
+        Error::NoWorkers | Error::ZeroChunksize | Error::GrantNotADirectory { .. } | Error::EmptyLauncher => {
+            "ConfigError"
+        }
         Error::EmptyPipeline | Error::WrongKernelForStage { .. } => "ConfigError",
         Error::Spawn { .. } | Error::WorkerStartup { .. } => "WorkerStartup",
         Error::RestartIntensity { .. } => "RestartIntensity",
@@ -187,8 +190,33 @@ enum Out {
 
 enum Cmd {
     Run { ordered: bool, chunksize: Option<usize>, input: Receiver<Vec<Vec<u8>>>, out: Sender<Out> },
-    Pids(Sender<Vec<u32>>),
-    Stats(Sender<[u64; 6]>),
+}
+
+/// What Python may ask about a pool while a run goes on: the driver
+/// refreshes it before and after each run and, during one, at most every
+/// [`REFRESH`] as results arrive. (Asking the driver itself would wait for
+/// the end of its run.)
+#[derive(Default, Clone)]
+struct Snapshot {
+    pids: Vec<u32>,
+    /// `(spawned, worker_deaths, retried_items, batched_items,
+    /// batch_fallbacks, workers)`.
+    stats: [u64; 6],
+}
+
+/// How often a running driver refreshes the [`Snapshot`].
+const REFRESH: Duration = Duration::from_millis(20);
+
+fn refresh(pool: &mut Pool, snap: &Mutex<Snapshot>) {
+    let pids = pool.worker_pids();
+    store(snap, pids, pool.stats(), pool.workers());
+}
+
+fn store(snap: &Mutex<Snapshot>, pids: Vec<u32>, s: PoolStats, workers: usize) {
+    let stats = [s.spawned, s.worker_deaths, s.retried_items, s.batched_items, s.batch_fallbacks, workers as u64];
+    if let Ok(mut g) = snap.lock() {
+        *g = Snapshot { pids, stats };
+    }
 }
 
 struct Driver {
@@ -214,30 +242,47 @@ fn wait<T: Send>(py: Python<'_>, rx: &Receiver<T>) -> PyResult<Option<T>> {
 struct RawPool {
     driver: Mutex<Option<Driver>>,
     workers: usize,
+    snapshot: Arc<Mutex<Snapshot>>,
 }
 
-fn run_driver(pool: &mut Pool, ordered: bool, input: Receiver<Vec<Vec<u8>>>, out: Sender<Out>) {
+fn run_driver(pool: &mut Pool, snap: &Mutex<Snapshot>, ordered: bool, input: Receiver<Vec<Vec<u8>>>, out: Sender<Out>) {
+    let mut last = Instant::now();
+    let mut refresh_now = |pids: &dyn Fn() -> Vec<u32>, stats: &dyn Fn() -> PoolStats, workers: usize| {
+        if last.elapsed() >= REFRESH {
+            store(snap, pids(), stats(), workers);
+            last = Instant::now();
+        }
+    };
+    let workers = pool.workers();
     if ordered {
-        for (i, r) in pool.imap_batches(input).enumerate() {
+        let mut run = pool.imap_batches(input);
+        let mut i = 0u64;
+        while let Some(r) = run.next() {
             let msg = match r {
-                Ok(r) => Out::Item(i as u64, r),
+                Ok(r) => Out::Item(i, r),
                 Err(e) => Out::Failed(e),
             };
+            i += 1;
+            refresh_now(&|| run.worker_pids(), &|| run.stats(), workers);
             if out.send(msg).is_err() {
                 return;
             }
         }
     } else {
-        for r in pool.imap_unordered_batches(input) {
+        let mut run = pool.imap_unordered_batches(input);
+        while let Some(r) = run.next() {
             let msg = match r {
                 Ok((ItemIndex(i), r)) => Out::Item(i, r),
                 Err(e) => Out::Failed(e),
             };
+            refresh_now(&|| run.worker_pids(), &|| run.stats(), workers);
             if out.send(msg).is_err() {
                 return;
             }
         }
     }
+    // Up to date before the run's end reaches Python.
+    refresh(pool, snap);
 }
 
 impl RawPool {
@@ -310,6 +355,8 @@ impl RawPool {
         };
         let (ready_tx, ready_rx) = bounded(1);
         let (cmds, cmd_rx) = crossbeam_channel::unbounded::<Cmd>();
+        let snapshot = Arc::new(Mutex::new(Snapshot::default()));
+        let snap = snapshot.clone();
         let thread = std::thread::Builder::new()
             .name("wpool-python-driver".into())
             .spawn(move || {
@@ -320,6 +367,7 @@ impl RawPool {
                         return;
                     }
                 };
+                refresh(&mut pool, &snap);
                 let _ = ready_tx.send(Ok((pool.workers(), pool.canceller())));
                 for cmd in cmd_rx {
                     match cmd {
@@ -328,21 +376,8 @@ impl RawPool {
                                 let _ = out.send(Out::Failed(e));
                                 continue;
                             }
-                            run_driver(&mut pool, ordered, input, out);
-                        }
-                        Cmd::Pids(tx) => {
-                            let _ = tx.send(pool.worker_pids());
-                        }
-                        Cmd::Stats(tx) => {
-                            let s = pool.stats();
-                            let _ = tx.send([
-                                s.spawned,
-                                s.worker_deaths,
-                                s.retried_items,
-                                s.batched_items,
-                                s.batch_fallbacks,
-                                pool.workers() as u64,
-                            ]);
+                            refresh(&mut pool, &snap);
+                            run_driver(&mut pool, &snap, ordered, input, out);
                         }
                     }
                 }
@@ -350,7 +385,7 @@ impl RawPool {
             .map_err(|e| PyRuntimeError::new_err(format!("cannot start the pool's thread: {e}")))?;
         match wait(py, &ready_rx) {
             Ok(Some(Ok((workers, canceller)))) => {
-                Ok(RawPool { driver: Mutex::new(Some(Driver { cmds, thread, canceller })), workers })
+                Ok(RawPool { driver: Mutex::new(Some(Driver { cmds, thread, canceller })), workers, snapshot })
             }
             Ok(Some(Err(e))) => {
                 let _ = thread.join();
@@ -405,19 +440,16 @@ impl RawPool {
         })
     }
 
-    /// Process ids of the live worker processes.
-    fn worker_pids(&self, py: Python<'_>) -> PyResult<Vec<u32>> {
-        let (tx, rx) = bounded(1);
-        self.with_driver(|d| d.cmds.send(Cmd::Pids(tx)).map_err(|_| PyValueError::new_err("Pool not running")))?;
-        wait(py, &rx)?.ok_or_else(|| PyValueError::new_err("Pool not running"))
+    /// Process ids of the worker processes, as of the last result (or the
+    /// start of the run).
+    fn worker_pids(&self) -> Vec<u32> {
+        self.snapshot.lock().map(|g| g.pids.clone()).unwrap_or_default()
     }
 
     /// Counters: `(spawned, worker_deaths, retried_items, batched_items,
-    /// batch_fallbacks, workers)`.
-    fn stats(&self, py: Python<'_>) -> PyResult<[u64; 6]> {
-        let (tx, rx) = bounded(1);
-        self.with_driver(|d| d.cmds.send(Cmd::Stats(tx)).map_err(|_| PyValueError::new_err("Pool not running")))?;
-        wait(py, &rx)?.ok_or_else(|| PyValueError::new_err("Pool not running"))
+    /// batch_fallbacks, workers)`, as of the last result.
+    fn stats(&self) -> [u64; 6] {
+        self.snapshot.lock().map(|g| g.stats).unwrap_or_default()
     }
 
     /// Whether the pool still runs (neither closed-and-joined nor
@@ -537,7 +569,8 @@ impl RawRun {
             if let Some(pool) = &self.pool {
                 // A Ctrl-C (or any exception) while the pool was busy: stop
                 // its workers now, like leaving a `with` block would.
-                let interrupted = r.as_ref().err().is_some_and(|e| e.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py));
+                let interrupted =
+                    r.as_ref().err().is_some_and(|e| e.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py));
                 if interrupted {
                     pool.get().stop(py, true);
                 }
@@ -874,7 +907,9 @@ fn inspect(
 #[pyfunction]
 fn parse_size(s: &str) -> PyResult<u64> {
     Limits::parse_size(s).ok_or_else(|| {
-        PyValueError::new_err(format!("{s:?} is not a size (a number of bytes with an optional unit: K, KiB, MB, GiB, ...)"))
+        PyValueError::new_err(format!(
+            "{s:?} is not a size (a number of bytes with an optional unit: K, KiB, MB, GiB, ...)"
+        ))
     })
 }
 

@@ -583,6 +583,18 @@ impl Imap<'_> {
     pub fn has_ready(&self) -> bool {
         self.run.sched.has_ready()
     }
+
+    /// The pool's counters as of now, while the run borrows the pool (see
+    /// [`Pool::stats`]).
+    pub fn stats(&self) -> PoolStats {
+        self.run.sched.stats()
+    }
+
+    /// Process ids of the pool's worker processes as of the last result
+    /// (see [`Pool::worker_pids`]).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.run.sched.worker_pids()
+    }
 }
 
 impl Iterator for Imap<'_> {
@@ -602,6 +614,16 @@ impl ImapUnordered<'_> {
     /// Whether a result is available without waiting.
     pub fn has_ready(&self) -> bool {
         self.run.sched.has_ready()
+    }
+
+    /// See [`Imap::stats`].
+    pub fn stats(&self) -> PoolStats {
+        self.run.sched.stats()
+    }
+
+    /// See [`Imap::worker_pids`].
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.run.sched.worker_pids()
     }
 }
 
