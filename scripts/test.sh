@@ -75,5 +75,9 @@ echo "== tests" >&2
 profile=default
 [ "${CI:-}" = "true" ] && profile=ci
 cargo test --workspace --doc --locked
-# Last, so that its summary line closes the run (the services stop after).
 cargo nextest run --workspace --locked --profile "$profile" --no-fail-fast
+
+echo "== python" >&2
+# The Python package, built into a wheel and installed into a fresh venv as
+# a user would, then its pytest suite (real workers, real signals).
+scripts/python.sh --debug --test

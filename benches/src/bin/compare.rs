@@ -177,6 +177,23 @@ fn main() -> Result<()> {
     let cold = median(reps.max(10), || env.first_from_start(&["-j", &j], sizes.first_n))?;
     rows.push(Row::absolute("first-result-from-start", "ms", cold * 1e3, None).target_abs("<=", 5.0));
 
+    // The same workloads through the Python package, both sides warm pools
+    // called from Python (issue 17's targets).
+    let py = run_python_bench(&env, &opts)?;
+    let wpy = |workload: &str, metric: &str| peer_value(&py, "wpool-python", workload, metric);
+    if let Some(v) = wpy("noop-chunk1", "items_per_s") {
+        rows.push(Row::new("python-noop-chunk1", "items/s", v, pool("noop-chunk1", "items_per_s")).target(">=", 5.0));
+    }
+    if let Some(v) = wpy("noop-auto", "items_per_s") {
+        rows.push(Row::new("python-noop-auto", "items/s", v, pool("noop-auto", "items_per_s")).target(">=", 1.0));
+    }
+    if let Some(v) = wpy("bulk-echo", "mb_per_s") {
+        rows.push(Row::new("python-bulk-echo", "MB/s", v, pool("bulk-echo", "mb_per_s")).target(">=", 2.0));
+    }
+    if let Some(v) = wpy("primes-scaling", "speedup") {
+        rows.push(Row::absolute("python-primes-speedup", "x", v, pool_speedup).target_abs(">=", 1.9));
+    }
+
     if !opts.quick {
         // An 18 MB Python kernel (componentize-py): compiling it from cold,
         // and the first result once its artifact is cached. Baseline for the
@@ -210,6 +227,9 @@ struct Env {
     kernels: PathBuf,
     peers: PathBuf,
     me: PathBuf,
+    /// The Python package's venv interpreter and benchmark (`scripts/python.sh`).
+    python: PathBuf,
+    python_bench: PathBuf,
 }
 
 impl Env {
@@ -234,7 +254,9 @@ impl Env {
             }
         }
         let peers = root.join("..").join("shared").join("bench").join("peers.py");
-        Ok(Env { wpool, kernels, peers, me })
+        let python = target.join("python").join("venv").join("bin").join("python");
+        let python_bench = root.join("python").join("bench").join("bench.py");
+        Ok(Env { wpool, kernels, peers, me, python, python_bench })
     }
 
     fn kernel(&self, name: &str) -> PathBuf {
@@ -595,6 +617,32 @@ fn run_peers(env: &Env, opts: &Opts) -> Result<Vec<Value>> {
     let out = c.stderr(Stdio::null()).output().context("running python3 peers.py")?;
     if !out.status.success() {
         bail!("peers.py failed: {}", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+}
+
+/// wpool's Python package on the same workloads (`python/bench/bench.py`,
+/// JSON lines as peers.py's, peer `wpool-python`); empty, with a note, when
+/// the package is not installed.
+fn run_python_bench(env: &Env, opts: &Opts) -> Result<Vec<Value>> {
+    if !env.python.exists() {
+        eprintln!(
+            "compare: no Python package at {} (scripts/python.sh builds it): the python-* rows are left out",
+            env.python.display()
+        );
+        return Ok(Vec::new());
+    }
+    if !opts.json {
+        eprintln!("compare: running wpool from Python (python/bench/bench.py)");
+    }
+    let mut c = Command::new(&env.python);
+    c.arg(&env.python_bench).args(["--jobs", &opts.jobs.to_string()]).arg("--kernels").arg(&env.kernels);
+    if opts.quick {
+        c.arg("--quick");
+    }
+    let out = c.stderr(Stdio::inherit()).output().context("running python/bench/bench.py")?;
+    if !out.status.success() {
+        bail!("python/bench/bench.py failed: {}", out.status);
     }
     Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
 }
