@@ -29,13 +29,23 @@ SIZES = {
 }
 
 
-def timed(reps, f):
+def timed(reps, f, check):
+    """Median and best wall time of `f()`; `check` verifies each result
+    outside the timed part (as peers.py does)."""
     times = []
     for _ in range(reps):
         t = time.perf_counter()
-        f()
+        out = f()
         times.append(time.perf_counter() - t)
+        check(out)
+        del out
     return statistics.median(times), min(times)
+
+
+def equal_to(want):
+    def check(out):
+        assert out == want, "results differ"
+    return check
 
 
 def emit(workload, metric, unit, value, **params):
@@ -66,30 +76,19 @@ def main():
         pool.map([b"warm"] * 1000)
         items = [b"%08d" % i for i in range(s["noop1_n"])]
 
-        def run():
-            assert pool.map(items, chunksize=1) == items
-
-        med, best = timed(s["reps"], run)
+        med, best = timed(s["reps"], lambda: pool.map(items, chunksize=1), equal_to(items))
         emit("noop-chunk1", "items_per_s", "items/s", len(items) / med, n=len(items), chunksize=1, jobs=jobs,
              best=len(items) / best)
 
         items = [b"%08d" % i for i in range(s["noop_auto_n"])]
 
-        def run():
-            out = pool.map(items)
-            assert len(out) == len(items) and out[-1] == items[-1]
-
-        med, best = timed(s["reps"], run)
+        med, best = timed(s["reps"], lambda: pool.map(items), equal_to(items))
         emit("noop-auto", "items_per_s", "items/s", len(items) / med, n=len(items), chunksize="auto", jobs=jobs,
              best=len(items) / best)
 
         blobs = [os.urandom(s["bulk_size"]) for _ in range(s["bulk_items"])]
 
-        def run():
-            out = pool.map(blobs, chunksize=1)
-            assert out == blobs
-
-        med, best = timed(s["bulk_reps"], run)
+        med, best = timed(s["bulk_reps"], lambda: pool.map(blobs, chunksize=1), equal_to(blobs))
         mb = 2 * s["bulk_items"] * s["bulk_size"] / 1e6
         emit("bulk-echo", "mb_per_s", "MB/s in+out", mb / med, n=s["bulk_items"], size=s["bulk_size"], jobs=jobs,
              best=mb / best)
@@ -101,10 +100,7 @@ def main():
         with wpool.Pool(k("primes"), j, timeout=30.0) as pool:
             pool.map([b"1000"] * j)
 
-            def run():
-                assert pool.map(items, chunksize=1) == [want] * len(items)
-
-            per_jobs[j], _ = timed(s["primes_reps"], run)
+            per_jobs[j], _ = timed(s["primes_reps"], lambda: pool.map(items, chunksize=1), equal_to([want] * len(items)))
             emit("primes-scaling", "seconds", "s", per_jobs[j], jobs=j, n=s["primes_n"], items=len(items))
     emit("primes-scaling", "speedup", "x", per_jobs[1] / per_jobs[jobs], jobs=jobs)
 

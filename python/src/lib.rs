@@ -180,8 +180,10 @@ fn chunksize(c: Option<usize>) -> Chunksize {
 
 /// What the driver thread sends back for a run.
 enum Out {
-    /// One item's outcome, with its index in the run's input.
-    Item(u64, ItemResult),
+    /// Outcomes of items, each with its index in the run's input: what was
+    /// ready at once, so that a million fast items are not a million
+    /// messages.
+    Items(Vec<(u64, ItemResult)>),
     /// An item that a pipeline stage failed.
     Stage(u64, Result<Vec<u8>, wpool::pipeline::StageFailure>),
     /// The run ended with a pool failure.
@@ -189,7 +191,15 @@ enum Out {
 }
 
 enum Cmd {
-    Run { ordered: bool, chunksize: Option<usize>, input: Receiver<Vec<Vec<u8>>>, out: Sender<Out> },
+    Run {
+        ordered: bool,
+        chunksize: Option<usize>,
+        input: Receiver<Vec<Vec<u8>>>,
+        out: Sender<Out>,
+    },
+    /// Drop the pool and end (runs not yet started hold senders too, so the
+    /// channel closing cannot be the signal).
+    Stop,
 }
 
 /// What Python may ask about a pool while a run goes on: the driver
@@ -245,44 +255,82 @@ struct RawPool {
     snapshot: Arc<Mutex<Snapshot>>,
 }
 
+/// A run of a pool, ordered or not, as the driver reads it.
+trait RunView {
+    fn next_out(&mut self) -> Option<Result<(u64, ItemResult), Error>>;
+    fn has_ready(&self) -> bool;
+    fn snapshot(&self) -> (Vec<u32>, PoolStats);
+}
+
+impl RunView for (wpool::Imap<'_>, u64) {
+    fn next_out(&mut self) -> Option<Result<(u64, ItemResult), Error>> {
+        let r = self.0.next()?;
+        let i = self.1;
+        self.1 += 1;
+        Some(r.map(|r| (i, r)))
+    }
+    fn has_ready(&self) -> bool {
+        self.0.has_ready()
+    }
+    fn snapshot(&self) -> (Vec<u32>, PoolStats) {
+        (self.0.worker_pids(), self.0.stats())
+    }
+}
+
+impl RunView for wpool::ImapUnordered<'_> {
+    fn next_out(&mut self) -> Option<Result<(u64, ItemResult), Error>> {
+        Some(self.next()?.map(|(ItemIndex(i), r)| (i, r)))
+    }
+    fn has_ready(&self) -> bool {
+        wpool::ImapUnordered::has_ready(self)
+    }
+    fn snapshot(&self) -> (Vec<u32>, PoolStats) {
+        (self.worker_pids(), self.stats())
+    }
+}
+
 fn run_driver(pool: &mut Pool, snap: &Mutex<Snapshot>, ordered: bool, input: Receiver<Vec<Vec<u8>>>, out: Sender<Out>) {
-    let mut last = Instant::now();
-    let mut refresh_now = |pids: &dyn Fn() -> Vec<u32>, stats: &dyn Fn() -> PoolStats, workers: usize| {
-        if last.elapsed() >= REFRESH {
-            store(snap, pids(), stats(), workers);
-            last = Instant::now();
-        }
-    };
     let workers = pool.workers();
     if ordered {
-        let mut run = pool.imap_batches(input);
-        let mut i = 0u64;
-        while let Some(r) = run.next() {
-            let msg = match r {
-                Ok(r) => Out::Item(i, r),
-                Err(e) => Out::Failed(e),
-            };
-            i += 1;
-            refresh_now(&|| run.worker_pids(), &|| run.stats(), workers);
-            if out.send(msg).is_err() {
-                return;
-            }
-        }
+        drive(&mut (pool.imap_batches(input), 0), &out, snap, workers);
     } else {
-        let mut run = pool.imap_unordered_batches(input);
-        while let Some(r) = run.next() {
-            let msg = match r {
-                Ok((ItemIndex(i), r)) => Out::Item(i, r),
-                Err(e) => Out::Failed(e),
-            };
-            refresh_now(&|| run.worker_pids(), &|| run.stats(), workers);
-            if out.send(msg).is_err() {
-                return;
-            }
-        }
+        drive(&mut pool.imap_unordered_batches(input), &out, snap, workers);
     }
     // Up to date before the run's end reaches Python.
     refresh(pool, snap);
+}
+
+/// Sends a run's results to Python, what is ready at once in one message,
+/// refreshing the snapshot at most every [`REFRESH`].
+fn drive(run: &mut dyn RunView, out: &Sender<Out>, snap: &Mutex<Snapshot>, workers: usize) {
+    let mut last = Instant::now();
+    let mut buf = Vec::new();
+    while let Some(r) = run.next_out() {
+        let failed = match r {
+            Ok(x) => {
+                buf.push(x);
+                None
+            }
+            Err(e) => Some(e),
+        };
+        if buf.len() >= MAX_RESULTS || failed.is_some() || !run.has_ready() {
+            if last.elapsed() >= REFRESH {
+                let (pids, stats) = run.snapshot();
+                store(snap, pids, stats, workers);
+                last = Instant::now();
+            }
+            if !buf.is_empty() && out.send(Out::Items(std::mem::take(&mut buf))).is_err() {
+                return;
+            }
+        }
+        if let Some(e) = failed {
+            let _ = out.send(Out::Failed(e));
+            return;
+        }
+    }
+    if !buf.is_empty() {
+        let _ = out.send(Out::Items(buf));
+    }
 }
 
 impl RawPool {
@@ -299,14 +347,20 @@ impl RawPool {
     fn stop(&self, py: Python<'_>, cancel: bool) {
         let driver = self.driver.lock().ok().and_then(|mut g| g.take());
         if let Some(d) = driver {
-            if cancel {
-                d.canceller.cancel();
-            }
-            drop(d.cmds);
-            py.detach(|| {
-                let _ = d.thread.join();
-            });
+            py.detach(|| d.shut(cancel));
         }
+    }
+}
+
+impl Driver {
+    /// Cancels what runs (when asked), lets the driver drop the pool (every
+    /// worker ends before that returns) and waits for it.
+    fn shut(self, cancel: bool) {
+        if cancel {
+            self.canceller.cancel();
+        }
+        let _ = self.cmds.send(Cmd::Stop);
+        let _ = self.thread.join();
     }
 }
 
@@ -379,6 +433,7 @@ impl RawPool {
                             refresh(&mut pool, &snap);
                             run_driver(&mut pool, &snap, ordered, input, out);
                         }
+                        Cmd::Stop => break,
                     }
                 }
             })
@@ -395,7 +450,7 @@ impl RawPool {
             Err(interrupted) => {
                 // The pool is still being built: let the thread finish and
                 // drop it (its workers end with it) without waiting here.
-                drop(cmds);
+                let _ = cmds.send(Cmd::Stop);
                 Err(interrupted)
             }
         }
@@ -420,13 +475,13 @@ impl RawPool {
         let iter = items.try_iter()?.unbind();
         let (input_tx, input_rx) = bounded::<Vec<Vec<u8>>>(2);
         let (out_tx, out_rx) = crossbeam_channel::unbounded::<Out>();
-        slf.borrow().with_driver(|d| {
-            d.cmds
-                .send(Cmd::Run { ordered, chunksize, input: input_rx, out: out_tx })
-                .map_err(|_| PyValueError::new_err("Pool not running"))
-        })?;
+        // Sent on the first `next_results`: an iterator that is made and
+        // never used does not hold the pool.
+        let cmds = slf.borrow().with_driver(|d| Ok(d.cmds.clone()))?;
+        let start = Some((cmds, Cmd::Run { ordered, chunksize, input: input_rx, out: out_tx }));
         Ok(RawRun {
             state: Mutex::new(RunState {
+                start,
                 items: Some(iter),
                 input: Some(input_tx),
                 pending: None,
@@ -435,6 +490,7 @@ impl RawPool {
                 pulled: 0,
                 received: 0,
                 text,
+                indices: !ordered,
             }),
             pool: Some(slf.unbind()),
         })
@@ -473,17 +529,16 @@ impl RawPool {
 
 impl Drop for RawPool {
     fn drop(&mut self) {
-        if let Ok(mut g) = self.driver.lock() {
-            if let Some(d) = g.take() {
-                d.canceller.cancel();
-                drop(d.cmds);
-                let _ = d.thread.join();
-            }
+        if let Some(d) = self.driver.get_mut().ok().and_then(Option::take) {
+            d.shut(true);
         }
     }
 }
 
 struct RunState {
+    /// The run's command to its pool's driver, until the first
+    /// `next_results` sends it.
+    start: Option<(Sender<Cmd>, Cmd)>,
     /// The Python iterator; `None` once it is exhausted (or the run was
     /// abandoned).
     items: Option<Py<pyo3::types::PyIterator>>,
@@ -498,6 +553,8 @@ struct RunState {
     pulled: u64,
     received: u64,
     text: bool,
+    /// Whether Python wants each result's input index (unordered runs).
+    indices: bool,
 }
 
 /// One run of a pool or a pipeline: `wpool.Pool.imap` and friends iterate
@@ -544,6 +601,7 @@ impl RunState {
 
     /// Abandons the run: no more input, no more results.
     fn abandon(&mut self) {
+        self.start = None;
         self.items = None;
         self.pending = None;
         self.input = None;
@@ -554,7 +612,7 @@ impl RunState {
 /// Results converted for Python: `(values, errors, indices)`. `values` holds
 /// each result (`bytes`, or `str` with `text`) and `None` where an item
 /// failed; `errors` lists `(position in values, error tuple)`; `indices` is
-/// each value's input index.
+/// each value's input index, for unordered runs (empty for ordered ones).
 type Batch<'py> = (Bound<'py, PyList>, Vec<(usize, Bound<'py, PyTuple>)>, Vec<u64>);
 
 #[pymethods]
@@ -592,6 +650,9 @@ impl RawRun {
         let values = PyList::empty(py);
         let mut errors = Vec::new();
         let mut indices = Vec::new();
+        if let Some((cmds, cmd)) = st.start.take() {
+            cmds.send(cmd).map_err(|_| PyValueError::new_err("Pool not running"))?;
+        }
         loop {
             let Some(out) = st.out.clone() else { return Ok(None) };
             // Everything already waiting, without blocking.
@@ -675,13 +736,35 @@ impl RawRun {
         errors: &mut Vec<(usize, Bound<'py, PyTuple>)>,
         indices: &mut Vec<u64>,
     ) -> PyResult<()> {
-        let (index, result) = match o {
-            Out::Failed(e) => return Err(pool_failure(&e)),
-            Out::Item(i, r) => (i, r.map_err(|e| (e, None))),
-            Out::Stage(i, r) => (i, r.map_err(|f| (f.error, Some(f.stage)))),
-        };
+        match o {
+            Out::Failed(e) => Err(pool_failure(&e)),
+            Out::Items(items) => {
+                for (i, r) in items {
+                    self.take_one(py, st, i, r.map_err(|e| (e, None)), values, errors, indices)?;
+                }
+                Ok(())
+            }
+            Out::Stage(i, r) => {
+                self.take_one(py, st, i, r.map_err(|f| (f.error, Some(f.stage))), values, errors, indices)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn take_one<'py>(
+        &self,
+        py: Python<'py>,
+        st: &mut RunState,
+        index: u64,
+        result: Result<Vec<u8>, (TaskError, Option<usize>)>,
+        values: &Bound<'py, PyList>,
+        errors: &mut Vec<(usize, Bound<'py, PyTuple>)>,
+        indices: &mut Vec<u64>,
+    ) -> PyResult<()> {
         st.received += 1;
-        indices.push(index);
+        if st.indices {
+            indices.push(index);
+        }
         match result {
             Ok(bytes) => {
                 if st.text {
@@ -779,6 +862,7 @@ impl RawPipeline {
         }
         Ok(RawRun {
             state: Mutex::new(RunState {
+                start: None,
                 items: Some(iter),
                 input: Some(input_tx),
                 pending: None,
@@ -787,6 +871,7 @@ impl RawPipeline {
                 pulled: 0,
                 received: 0,
                 text,
+                indices: false,
             }),
             pool: None,
         })

@@ -80,12 +80,18 @@ def test_item_too_large_on_input():
         ("wrong-world", wpool.WorldMismatch, "not a component of world"),
         ("needs-import", wpool.UnsatisfiedImports, "imports that wpool does not provide"),
         ("core.wasm", wpool.CoreModule, "a core WebAssembly module"),
+        ("truncated.wasm", wpool.InvalidKernel, "invalid WebAssembly component"),
     ],
 )
 def test_pool_errors_at_construction(tmp_path, path, cls, text):
     if path == "core.wasm":
         path = tmp_path / path
         path.write_bytes(b"\0asm\x01\0\0\0")  # the smallest core module
+    elif path == "truncated.wasm":
+        with open(kernel("echo"), "rb") as f:
+            whole = f.read()
+        path = tmp_path / path
+        path.write_bytes(whole[: len(whole) // 2])
     elif not path.startswith("/"):
         path = kernel(path)
     with pytest.raises(cls) as info:

@@ -169,3 +169,22 @@ def test_pipeline_and_the_cli_from_the_wheel():
     assert cli.exists(), "the wheel installs the `wpool` command"
     r = subprocess.run([str(cli), "map", "-j", "1", kernel("upper")], input="abc\n", capture_output=True, text=True, timeout=60)
     assert (r.returncode, r.stdout) == (0, "ABC\n"), r.stderr
+
+
+def test_a_second_run_in_the_thread_of_an_open_one_raises_instead_of_hanging():
+    with wpool.Pool(kernel("echo"), processes=1) as pool:
+        it = pool.imap(["a", "b", "c"])
+        assert next(it) == b"a"
+        # A pool runs one run at a time: this one would wait for `it`, which
+        # only this thread can finish.
+        with pytest.raises(RuntimeError, match="unfinished imap"):
+            pool.map(["x"])
+        assert list(it) == [b"b", b"c"]
+        assert pool.map(["x"]) == [b"x"]
+        unused = pool.imap(["never"])  # made, never iterated: holds nothing
+        assert pool.map(["y"]) == [b"y"]
+        del unused
+        it = pool.imap(["p", "q"])
+        assert next(it) == b"p"
+        it.close()  # closed early: the pool is free again
+        assert pool.map(["z"]) == [b"z"]

@@ -385,9 +385,28 @@ def _terminate_all() -> None:
             pass
 
 
-def _results(run: _wpool.RawRun, return_exceptions: bool, with_index: bool) -> Iterator[Any]:
-    """Yields a run's results, raising (or yielding) task errors."""
+class _Turn:
+    """A run's place on its pool: a pool runs one run at a time (others wait
+    for it), so a thread that starts a second run while its own first one is
+    still open would wait for itself forever."""
+
+    __slots__ = ("started", "done")
+
+    def __init__(self) -> None:
+        self.started = False
+        self.done = False
+
+
+def _batches(run: _wpool.RawRun, return_exceptions: bool, owner: Optional["Pool"] = None) -> Iterator[Tuple[list, list]]:
+    """Yields a run's results as they come, a list at a time: ``(values,
+    indices)``, ``indices`` only for an unordered run. A failed item raises
+    its :class:`TaskError` after the results before it were yielded (or,
+    with ``return_exceptions``, takes its place). The run starts on the
+    first ``next()``."""
+    turn = _Turn()
     try:
+        if owner is not None:
+            owner._take_turn(turn)
         while True:
             try:
                 got = run.next_results()
@@ -396,22 +415,26 @@ def _results(run: _wpool.RawRun, return_exceptions: bool, with_index: bool) -> I
             if got is None:
                 return
             values, errors, indices = got
-            if errors:
-                for pos, raw in errors:
-                    err = _task_error(raw)
-                    if not return_exceptions:
-                        # Yield what came before the failing item, then raise.
-                        for j in range(pos):
-                            yield (indices[j], values[j]) if with_index else values[j]
-                        run.close()
-                        raise err
-                    values[pos] = err
-            if with_index:
-                yield from zip(indices, values)
-            else:
-                yield from values
+            for pos, raw in errors:
+                err = _task_error(raw)
+                if not return_exceptions:
+                    yield values[:pos], indices[:pos]
+                    run.close()
+                    raise err
+                values[pos] = err
+            yield values, indices
     finally:
+        turn.done = True
         run.close()
+
+
+def _results(run: _wpool.RawRun, return_exceptions: bool, with_index: bool, owner: Optional["Pool"] = None) -> Iterator[Any]:
+    """Yields a run's results one by one (see :func:`_batches`)."""
+    for values, indices in _batches(run, return_exceptions, owner):
+        if with_index:
+            yield from zip(indices, values)
+        else:
+            yield from values
 
 
 class Pool:
@@ -484,6 +507,7 @@ class Pool:
         except _wpool.PoolFailure as e:
             raise _pool_error(e) from None
         self._lock = threading.Lock()
+        self._turns: Dict[int, _Turn] = {}
         _LIVE.add(self)
 
     # -- multiprocessing.Pool's API -------------------------------------
@@ -499,7 +523,8 @@ class Pool:
         its :class:`TaskError` (after the run stopped); with
         ``return_exceptions=True`` the exception takes the item's place."""
         out: List[Any] = []
-        out.extend(self.imap(iterable, chunksize, return_exceptions=return_exceptions))
+        for values, _ in _batches(self._run(iterable, True, chunksize), return_exceptions, self):
+            out.extend(values)
         return out
 
     def imap(
@@ -513,7 +538,7 @@ class Pool:
         only as workers take them (an endless generator is fine), and the
         first result comes as soon as it is ready. ``chunksize=None`` sizes
         chunks from the measured time per item."""
-        return _results(self._run(iterable, True, chunksize), return_exceptions, with_index=False)
+        return _results(self._run(iterable, True, chunksize), return_exceptions, False, self)
 
     def imap_unordered(
         self,
@@ -525,7 +550,7 @@ class Pool:
     ) -> Iterator[Any]:
         """Like :meth:`imap`, in the order items finish. ``with_index=True``
         yields ``(index, result)`` pairs."""
-        return _results(self._run(iterable, False, chunksize), return_exceptions, with_index=with_index)
+        return _results(self._run(iterable, False, chunksize), return_exceptions, with_index, self)
 
     def apply(self, item: Item) -> Any:
         """The result of one item (raises its :class:`TaskError`)."""
@@ -589,6 +614,18 @@ class Pool:
     def __repr__(self) -> str:
         state = "running" if self._raw.is_running() and not self._closed else "closed"
         return f"<wpool.Pool {self._kernel!r} processes={self.processes} {state}>"
+
+    def _take_turn(self, turn: _Turn) -> None:
+        me = threading.get_ident()
+        with self._lock:
+            prev = self._turns.get(me)
+            if prev is not None and prev.started and not prev.done:
+                raise RuntimeError(
+                    "this thread has an unfinished imap/imap_unordered of this pool: a pool runs one run at a "
+                    "time, so finish that iterator (or call its close()) before starting another"
+                )
+            turn.started = True
+            self._turns[me] = turn
 
     def _check(self) -> None:
         if self._closed or not self._raw.is_running():
