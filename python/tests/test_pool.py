@@ -3,6 +3,7 @@ threads, the Python-written kernel, close/join/terminate."""
 
 import itertools
 import threading
+from pathlib import Path
 
 import pytest
 import wpool
@@ -188,3 +189,42 @@ def test_a_second_run_in_the_thread_of_an_open_one_raises_instead_of_hanging():
         assert next(it) == b"p"
         it.close()  # closed early: the pool is free again
         assert pool.map(["z"]) == [b"z"]
+
+
+def test_init_and_data_reach_the_kernel():
+    root = Path(__file__).resolve().parents[2]
+    table = (root / "examples" / "uk-us.tsv").read_bytes()
+    lines = (root / "examples" / "uk.txt").read_text().splitlines()
+    want = ["my favorite color", "the neighbor went to the theater", "nothing to change"]
+    with wpool.Pool(kernel("dict"), processes=2, init=table, text=True) as pool:
+        assert pool.map(lines)[:3] == want
+    with wpool.Pool(kernel("dict"), processes=2, data=root / "examples" / "uk-us.tsv", text=True) as pool:
+        assert pool.map(lines)[:3] == want
+
+
+def test_the_gil_is_released_while_waiting_for_results():
+    import time
+
+    counted = 0
+    stop = threading.Event()
+
+    def count():
+        nonlocal counted
+        while not stop.is_set():
+            counted += 1
+
+    t = threading.Thread(target=count)
+    with wpool.Pool(kernel("hostile"), processes=1, timeout=30.0) as pool:
+        t.start()
+        time.sleep(0.1)  # the counter's rate with this thread idle
+        rate = counted / 0.1
+        before, t0 = counted, time.monotonic()
+        # Kernel work of a few hundred ms, during which this thread only waits.
+        assert pool.map(["spin:300:x"]) == [b"spin:300:x"]
+        elapsed, during = time.monotonic() - t0, counted - before
+        stop.set()
+        t.join()
+    assert elapsed > 0.05, "the item was too quick to tell"
+    # Had the wait held the GIL, the counter would have run for at most a
+    # switch interval or two (5 ms each), not for a fifth of the wait.
+    assert during > rate * elapsed * 0.2, (during, rate, elapsed)
