@@ -81,3 +81,6 @@ echo "== python" >&2
 # The Python package, built into a wheel and installed into a fresh venv as
 # a user would, then its pytest suite (real workers, real signals).
 scripts/python.sh --debug --test
+# Its benchmark runs end to end (debug build, small sizes: figures mean
+# nothing here; see the README's Performance section).
+"${CARGO_TARGET_DIR:-target}/python/venv/bin/python" python/bench/bench.py --quick >/dev/null
