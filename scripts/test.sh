@@ -10,6 +10,18 @@ export WPOOL_LOOPBACK_ONLY=1
 # A fresh clone builds once: incremental state would only cost disk (~1 GB).
 [ "${CI:-}" = "true" ] && export CARGO_INCREMENTAL=0
 
+# Every check that could not run here, with why: printed again at the very
+# end, so that a skip is never hidden in a summary of passes.
+skipped=()
+report_skips() {
+  if [ ${#skipped[@]} -eq 0 ]; then
+    echo "== skipped checks: none" >&2
+  else
+    echo "== skipped checks: ${#skipped[@]}" >&2
+    printf '  SKIPPED: %s\n' "${skipped[@]}" >&2
+  fi
+}
+
 scripts/setup.sh
 
 echo "== fmt" >&2
@@ -31,7 +43,8 @@ cargo deny --locked check bans licenses sources
 if compgen -G "${CARGO_HOME:-${HOME:-/root}/.cargo}/advisory-dbs/advisory-db-*/crates" >/dev/null; then
   cargo deny --offline --locked check advisories
 else
-  echo "SKIPPED: cargo deny check advisories: no RustSec database in ~/.cargo/advisory-dbs (github.com unreachable)" >&2
+  skipped+=("cargo deny check advisories: no RustSec database in ~/.cargo/advisory-dbs (github.com unreachable)")
+  echo "SKIPPED: ${skipped[-1]}" >&2
 fi
 
 echo "== build" >&2
@@ -50,6 +63,7 @@ echo "== test services" >&2
 stop_services() {
   [ -n "${started_slurm:-}" ] && "$slurm_dir/stop-slurm.sh" >&2 || true
   [ -n "${started_sshd:-}" ] && scripts/sshd.sh stop >&2 || true
+  report_skips
 }
 trap stop_services EXIT
 slurm_dir=$(cd .. && pwd)/shared/slurm
@@ -67,8 +81,12 @@ if out=$(scripts/sshd.sh start); then
 else
   export WPOOL_SSH_SKIP="scripts/sshd.sh start failed (see above)"
 fi
-for skipped in "${WPOOL_SLURM_SKIP:+Slurm tests: $WPOOL_SLURM_SKIP}" "${WPOOL_SSH_SKIP:+ssh tests: $WPOOL_SSH_SKIP}"; do
-  [ -n "$skipped" ] && printf '\n!!!!!!!!\nSKIPPED: %s\n!!!!!!!!\n\n' "$skipped" >&2
+n_slurm=$(grep -c 'slurm_cluster(' tests/tests/remote.rs)
+n_ssh=$(grep -c 'ssh_launcher(' tests/tests/remote.rs)
+[ -n "${WPOOL_SLURM_SKIP:-}" ] && skipped+=("$n_slurm Slurm tests: $WPOOL_SLURM_SKIP")
+[ -n "${WPOOL_SSH_SKIP:-}" ] && skipped+=("$n_ssh ssh tests: $WPOOL_SSH_SKIP")
+for s in "${skipped[@]}"; do
+  printf '\n!!!!!!!!\nSKIPPED: %s\n!!!!!!!!\n\n' "$s" >&2
 done
 
 echo "== tests" >&2

@@ -273,7 +273,9 @@ pub fn ssh_launcher(test: &str) -> Option<String> {
     static CELL: OnceLock<Result<Vec<(String, String)>, String>> = OnceLock::new();
     let script = root().join("scripts/sshd.sh");
     let env = service(&CELL, &[script.to_str().unwrap(), "start"], "WPOOL_SSH_SKIP", test)?;
-    env.into_iter().find(|(k, _)| k == "WPOOL_TEST_SSH").map(|(_, v)| v)
+    // Started but said nothing usable: a broken set-up, not a reason to skip.
+    let launcher = env.into_iter().find(|(k, _)| k == "WPOOL_TEST_SSH").map(|(_, v)| v);
+    Some(launcher.unwrap_or_else(|| panic!("{test}: scripts/sshd.sh start succeeded but printed no WPOOL_TEST_SSH")))
 }
 
 /// A worker as `wpool -v` announces it on stderr.

@@ -1,7 +1,7 @@
 //! Fault matrix, group B: bad input through the `wpool` CLI. Every case
 //! gets a clear message naming the thing and the right exit code.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -117,6 +117,53 @@ fn b08_item_over_the_size_cap_fails_alone() {
     assert_eq!(lines[1]["error"]["kind"], "item_too_large");
     assert_eq!(lines[1]["index"], 1);
     assert_eq!(lines[2]["ok"]["text"], "AFTER");
+
+    // A result over the cap fails its item alone too, typed, not as a trap.
+    let mut c = map_cmd(&kernel_path("hostile"));
+    c.args(["--max-item-size", "1MiB", "--json"]);
+    let o = run(c, b"result:2\nok\n");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0]["error"]["kind"], "item_too_large", "{lines:?}");
+    assert_eq!(lines[1]["ok"]["text"], "ok");
+
+    // An oversized line is skipped as it is read, never held whole: the
+    // host's peak memory stays far below the line's 200 MB.
+    let big = tempfile::NamedTempFile::new().unwrap();
+    {
+        let mut f = std::io::BufWriter::new(big.as_file());
+        let block = vec![b'x'; 1 << 20];
+        for _ in 0..200 {
+            f.write_all(&block).unwrap();
+        }
+        f.write_all(b"\nafter\n").unwrap();
+    }
+    let mut c = map_cmd(&kernel_path("upper"));
+    c.args(["--max-item-size", "1KiB"]).arg(big.path()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = c.spawn().unwrap();
+    let (status, peak_kib) = wait_with_peak_rss(child);
+    assert_eq!(status.code(), Some(1));
+    assert!(peak_kib < 100 << 10, "host (or a worker) peaked at {peak_kib} KiB for a 200 MB line over the cap");
+}
+
+/// Waits for `child` and returns its status and the peak resident set of it
+/// and the children it waited for (its workers), in KiB.
+fn wait_with_peak_rss(mut child: std::process::Child) -> (std::process::ExitStatus, i64) {
+    use std::os::unix::process::ExitStatusExt;
+    // Drain its output so that it never blocks on a full pipe.
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t1 = std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let t2 = std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let mut status = 0;
+    // SAFETY: rusage is plain data, filled in by wait4.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child, which nothing else waits for.
+    let r = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(r, child.id() as i32, "wait4: {}", std::io::Error::last_os_error());
+    let _ = t1.join();
+    let _ = t2.join();
+    (std::process::ExitStatus::from_raw(status), usage.ru_maxrss)
 }
 
 #[test]
@@ -188,6 +235,7 @@ fn b11_stdout_closed_early_is_a_quiet_exit() {
     out.read_line(&mut first).unwrap();
     assert_eq!(first, "LINE 0\n");
     let workers = children_of(pid);
+    assert!(!workers.is_empty(), "the run's workers, seen before stdout closes");
     drop(out); // like `| head -1`
     let status = {
         let start = std::time::Instant::now();

@@ -158,10 +158,17 @@ fn s05_deterministic_clocks_and_random_give_identical_output_across_runs() {
     let text = stdout(&first);
     assert!(text.lines().next().unwrap().starts_with("wall=Ok(946684800) mono_step=1ms"), "{text}");
     assert_eq!(text.lines().filter(|l| l.starts_with("hash=")).collect::<std::collections::HashSet<_>>().len(), 1);
+    assert_eq!(second.status.code(), Some(0), "{}", stderr(&second));
+    assert_eq!(stdout(&second).lines().count(), 40, "{}", stdout(&second));
     let other_seed = cli_probe(&["-j", "1", "--deterministic", "--seed", "6"], b"random\n");
-    assert_ne!(stdout(&other_seed).lines().next(), text.lines().nth(1), "the seed matters");
+    assert_eq!(other_seed.status.code(), Some(0), "{}", stderr(&other_seed));
+    let other = stdout(&other_seed);
+    assert!(other.starts_with("hash="), "{other}");
+    assert_ne!(other.lines().next(), text.lines().nth(1), "the seed matters");
     // Granting the real clock gives real time.
     let real = cli_probe(&["--allow-clock"], b"time\n");
+    assert_eq!(real.status.code(), Some(0), "{}", stderr(&real));
+    assert!(stdout(&real).starts_with("wall=Ok("), "{}", stdout(&real));
     assert!(!stdout(&real).starts_with("wall=Ok(946684800)"), "{}", stdout(&real));
 }
 
