@@ -11,7 +11,7 @@
 //! (Ctrl-C). No thread but the caller's ever needs the GIL, so nothing here
 //! can deadlock on it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -122,6 +122,17 @@ fn item_bytes(item: &Bound<'_, PyAny>, index: u64) -> PyResult<Vec<u8>> {
     )))
 }
 
+/// A timeout in seconds must be a positive number (`Duration` would panic on
+/// a negative or infinite one).
+fn check_timeout(timeout: Option<f64>) -> PyResult<()> {
+    match timeout {
+        Some(t) if !(t.is_finite() && t > 0.0) => {
+            Err(PyValueError::new_err(format!("timeout must be a positive number of seconds, not {t}")))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The options of a pool, as `wpool.Pool.__init__` passes them.
 #[derive(Clone)]
 struct Options {
@@ -141,6 +152,33 @@ struct Options {
 }
 
 impl Options {
+    /// A stage of a pipeline or a MapReduce: these options, the others at
+    /// their defaults.
+    fn stage(
+        kernel: PathBuf,
+        worker_program: &Path,
+        processes: Option<usize>,
+        timeout: Option<f64>,
+        memory: Option<u64>,
+        retries: Option<u32>,
+    ) -> Options {
+        Options {
+            kernel,
+            worker_program: worker_program.to_path_buf(),
+            processes,
+            timeout,
+            memory,
+            fuel: None,
+            max_item_size: None,
+            retries,
+            init: None,
+            data: None,
+            max_items_per_instance: None,
+            batch: true,
+            require_sandbox: false,
+        }
+    }
+
     fn build(&self) -> Result<Pool, Error> {
         let kernel = Kernel::from_file(&self.kernel)?;
         let mut limits = Limits::default();
@@ -387,11 +425,7 @@ impl RawPool {
         batch: bool,
         require_sandbox: bool,
     ) -> PyResult<RawPool> {
-        if let Some(t) = timeout {
-            if !(t.is_finite() && t > 0.0) {
-                return Err(PyValueError::new_err(format!("timeout must be a positive number of seconds, not {t}")));
-            }
-        }
+        check_timeout(timeout)?;
         let opts = Options {
             kernel,
             worker_program,
@@ -479,21 +513,8 @@ impl RawPool {
         // never used does not hold the pool.
         let cmds = slf.borrow().with_driver(|d| Ok(d.cmds.clone()))?;
         let start = Some((cmds, Cmd::Run { ordered, chunksize, input: input_rx, out: out_tx }));
-        Ok(RawRun {
-            state: Mutex::new(RunState {
-                start,
-                items: Some(iter),
-                input: Some(input_tx),
-                pending: None,
-                out: Some(out_rx),
-                next_batch: 1,
-                pulled: 0,
-                received: 0,
-                text,
-                indices: !ordered,
-            }),
-            pool: Some(slf.unbind()),
-        })
+        let state = RunState::new(start, iter, input_tx, out_rx, text, !ordered);
+        Ok(RawRun { state: Mutex::new(state), pool: Some(slf.unbind()) })
     }
 
     /// Process ids of the worker processes, as of the last result (or the
@@ -575,6 +596,28 @@ enum Step {
 }
 
 impl RunState {
+    fn new(
+        start: Option<(Sender<Cmd>, Cmd)>,
+        items: Py<pyo3::types::PyIterator>,
+        input: Sender<Vec<Vec<u8>>>,
+        out: Receiver<Out>,
+        text: bool,
+        indices: bool,
+    ) -> RunState {
+        RunState {
+            start,
+            items: Some(items),
+            input: Some(input),
+            pending: None,
+            out: Some(out),
+            next_batch: 1,
+            pulled: 0,
+            received: 0,
+            text,
+            indices,
+        }
+    }
+
     /// Pulls the next batch from the Python iterator into `pending`.
     fn pull(&mut self, py: Python<'_>) -> PyResult<()> {
         let Some(iter) = &self.items else { return Ok(()) };
@@ -802,26 +845,13 @@ impl RawPipeline {
         memory: Option<u64>,
         retries: Option<u32>,
     ) -> PyResult<RawPipeline> {
+        check_timeout(timeout)?;
         if stages.is_empty() {
             return Err(pool_failure(&Error::EmptyPipeline));
         }
         let stages = stages
             .into_iter()
-            .map(|(kernel, processes)| Options {
-                kernel,
-                worker_program: worker_program.clone(),
-                processes,
-                timeout,
-                memory,
-                fuel: None,
-                max_item_size: None,
-                retries,
-                init: None,
-                data: None,
-                max_items_per_instance: None,
-                batch: true,
-                require_sandbox: false,
-            })
+            .map(|(kernel, processes)| Options::stage(kernel, &worker_program, processes, timeout, memory, retries))
             .collect();
         Ok(RawPipeline { stages: Mutex::new(Some(stages)) })
     }
@@ -860,21 +890,7 @@ impl RawPipeline {
             Some(Err(e)) => return Err(pool_failure(&e)),
             None => return Err(PyRuntimeError::new_err("the pipeline's thread ended before it started")),
         }
-        Ok(RawRun {
-            state: Mutex::new(RunState {
-                start: None,
-                items: Some(iter),
-                input: Some(input_tx),
-                pending: None,
-                out: Some(out_rx),
-                next_batch: 1,
-                pulled: 0,
-                received: 0,
-                text,
-                indices: false,
-            }),
-            pool: None,
-        })
+        Ok(RawRun { state: Mutex::new(RunState::new(None, iter, input_tx, out_rx, text, false)), pool: None })
     }
 }
 
@@ -895,21 +911,8 @@ fn mapreduce<'py>(
     timeout: Option<f64>,
     memory: Option<u64>,
 ) -> PyResult<(Vec<(Bound<'py, PyBytes>, Option<Bound<'py, PyBytes>>)>, Vec<Bound<'py, PyTuple>>)> {
-    let opts = |kernel| Options {
-        kernel,
-        worker_program: worker_program.clone(),
-        processes,
-        timeout,
-        memory,
-        fuel: None,
-        max_item_size: None,
-        retries: None,
-        init: None,
-        data: None,
-        max_items_per_instance: None,
-        batch: true,
-        require_sandbox: false,
-    };
+    check_timeout(timeout)?;
+    let opts = |kernel| Options::stage(kernel, &worker_program, processes, timeout, memory, None);
     let (map_opts, reduce_opts) = (opts(map_kernel), opts(reduce_kernel));
     let (input_tx, input_rx) = bounded::<Vec<u8>>(1024);
     let (done_tx, done_rx) = bounded(1);

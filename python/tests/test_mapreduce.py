@@ -25,3 +25,13 @@ def test_mapreduce_errors():
         wpool.mapreduce(kernel("sum"), kernel("sum"), ["a"])
     with pytest.raises(wpool.KernelNotFound):
         wpool.mapreduce("/nonexistent.wasm", kernel("sum"), ["a"])
+
+
+def test_bad_timeouts_are_value_errors_everywhere():
+    for bad in (-1, 0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="timeout must be a positive number"):
+            wpool.mapreduce(kernel("wordcount"), kernel("sum"), ["a"], timeout=bad)
+        with pytest.raises(ValueError, match="timeout must be a positive number"):
+            wpool.Pipeline([kernel("upper")], timeout=bad)
+        with pytest.raises(ValueError, match="timeout must be a positive number"):
+            wpool.Pool(kernel("upper"), 1, timeout=bad)

@@ -195,7 +195,7 @@ fn s07_s08_confined_workers_are_denied_forbidden_syscalls_and_files() {
 }
 
 #[test]
-fn s10_handshake_reports_the_sandbox_and_require_sandbox_runs_where_it_is_complete() {
+fn s10_require_sandbox_runs_where_the_sandbox_is_complete_and_refuses_an_unconfined_worker() {
     let mut cmd = wpool();
     cmd.args(["inspect", "--sandbox"]).arg(kernel_path("echo"));
     let o = run(cmd, b"");
@@ -205,12 +205,24 @@ fn s10_handshake_reports_the_sandbox_and_require_sandbox_runs_where_it_is_comple
     cmd.args(["map", "--require-sandbox"]).arg(kernel_path("upper"));
     let o = run(cmd, b"ok\n");
     assert_eq!(stdout(&o), "OK\n", "{}", stderr(&o));
-    // Where it is not complete, the refusal names what is missing.
-    let missing = wpool::Error::SandboxUnavailable {
-        status: wpool::sandbox::SandboxStatus::unconfined("no landlock here").to_string(),
-    };
-    let message = missing.to_string();
-    assert!(message.contains("landlock=Unavailable") && !message.contains("--"), "{message}");
+    // Where it is not complete, the run is refused before any item, naming
+    // what is missing: a real worker process that does not confine itself
+    // (the test-only evil-worker, which says so in its handshake).
+    let launcher = shell_words::join(evil_launcher("honest", None));
+    let mut cmd = wpool();
+    cmd.args(["map", "-j", "1", "--require-sandbox", "--listen", "127.0.0.1", "--launcher", &launcher]);
+    cmd.arg(kernel_path("echo"));
+    let o = run(cmd, b"item\n");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "", "nothing ran");
+    let err = stderr(&o);
+    assert!(err.contains("sandbox is not fully available") && err.contains("landlock=Unavailable"), "{err}");
+    // The same worker without --require-sandbox runs the item.
+    let mut cmd = wpool();
+    cmd.args(["map", "-j", "1", "--listen", "127.0.0.1", "--launcher", &launcher]);
+    cmd.arg(kernel_path("echo"));
+    let o = run(cmd, b"item\n");
+    assert_eq!((o.status.code(), stdout(&o).as_str()), (Some(0), "item\n"), "{}", stderr(&o));
 }
 
 #[test]
