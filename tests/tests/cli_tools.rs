@@ -206,3 +206,97 @@ fn completions_for_an_unknown_shell_exit_2_naming_it() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("tcsh") && stderr(&o).contains("bash"), "{}", stderr(&o));
 }
+
+#[test]
+fn eight_concurrent_runs_on_an_empty_cache_agree_and_leave_one_whole_artifact() {
+    let cache = tempfile::tempdir().unwrap();
+    let input: Vec<u8> = (0..200).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
+    let runs: Vec<_> = (0..8)
+        .map(|_| {
+            let mut c = wpool_in(cache.path());
+            c.args(["map", "-j", "2"]).arg(kernel_path("sha256"));
+            c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            let mut child = c.spawn().unwrap();
+            child.stdin.take().unwrap().write_all(&input).unwrap();
+            child
+        })
+        .collect();
+    let outs: Vec<_> = runs.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    for o in &outs {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(o.stderr.is_empty(), "no warning: {}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(o.stdout, outs[0].stdout);
+    }
+    assert_eq!(String::from_utf8_lossy(&outs[0].stdout).lines().count(), 200);
+    // One artifact with its digest, nothing half-written beside them.
+    let mut files: Vec<String> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+    let (name, bytes) = artifact_of("sha256");
+    assert_eq!(artifacts(cache.path()), std::slice::from_ref(&name));
+    let key = name.trim_end_matches(".cwasm");
+    let on_disk = std::fs::metadata(cache.path().join(&name)).unwrap().len()
+        + std::fs::metadata(cache.path().join(format!("{key}.blake3"))).unwrap().len();
+    assert_eq!(on_disk, bytes, "the artifact is whole");
+    // And it loads: a ninth run uses it as it is.
+    let first = String::from_utf8_lossy(&outs[0].stdout).lines().next().unwrap().to_string();
+    assert_eq!(map_one(cache.path(), "sha256", "line 0", None), format!("{first}\n"));
+}
+
+/// Runs `wpool map -j 2 upper` over two lines with its cache in `dir`,
+/// after `setup` (shell, run in a private mount namespace so that mounts
+/// vanish with it); returns the output and what `dir` holds afterwards.
+fn map_with_cache_in_namespace(dir: &Path, setup: &str) -> (std::process::Output, String) {
+    let script = format!(
+        "set -e; {setup}; printf 'a\\nb\\n' | WPOOL_CACHE_DIR=\"$1\" \"$2\" map -j 2 \"$3\"; echo \"left: $(ls -A \"$1\" | tr '\\n' ' ')\" >&2"
+    );
+    let mut c = Command::new("unshare");
+    c.args(["-m", "--propagation", "private", "sh", "-c", &script, "sh"])
+        .arg(dir)
+        .arg(wpool_bin())
+        .arg(kernel_path("upper"));
+    loopback_only(&mut c);
+    let o = run(c, b"");
+    let err = stderr(&o);
+    let left = err.lines().find_map(|l| l.strip_prefix("left: ")).unwrap_or_else(|| panic!("{err}")).trim().to_string();
+    (o, left)
+}
+
+#[test]
+fn an_unusable_cache_directory_compiles_in_memory_with_one_warning() {
+    // A plain file where the directory should be.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let mut c = wpool();
+    c.env("WPOOL_CACHE_DIR", file.path().join("cache")).args(["map", "-j", "2"]).arg(kernel_path("upper"));
+    let o = run(c, b"a\nb\n");
+    assert_eq!((o.status.code(), stdout(&o).as_str()), (Some(0), "A\nB\n"), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("wpool: warning: artifact cache ")
+            && err.contains("cannot create")
+            && err.contains("compiling in memory"),
+        "{err}"
+    );
+
+    // A read-only directory (bind-mounted read-only: root writes anywhere
+    // else), and a full disk (a 64 KiB tmpfs; artifacts are megabytes).
+    let ro = tempfile::tempdir().unwrap();
+    let full = tempfile::tempdir().unwrap();
+    for (dir, setup, reason) in [
+        (ro.path(), r#"mount --bind "$1" "$1"; mount -o remount,bind,ro "$1""#, "Read-only file system"),
+        (full.path(), r#"mount -t tmpfs -o size=64k,mode=700 tmpfs "$1""#, "No space left on device"),
+    ] {
+        let (o, left) = map_with_cache_in_namespace(dir, setup);
+        let err = stderr(&o);
+        assert_eq!((o.status.code(), stdout(&o).as_str()), (Some(0), "A\nB\n"), "{err}");
+        let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("wpool:")).collect();
+        assert_eq!(warnings.len(), 1, "one line: {err}");
+        assert!(warnings[0].contains("cannot write") && warnings[0].contains(reason), "{err}");
+        assert_eq!(left, "", "nothing half-written left in the cache: {err}");
+    }
+}

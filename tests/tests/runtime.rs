@@ -170,29 +170,35 @@ fn r09_worker_sigkilled_mid_item_is_retried() {
 
     // One retry: the item survives the first kill, runs again alone on the
     // replacement, and fails typed when that one is killed too: 2 attempts.
+    // Every worker is killed 300 ms after it is seen until the run ends (a
+    // replacement killed before it got the item costs the item no attempt).
     let me = std::process::id();
     let others = children_of(me); // the earlier pools' workers: not to be killed
     let mut p = Pool::builder(kernel("hostile")).workers(1).retries(1).build().unwrap();
-    let killer = std::thread::spawn(move || {
-        let mut killed = Vec::new();
-        let start = Instant::now();
-        while killed.len() < 2 && start.elapsed() < Duration::from_secs(60) {
-            std::thread::sleep(Duration::from_millis(300));
-            let mut mine = children_of(me).into_iter().filter(|w| !others.contains(w) && !killed.contains(w));
-            if let Some(w) = mine.find(|w| alive(*w)) {
-                signal(w, libc::SIGKILL);
-                killed.push(w);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killer = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut killed = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(300));
+                let mut mine = children_of(me).into_iter().filter(|w| !others.contains(w) && !killed.contains(w));
+                if let Some(w) = mine.find(|w| alive(*w)) {
+                    signal(w, libc::SIGKILL);
+                    killed.push(w);
+                }
             }
-        }
-        killed
-    });
+            killed
+        })
+    };
     let out = p.map(["spin:20000"]).unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
     let killed = killer.join().unwrap();
-    assert_eq!(killed.len(), 2, "{killed:?}");
+    assert!(killed.len() >= 2, "{killed:?}");
     let e = out[0].as_ref().unwrap_err();
     assert_eq!(e.kind, TaskErrorKind::WorkerCrashed(Crash::Signaled { signal: libc::SIGKILL }), "{e}");
     assert_eq!(e.attempts, 2, "{e}");
-    assert_eq!(p.stats().worker_deaths, 2);
+    assert!(p.stats().worker_deaths >= 2, "{:?}", p.stats());
 }
 
 #[test]

@@ -142,7 +142,7 @@ impl Kernel {
 
     /// Validates kernel bytes; `name` is used in messages.
     pub fn from_bytes(name: impl Into<String>, bytes: impl Into<Arc<[u8]>>) -> Result<Kernel, Error> {
-        Kernel::new(name.into(), bytes.into(), ArtifactCache::default_location()?)
+        Kernel::new(name.into(), bytes.into(), ArtifactCache::for_kernel(None)?)
     }
 
     /// Like [`Kernel::from_bytes`] with an explicit cache directory (created
@@ -152,7 +152,7 @@ impl Kernel {
         bytes: impl Into<Arc<[u8]>>,
         cache_dir: impl Into<PathBuf>,
     ) -> Result<Kernel, Error> {
-        Kernel::new(name.into(), bytes.into(), ArtifactCache::open(cache_dir.into())?)
+        Kernel::new(name.into(), bytes.into(), ArtifactCache::for_kernel(Some(cache_dir.into()))?)
     }
 
     fn new(name: String, bytes: Arc<[u8]>, cache: ArtifactCache) -> Result<Kernel, Error> {
@@ -189,6 +189,17 @@ impl Kernel {
         &self.info
     }
 
+    /// Why this kernel's compiled code is not in the artifact cache, if it
+    /// is not: the cache directory cannot be created or written, or is
+    /// full. The kernel still runs (compiled in memory, handed to
+    /// local workers sealed), but every run compiles it again; the CLI
+    /// prints this once as a warning.
+    pub fn cache_warning(&self) -> Option<String> {
+        self.cache
+            .unusable()
+            .map(|why| format!("artifact cache {}: {why}; compiling in memory", self.cache.dir.display()))
+    }
+
     /// The precompiled artifact for these settings (compiling on a cache
     /// miss). Workers check its digest again before deserializing.
     /// The component's bytes, as a launched worker is sent them.
@@ -199,7 +210,8 @@ impl Kernel {
     pub(crate) fn artifact(&self, settings: &EngineSettings) -> Result<Artifact, Error> {
         // Removed by hand since the kernel was loaded (`wpool cache clean`
         // keeps artifacts in use): compile it again.
-        if settings.codegen_key() == EngineSettings::default().codegen_key() && self.default_artifact.path.exists() {
+        let kept = self.default_artifact.path.exists() || self.cache.unusable().is_some();
+        if settings.codegen_key() == EngineSettings::default().codegen_key() && kept {
             return Ok(self.default_artifact.clone());
         }
         self.cache.get_or_compile(&self.name, &self.bytes, settings).map(|(a, _, _)| a)
@@ -212,7 +224,7 @@ impl Kernel {
         let bytes = read_kernel(path)?;
         let name = path.display().to_string();
         let mut info = KernelInfo { size: bytes.len(), format: format_of(&bytes), imports: vec![], exports: vec![] };
-        let cache = ArtifactCache::default_location()?;
+        let cache = ArtifactCache::for_kernel(None)?;
         let (worlds, rejection) = match cache.get_or_compile(&name, &bytes, &EngineSettings::default()) {
             Ok((_, component, engine)) => {
                 info = describe(&engine, &component, bytes.len());
@@ -623,28 +635,77 @@ pub(crate) struct ArtifactCache {
     dir: PathBuf,
     /// Above this, writing an artifact evicts the least recently used.
     max_bytes: u64,
+    /// Why artifacts are kept in memory only (the directory cannot be
+    /// opened, written, or is full); shared by the clones of one kernel.
+    unusable: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl ArtifactCache {
+    /// The cache for a kernel: `dir` (the default location when `None`),
+    /// or, when it cannot be created, none at all: artifacts are then
+    /// compiled in memory and handed to local workers sealed
+    /// ([`Kernel::cache_warning`] says why; a write that fails later, on a
+    /// full disk or a read-only directory, does the same).
+    fn for_kernel(dir: Option<PathBuf>) -> Result<ArtifactCache, Error> {
+        let dir = dir.unwrap_or_else(ArtifactCache::default_dir);
+        match ArtifactCache::create(&dir) {
+            // One that exists but is not private is refused, not bypassed:
+            // it is a configuration to fix (someone else may write there).
+            Ok(()) => ArtifactCache::checked(dir),
+            Err(e) => Ok(ArtifactCache {
+                max_bytes: 0,
+                unusable: Arc::new(std::sync::Mutex::new(Some(without_path(&e, &dir)))),
+                dir,
+            }),
+        }
+    }
+
+    /// Why artifacts are compiled in memory, if they are.
+    fn unusable(&self) -> Option<String> {
+        self.unusable.lock().ok()?.clone()
+    }
+
+    fn mark_unusable(&self, why: String) {
+        if let Ok(mut u) = self.unusable.lock() {
+            u.get_or_insert(why);
+        }
+    }
+
     /// `$WPOOL_CACHE_DIR`, else `$XDG_CACHE_HOME/wpool`, else
     /// `$HOME/.cache/wpool`, else a per-user directory under the temp dir.
     pub(crate) fn default_location() -> Result<ArtifactCache, Error> {
+        ArtifactCache::open(ArtifactCache::default_dir())
+    }
+
+    fn default_dir() -> PathBuf {
         let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-        let dir = env("WPOOL_CACHE_DIR")
+        env("WPOOL_CACHE_DIR")
             .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("wpool")))
             .or_else(|| env("HOME").map(|d| d.join(".cache").join("wpool")))
             // SAFETY: getuid cannot fail.
-            .unwrap_or_else(|| std::env::temp_dir().join(format!("wpool-cache-{}", unsafe { libc::getuid() })));
-        ArtifactCache::open(dir)
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("wpool-cache-{}", unsafe { libc::getuid() })))
     }
 
     pub(crate) fn open(dir: PathBuf) -> Result<ArtifactCache, Error> {
-        let cache_err = |message: String| Error::Cache { path: dir.clone(), message };
+        ArtifactCache::create(&dir)?;
+        ArtifactCache::checked(dir)
+    }
+
+    /// Creates the directory (private) if it is missing.
+    fn create(dir: &Path) -> Result<(), Error> {
+        let cache_err = |message: String| Error::Cache { path: dir.to_path_buf(), message };
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&dir)
+            .create(dir)
             .map_err(|e| cache_err(format!("cannot create: {e}")))?;
+        fs::metadata(dir).map(|_| ()).map_err(|e| cache_err(format!("cannot stat: {e}")))
+    }
+
+    /// The cache in an existing `dir`, refused unless it is this user's and
+    /// private: artifacts are loaded with `unsafe` deserialize.
+    fn checked(dir: PathBuf) -> Result<ArtifactCache, Error> {
+        let cache_err = |message: String| Error::Cache { path: dir.clone(), message };
         let meta = fs::metadata(&dir).map_err(|e| cache_err(format!("cannot stat: {e}")))?;
         // SAFETY: geteuid cannot fail.
         let me = unsafe { libc::geteuid() };
@@ -659,7 +720,7 @@ impl ArtifactCache {
             )));
         }
         let max_bytes = cache::max_from_env(&dir)?;
-        Ok(ArtifactCache { dir, max_bytes })
+        Ok(ArtifactCache { dir, max_bytes, unusable: Arc::default() })
     }
 
     pub(crate) fn dir(&self) -> &Path {
@@ -708,7 +769,8 @@ impl ArtifactCache {
         let key = cache_key(engine, bytes, settings);
         let path = self.dir.join(format!("{key}.cwasm"));
         let sum_path = self.dir.join(format!("{key}.{}", cache::DIGEST_EXT));
-        if let Some(hit) = self.load(engine, &path, &sum_path) {
+        let in_memory = self.unusable().is_some();
+        if let Some(hit) = (!in_memory).then(|| self.load(engine, &path, &sum_path)).flatten() {
             return Ok(hit);
         }
         let component = Component::new(engine, bytes)
@@ -718,18 +780,39 @@ impl ArtifactCache {
             .map_err(|e| Error::InvalidKernel { kernel: name.into(), message: format!("serializing: {e:#}") })?;
         let digest = digest_bytes(&serialized);
         let sealed = seal(&serialized).ok().map(Arc::new);
+        if !in_memory {
+            match self.store(&path, &sum_path, &serialized, &digest) {
+                Ok(()) => return Ok((Artifact { path, digest, sealed }, component)),
+                // A full disk, a read-only directory: local workers can map
+                // the sealed copy, so the run goes on without the cache.
+                Err(e) if sealed.is_some() => self.mark_unusable(without_path(&e, &self.dir)),
+                Err(e) => return Err(e),
+            }
+        }
+        if sealed.is_none() {
+            let why = self.unusable().unwrap_or_default();
+            return Err(Error::Cache {
+                path: self.dir.clone(),
+                message: format!("{why}, and the artifact cannot be kept in sealed memory either"),
+            });
+        }
+        Ok((Artifact { path, digest, sealed }, component))
+    }
+
+    /// Writes an artifact and its digest, and evicts over the cap.
+    fn store(&self, path: &Path, sum_path: &Path, serialized: &[u8], digest: &[u8; 32]) -> Result<(), Error> {
         // Held before eviction runs, so that no other process evicts it
         // before this one's workers have read it; a cleaner racing the
         // write gets one more write.
         for _ in 0..2 {
-            self.write_atomic(&path, &serialized)?;
-            self.write_atomic(&sum_path, hex::encode(digest).as_bytes())?;
-            if cache::hold(&path).is_some() {
+            self.write_atomic(path, serialized)?;
+            self.write_atomic(sum_path, hex::encode(digest).as_bytes())?;
+            if cache::hold(path).is_some() {
                 break;
             }
         }
-        cache::evict(&self.dir, self.max_bytes, &path);
-        Ok((Artifact { path, digest, sealed }, component))
+        cache::evict(&self.dir, self.max_bytes, path);
+        Ok(())
     }
 
     /// A cache hit is used only if its recorded digest matches; anything
@@ -788,6 +871,14 @@ impl ArtifactCache {
             let _ = fs::remove_file(&tmp);
             Error::Cache { path: path.to_path_buf(), message: format!("cannot write: {e}") }
         })
+    }
+}
+
+/// A cache error's message without the directory (the warning names it).
+fn without_path(e: &Error, dir: &Path) -> String {
+    match e {
+        Error::Cache { message, .. } => message.clone(),
+        other => format!("{other}").replace(&format!("{} ", dir.display()), ""),
     }
 }
 

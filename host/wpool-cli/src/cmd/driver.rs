@@ -225,7 +225,19 @@ pub fn map_kernel(path: &Path, inputs: &[std::path::PathBuf]) -> Result<Kernel> 
     if kernel.is_reducer() {
         anyhow::bail!("{}: a reducer (world `reducer`): use it with `wpool mapreduce --reduce`", path.display());
     }
+    warn_about_cache(&kernel);
     Ok(kernel)
+}
+
+/// Prints why a kernel's compiled code is not cached (the run goes on),
+/// once per process: every kernel of a run shares the cache.
+pub fn warn_about_cache(kernel: &Kernel) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let Some(warning) = kernel.cache_warning() {
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            eprintln!("wpool: warning: {warning}");
+        }
+    }
 }
 
 fn grants(args: &RunArgs) -> Result<Grants> {

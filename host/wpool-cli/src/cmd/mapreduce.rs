@@ -14,6 +14,7 @@ pub fn run(cmd: MapReduceCmd) -> Result<Exit> {
     let args = &cmd.run;
     let map = map_kernel(&cmd.map, &[])?;
     let reduce = Kernel::from_file(&cmd.reduce)?;
+    super::driver::warn_about_cache(&reduce);
     if !reduce.is_reducer() {
         anyhow::bail!(
             "{}: not a reducer: --reduce needs a kernel of world `wpool:kernel/reducer`",
