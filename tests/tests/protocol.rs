@@ -1,8 +1,9 @@
 //! Fault matrix, group P: a compromised worker. The pool runs the
 //! `evil-worker` binary of this crate (it speaks the protocol, then breaks
 //! it as `EVIL_MODE` says); the host must survive each, with typed errors,
-//! retries and bounded memory. P8 (fuzzing the decoder) is a proptest in
-//! `host/wpool/src/protocol.rs`.
+//! retries and bounded memory. P8 is fuzzed twice: the decoder alone (a
+//! proptest in `host/wpool/src/wire`), and here a real worker process
+//! answering each chunk in a way drawn from a proptest seed.
 
 use std::time::Duration;
 
@@ -120,4 +121,65 @@ fn p07_a_stderr_flood_is_captured_bounded() {
     assert_all_echoed(&out, &items);
     let grown = rss_kib(std::process::id()).saturating_sub(before);
     assert!(grown < 64 * 1024, "256 MiB of worker stderr grew the host by {grown} KiB");
+}
+
+/// Cases of [`p08_a_worker_sending_random_answers_never_breaks_the_host`]:
+/// `WPOOL_FUZZ_CASES`, else 500 (each starts real worker processes).
+fn fuzz_cases() -> u32 {
+    std::env::var("WPOOL_FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(500)
+}
+
+#[test]
+fn p08_a_worker_sending_random_answers_never_breaks_the_host() {
+    use proptest::prelude::*;
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: fuzz_cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let result = runner.run(&(any::<u64>(), 1usize..=3, 1usize..=4, 1usize..=12), |(seed, workers, chunk, n)| {
+        let mut launcher = evil_launcher("fuzz", None);
+        launcher.insert(1, format!("EVIL_SEED={seed}"));
+        let built = Pool::builder(kernel("echo"))
+            .limits(wpool::Limits { timeout: Some(Duration::from_millis(500)), ..wpool::Limits::default() })
+            .workers(workers)
+            .chunksize(Chunksize::Fixed(chunk))
+            .retries(1)
+            .handshake_timeout(Duration::from_secs(30))
+            .launcher(launcher)
+            .listen(loopback())
+            .build();
+        let items = items(n);
+        // The host runs in this process: a panic in it fails the case, and
+        // a hang is caught here.
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let out = built.and_then(|mut p| p.map(items.clone()).map(|out| (out, items)));
+            let _ = tx.send(out);
+        });
+        let out = rx.recv_timeout(Duration::from_secs(120)).map_err(|_| TestCaseError::fail("hung"))?;
+        match out {
+            Ok((out, items)) => {
+                prop_assert_eq!(out.len(), items.len());
+                let _ = items;
+                // A result may be wrong, and an error of any kind: a worker
+                // can lie inside a well-formed frame (a flipped byte turns an
+                // item into another, or `Ok` into a `trap`), as a kernel can
+                // return anything. What it cannot do is break the run: one
+                // outcome per item, in order, each an item's index.
+                for (i, r) in out.iter().enumerate() {
+                    if let Err(e) = r {
+                        prop_assert_eq!(e.index.get(), i as u64, "{}", e);
+                    }
+                }
+            }
+            // The pool gave up on workers that never work, with a reason.
+            Err(Error::WorkerStartup { .. } | Error::RestartIntensity { .. } | Error::InitFailed { .. }) => {}
+            Err(other) => prop_assert!(false, "unexpected pool error: {other}"),
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
 }

@@ -15,6 +15,7 @@
 //! | `exit-after-handshake` | sends `Ready`, then exits |
 //! | `no-handshake` | never answers the `Hello` |
 //! | `stderr-flood` | writes 64 MiB to stderr before each answer |
+//! | `fuzz` | answers each chunk in a way drawn from `EVIL_SEED`: honestly, with junk, a frame of junk, a mutated frame, a truncated frame and exit, wrong offsets or counts, a duplicate, another chunk's id, or a crash |
 
 use std::io::{Read, Write};
 
@@ -62,7 +63,7 @@ fn main() {
         std::process::exit(0);
     }
     let cap = protocol::frame_cap(hello.settings.limits.max_item_size);
-    let mut seed: u64 = 0x9e3779b97f4a7c15;
+    let mut seed: u64 = std::env::var("EVIL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x9e3779b97f4a7c15) | 1;
     loop {
         if protocol::read_frame(&mut input, cap, &mut buf).is_err() {
             return;
@@ -78,6 +79,7 @@ fn main() {
             fallbacks: 0,
         };
         match mode {
+            "fuzz" => fuzz(&mut output, &mut seed, chunk, &answer(chunk)),
             "garbage" => {
                 let junk: Vec<u8> = (0..64)
                     .map(|_| {
@@ -115,4 +117,110 @@ fn main() {
             }
         }
     }
+}
+
+fn next(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+/// One answer to `chunk`, drawn from `seed`: what a compromised or broken
+/// worker could send. The host must survive every one with typed errors.
+fn fuzz(output: &mut impl Write, seed: &mut u64, chunk: u64, honest: &WorkerMsg) {
+    let mut frame = Vec::new();
+    protocol::encode(honest, &mut frame);
+    let junk = |seed: &mut u64, n: usize| (0..n).map(|_| next(seed) as u8).collect::<Vec<u8>>();
+    let out = match next(seed) % 12 {
+        0..=2 => frame,
+        3 => {
+            let n = (next(seed) % 200) as usize;
+            junk(seed, n)
+        }
+        4 => {
+            // A well-formed length, a payload of junk.
+            let n = (next(seed) % 1000) as usize;
+            let mut f = (n as u32).to_le_bytes().to_vec();
+            f.extend(junk(seed, n));
+            f
+        }
+        5 => {
+            // The honest frame with a few bytes flipped after the length.
+            for _ in 0..1 + next(seed) % 4 {
+                let at = 4 + (next(seed) as usize) % (frame.len() - 4).max(1);
+                if let Some(b) = frame.get_mut(at) {
+                    *b ^= 1 << (next(seed) % 8);
+                }
+            }
+            frame
+        }
+        6 => {
+            // Part of a frame, then gone.
+            let cut = (next(seed) as usize) % frame.len();
+            let _ = output.write_all(&frame[..cut]);
+            let _ = output.flush();
+            std::process::exit(0);
+        }
+        7 => {
+            let WorkerMsg::Results { outcomes, busy_ns, batched, fallbacks, .. } = honest else { unreachable!() };
+            let mut outcomes = outcomes.clone();
+            let offset = match next(seed) % 3 {
+                0 => 1 + (next(seed) % 4) as u32,
+                1 => {
+                    outcomes.extend(outcomes.clone());
+                    0
+                }
+                _ => u32::MAX - (next(seed) % 2) as u32,
+            };
+            let msg = WorkerMsg::Results {
+                chunk,
+                offset,
+                outcomes,
+                busy_ns: *busy_ns,
+                batched: *batched,
+                fallbacks: *fallbacks,
+            };
+            let mut f = Vec::new();
+            protocol::encode(&msg, &mut f);
+            f
+        }
+        8 => [frame.clone(), frame].concat(),
+        9 => {
+            let WorkerMsg::Results { outcomes, .. } = honest else { unreachable!() };
+            let other = WorkerMsg::Results {
+                chunk: chunk.wrapping_add(1 + next(seed) % 3),
+                offset: 0,
+                outcomes: outcomes.clone(),
+                busy_ns: next(seed),
+                batched: next(seed) as u32,
+                fallbacks: next(seed) as u32,
+            };
+            let mut f = Vec::new();
+            protocol::encode(&other, &mut f);
+            f
+        }
+        10 => {
+            let mut f = Vec::new();
+            let msg = match next(seed) % 3 {
+                0 => WorkerMsg::Failed { message: "fuzz".into() },
+                1 => WorkerMsg::InitFailed { message: "fuzz".into() },
+                _ => WorkerMsg::Ready {
+                    version: PROTOCOL_VERSION,
+                    pid: 1,
+                    node: "again".into(),
+                    sandbox: wpool::sandbox::SandboxStatus::unconfined("fuzz"),
+                },
+            };
+            protocol::encode(&msg, &mut f);
+            f
+        }
+        _ => {
+            // SAFETY: raising a signal at ourselves: the crash is the point.
+            unsafe { libc::raise(if next(seed).is_multiple_of(2) { libc::SIGSEGV } else { libc::SIGKILL }) };
+            std::process::exit(1);
+        }
+    };
+    let _ = output.write_all(&out);
+    let _ = output.flush();
 }
