@@ -403,3 +403,87 @@ fn stdout_closed_by_the_reader_ends_the_run_quietly() {
     assert_eq!(o.status.code(), Some(0), "like `head`'s writers: {}", stderr(&o));
     assert!(stderr(&o).is_empty(), "{}", stderr(&o));
 }
+
+/// Cases of [`fuzz_mutated_kernels_load_or_fail_typed_and_never_break_the_host`]:
+/// `WPOOL_FUZZ_CASES`, else 2000.
+fn kernel_fuzz_cases() -> u32 {
+    std::env::var("WPOOL_FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(2000)
+}
+
+/// Hostile components: the bundled kernels with bytes flipped, set,
+/// inserted or removed, through the path `wpool map` takes (load, validate,
+/// type-check the contract, compile, start a worker, run one item). The
+/// host runs in this process: it must never panic or hang; every case ends
+/// in a load error, a pool error, a result or a typed item error.
+#[test]
+fn fuzz_mutated_kernels_load_or_fail_typed_and_never_break_the_host() {
+    use proptest::prelude::*;
+    let kernels: Vec<Vec<u8>> = ["echo", "upper", "hostile", "wordcount"]
+        .iter()
+        .map(|k| std::fs::read(kernel_path_of("unknown", k)).unwrap())
+        .collect();
+    let cache = tempfile::tempdir().unwrap();
+    let loaded = std::cell::Cell::new(0u32);
+    let ran = std::cell::Cell::new(0u32);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: kernel_fuzz_cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let edits = proptest::collection::vec((any::<u32>(), 0u8..4, any::<u8>()), 1..8);
+    let result = runner.run(&(0..kernels.len(), edits), |(k, edits)| {
+        let mut bytes = kernels[k].clone();
+        for (at, op, value) in edits {
+            let at = at as usize % bytes.len();
+            match op {
+                0 => bytes[at] ^= 1 << (value % 8),
+                1 => bytes[at] = value,
+                2 => bytes.insert(at, value),
+                _ => {
+                    bytes.remove(at);
+                }
+            }
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let dir = cache.path().to_path_buf();
+        std::thread::spawn(move || {
+            let outcome = (|| {
+                let kernel = wpool::Kernel::from_bytes_with_cache("mutant", bytes, dir)?;
+                let limits = wpool::Limits {
+                    timeout: Some(Duration::from_secs(1)),
+                    memory: Some(64 << 20),
+                    ..wpool::Limits::default()
+                };
+                let mut pool = wpool::Pool::builder(kernel).workers(1).retries(0).limits(limits).build()?;
+                pool.map(["item"])
+            })();
+            let _ = tx.send(outcome);
+        });
+        let outcome = rx.recv_timeout(Duration::from_secs(120)).map_err(|_| TestCaseError::fail("hung"))?;
+        match outcome {
+            Ok(out) => {
+                prop_assert_eq!(out.len(), 1);
+                loaded.set(loaded.get() + 1);
+                ran.set(ran.get() + 1);
+            }
+            Err(e) => {
+                // A load error names the kernel; none is a bare I/O error.
+                let text = e.to_string();
+                prop_assert!(!matches!(e, wpool::Error::Io(_)), "{}", text);
+                if !text.contains("mutant") {
+                    loaded.set(loaded.get() + 1);
+                }
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    eprintln!(
+        "fuzz_mutated_kernels: {} cases, {} loaded, {} ran an item",
+        kernel_fuzz_cases(),
+        loaded.get(),
+        ran.get()
+    );
+}
