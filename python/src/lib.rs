@@ -663,7 +663,16 @@ impl RawRun {
     /// The results available now, waiting for at least one: `None` when
     /// the run is complete. A pool failure raises `PoolFailure`.
     fn next_results<'py>(&self, py: Python<'py>) -> PyResult<Option<Batch<'py>>> {
-        let mut st = self.state.lock().map_err(|_| PyRuntimeError::new_err("run lock poisoned"))?;
+        // Taken without the GIL: a thread holding this lock releases the GIL
+        // while it waits for results, so waiting for the lock with the GIL
+        // held could deadlock.
+        let mut st = loop {
+            match self.state.try_lock() {
+                Ok(st) => break st,
+                Err(std::sync::TryLockError::WouldBlock) => py.detach(|| std::thread::sleep(Duration::from_millis(1))),
+                Err(std::sync::TryLockError::Poisoned(_)) => return Err(PyRuntimeError::new_err("run lock poisoned")),
+            }
+        };
         let r = self.step(py, &mut st);
         if r.is_err() {
             st.abandon();
@@ -682,7 +691,9 @@ impl RawRun {
 
     /// Stops the run: the rest of the input is not read.
     fn close(&self) {
-        if let Ok(mut st) = self.state.lock() {
+        // Busy means another thread is in `next_results`: that run ends when
+        // its iterator does (never wait for the lock with the GIL held).
+        if let Ok(mut st) = self.state.try_lock() {
             st.abandon();
         }
     }
