@@ -202,6 +202,28 @@ fn r09_worker_sigkilled_mid_item_is_retried() {
 }
 
 #[test]
+fn r09_a_worker_killed_holding_several_items_blames_none_of_them() {
+    // Several unanswered items on the worker that died: any of them may have
+    // been running, so none is blamed, even with no retries left; each runs
+    // again alone on the replacement.
+    let mut p = Pool::builder(kernel("hostile")).workers(1).retries(0).chunksize(Chunksize::Fixed(4)).build().unwrap();
+    let victim = p.worker_pids()[0];
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        signal(victim, libc::SIGKILL);
+    });
+    let items: Vec<String> = (0..4).map(|i| format!("spin:1000:{i}")).collect();
+    let out = p.map(items.clone()).unwrap();
+    killer.join().unwrap();
+    for (i, r) in out.iter().enumerate() {
+        assert_eq!(r.as_deref().unwrap(), items[i].as_bytes(), "item {i}: {r:?}");
+    }
+    let stats = p.stats();
+    assert_eq!(stats.worker_deaths, 1, "{stats:?}");
+    assert!(stats.retried_items >= 2, "{stats:?}");
+}
+
+#[test]
 fn r10_poison_item_fails_as_worker_crashed_and_the_rest_complete() {
     let mut p = Pool::builder(kernel("hostile"))
         .workers(2)
