@@ -999,3 +999,43 @@ fn map_batch_is_not_used_when_the_kernel_may_write_to_a_granted_directory() {
         assert_eq!(p.stats().batched_items > 0, batched, "writable {writable}: {:?}", p.stats());
     }
 }
+
+#[test]
+fn r13_ctrl_c_mid_stream_flushes_whole_lines_in_order() {
+    use std::io::{BufRead, Read};
+    // Results streaming out when SIGINT arrives: what was computed and
+    // buffered is written, in order, ending on a whole line; nothing after.
+    let input: Vec<u8> = (0..2_000_000).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
+    let file = temp_file(&input);
+    let mut cmd = wpool();
+    cmd.args(["map", "-j", "2"]).arg(kernel_path("upper")).arg(file.path());
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut host = cmd.spawn().unwrap();
+    let host_pid = host.id();
+    let mut out = std::io::BufReader::new(host.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert_eq!(first, "LINE 0\n");
+    let workers = children_of(host_pid);
+    assert!(!workers.is_empty());
+    signal(host_pid, libc::SIGINT);
+    let mut rest = Vec::new();
+    out.read_to_end(&mut rest).unwrap();
+    let status = host.wait().unwrap();
+    let mut err = String::new();
+    host.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    let rest = String::from_utf8(rest).unwrap();
+    assert!(
+        rest.is_empty() || rest.ends_with('\n'),
+        "a partial last line: {:?}",
+        &rest[rest.len().saturating_sub(40)..]
+    );
+    let lines: Vec<&str> = rest.lines().collect();
+    assert!(lines.len() < 1_999_999, "stopped before the end");
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(*l, format!("LINE {}", i + 1), "in order, none lost or repeated");
+    }
+    assert!(workers.iter().all(|w| !alive(*w)), "workers terminated");
+}
