@@ -64,20 +64,8 @@ fn error_kind(e: &Error) -> &'static str {
     }
 }
 
-/// The error with its causes, `a: b: c`, as the CLI prints it.
-fn error_message(e: &Error) -> String {
-    let mut s = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
-}
-
 fn pool_failure(e: &Error) -> PyErr {
-    PoolFailure::new_err((error_kind(e), error_message(e)))
+    PoolFailure::new_err((error_kind(e), e.with_causes()))
 }
 
 /// A task error as the tuple `wpool.TaskError._from_raw` takes:
@@ -990,7 +978,7 @@ fn inspect(
     path: PathBuf,
 ) -> PyResult<(usize, &'static str, Vec<String>, Vec<String>, Vec<&'static str>, Option<(&'static str, String)>)> {
     let i = py.detach(|| Kernel::inspect(&path)).map_err(|e| pool_failure(&e))?;
-    let rejection = i.rejection.as_ref().map(|e| (error_kind(e), error_message(e)));
+    let rejection = i.rejection.as_ref().map(|e| (error_kind(e), e.with_causes()));
     Ok((
         i.info.size,
         i.info.format,

@@ -387,3 +387,23 @@ pub enum Error {
     #[error("i/o error")]
     Io(#[from] io::Error),
 }
+
+impl Error {
+    /// The error and every cause below it on one line, `error: cause:
+    /// cause`, as the CLI prints it.
+    pub fn with_causes(&self) -> String {
+        with_causes(self)
+    }
+}
+
+/// `error: cause: cause…`, one line.
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        line.push_str(": ");
+        line.push_str(&e.to_string());
+        cause = e.source();
+    }
+    line
+}

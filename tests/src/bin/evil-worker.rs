@@ -81,14 +81,7 @@ fn main() {
         match mode {
             "fuzz" => fuzz(&mut output, &mut seed, chunk, &answer(chunk)),
             "garbage" => {
-                let junk: Vec<u8> = (0..64)
-                    .map(|_| {
-                        seed ^= seed << 13;
-                        seed ^= seed >> 7;
-                        seed ^= seed << 17;
-                        seed as u8
-                    })
-                    .collect();
+                let junk: Vec<u8> = (0..64).map(|_| next(&mut seed) as u8).collect();
                 let _ = output.write_all(&junk);
                 let _ = output.flush();
             }

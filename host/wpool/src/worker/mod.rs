@@ -135,18 +135,6 @@ enum WorkerError {
     Write(#[source] io::Error),
 }
 
-/// `error: cause: cause…`, one line.
-fn report(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        line.push_str(": ");
-        line.push_str(&e.to_string());
-        cause = e.source();
-    }
-    line
-}
-
 /// Set first thing in a worker process. Code shared with the host that
 /// would start threads (parallel hashing) stays on one thread in a worker:
 /// threads that exist when the worker confines itself would stay outside
@@ -165,7 +153,7 @@ pub(crate) fn main(transport: Transport) -> ! {
     let code = match run(transport) {
         Ok(()) => 0,
         Err(error) => {
-            eprintln!("wpool worker {}: {}", std::process::id(), report(&error));
+            eprintln!("wpool worker {}: {}", std::process::id(), crate::error::with_causes(&error));
             2
         }
     };
@@ -197,7 +185,7 @@ fn run(transport: Transport) -> Result<(), WorkerError> {
     let runtime = match load(&hello, node_cache.as_ref()) {
         Ok(rt) => rt,
         Err(error) => {
-            let _ = send(&output, &WorkerMsg::Failed { message: report(&error) });
+            let _ = send(&output, &WorkerMsg::Failed { message: crate::error::with_causes(&error) });
             return Err(error);
         }
     };
