@@ -1004,7 +1004,8 @@ fn map_batch_is_not_used_when_the_kernel_may_write_to_a_granted_directory() {
 fn r13_ctrl_c_mid_stream_flushes_whole_lines_in_order() {
     use std::io::{BufRead, Read};
     // Results streaming out when SIGINT arrives: what was computed and
-    // buffered is written, in order, ending on a whole line; nothing after.
+    // buffered is written, in order, ending on a whole line; nothing after;
+    // stderr says how many results were written, and that many are there.
     let input: Vec<u8> = (0..2_000_000).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
     let file = temp_file(&input);
     let mut cmd = wpool();
@@ -1037,5 +1038,17 @@ fn r13_ctrl_c_mid_stream_flushes_whole_lines_in_order() {
     for (i, l) in lines.iter().enumerate() {
         assert_eq!(*l, format!("LINE {}", i + 1), "in order, none lost or repeated");
     }
+    // Every result the host took for written reached the pipe: the output
+    // buffer (up to 64 KiB of lines) was flushed on the way out.
+    let counts: Vec<usize> = err
+        .lines()
+        .find_map(|l| l.strip_prefix("wpool: interrupted (SIGINT); "))
+        .and_then(|s| s.strip_suffix(" results written"))
+        .unwrap_or_else(|| panic!("no count of results written: {err:?}"))
+        .split(" items done, ")
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(counts[1], lines.len() + 1, "results written but not on stdout");
+    assert_eq!(counts[0], counts[1], "no item failed: as many items done as results");
     assert!(workers.iter().all(|w| !alive(*w)), "workers terminated");
 }

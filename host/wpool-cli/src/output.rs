@@ -28,6 +28,10 @@ pub struct Printer {
     progress: Option<ProgressBar>,
     /// `--max-item-size`, for the hint of an item over it.
     max_item: u64,
+    /// Records handed to `out` so far (results, JSON lines, keys).
+    records: u64,
+    /// Items whose outcome was handled (written, or reported on stderr).
+    items: u64,
 }
 
 impl Printer {
@@ -42,7 +46,15 @@ impl Printer {
             bar.enable_steady_tick(std::time::Duration::from_millis(200));
             bar
         });
-        Printer { out: BufWriter::with_capacity(64 << 10, io::stdout()), format, origins, progress, max_item }
+        Printer {
+            out: BufWriter::with_capacity(64 << 10, io::stdout()),
+            format,
+            origins,
+            progress,
+            max_item,
+            records: 0,
+            items: 0,
+        }
     }
 
     /// The progress bar, if one is shown.
@@ -65,6 +77,7 @@ impl Printer {
     }
 
     fn write_item(&mut self, index: u64, result: ItemResult, idle: bool) -> io::Result<()> {
+        self.items += 1;
         match (&self.format, result) {
             (&Format::Plain { sep, tag, empty_on_error }, result) => {
                 // A failed item's record is empty, or absent.
@@ -83,12 +96,14 @@ impl Printer {
                     }
                     self.out.write_all(&record)?;
                     self.out.write_all(&[sep])?;
+                    self.records += 1;
                 }
             }
             (Format::Json, Ok(bytes)) => {
                 let ok = json_bytes(&bytes);
                 serde_json::to_writer(&mut self.out, &serde_json::json!({ "index": index, "ok": ok }))?;
                 self.out.write_all(b"\n")?;
+                self.records += 1;
             }
             (Format::Json, Err(e)) => {
                 let e = self.explain(e);
@@ -108,6 +123,7 @@ impl Printer {
                 }
                 serde_json::to_writer(&mut self.out, &serde_json::json!({ "index": index, "error": err }))?;
                 self.out.write_all(b"\n")?;
+                self.records += 1;
                 self.report(&e);
             }
         }
@@ -131,6 +147,7 @@ impl Printer {
                 self.out.write_all(b"\t")?;
                 self.out.write_all(&value)?;
                 self.out.write_all(&[*sep])?;
+                self.records += 1;
             }
             (Format::Plain { .. }, Err(e)) => say(format_args!(
                 "wpool: key {:?}: {}: {}",
@@ -154,6 +171,7 @@ impl Printer {
                 }
                 serde_json::to_writer(&mut self.out, &obj)?;
                 self.out.write_all(b"\n")?;
+                self.records += 1;
             }
         }
         Ok(())
@@ -196,6 +214,18 @@ impl Printer {
             Some(bar) => bar.suspend(print),
             None => print(),
         }
+    }
+
+    /// How many records (results, JSON lines, keys) were written: after
+    /// [`Printer::finish`], all of them are on standard output.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// How many items' outcomes were handled by [`Printer::item`]: in an
+    /// ordered run, the first that many items.
+    pub fn items(&self) -> u64 {
+        self.items
     }
 
     pub fn finish(&mut self) -> io::Result<()> {

@@ -194,7 +194,15 @@ pub fn finish(
 ) -> Result<Exit> {
     let finished = printer.finish();
     if let Some(sig) = interrupts.received() {
-        say(format_args!("wpool: {}", signals::name(sig)));
+        // How far the output got, so that a user can pick up from there.
+        let done = match printer.items() {
+            0 => String::new(),
+            n => format!("{n} items done, "),
+        };
+        match &finished {
+            Ok(()) => say(format_args!("wpool: {}; {done}{} results written", signals::name(sig), printer.records())),
+            Err(e) => say(format_args!("wpool: {}; {done}{e}", signals::name(sig))),
+        }
         return Ok(Exit::Signal(sig));
     }
     outcome?;
