@@ -445,20 +445,10 @@ mod tests {
     use super::*;
 
     fn items_of(bytes: &[u8], split: Split, max: usize) -> Vec<Vec<u8>> {
-        let dir = tempdir();
-        let p = dir.join("in");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("in");
         std::fs::write(&p, bytes).unwrap();
         Items::new(vec![Source::File(p)], split, max).collect()
-    }
-
-    fn tempdir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "wpool-input-test-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        d
     }
 
     #[test]
@@ -477,8 +467,8 @@ mod tests {
 
     #[test]
     fn origins_name_file_and_line() {
-        let d = tempdir();
-        let (a, b) = (d.join("a"), d.join("b"));
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
         std::fs::write(&a, "1\n2\n").unwrap();
         std::fs::write(&b, "3\n").unwrap();
         let items = Items::new(vec![Source::File(a.clone()), Source::File(b.clone())], Split::Lines, 10);
