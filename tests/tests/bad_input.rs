@@ -487,3 +487,175 @@ fn fuzz_mutated_kernels_load_or_fail_typed_and_never_break_the_host() {
         ran.get()
     );
 }
+
+/// Cases of [`fuzz_generated_components_load_or_fail_typed_and_never_break_the_host`]:
+/// `WPOOL_SMITH_CASES`, else 2000.
+fn smith_cases() -> u32 {
+    std::env::var("WPOOL_SMITH_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(2000)
+}
+
+/// The core exports a module needs to become a component of `world` (in
+/// `wit/wpool.wit`): each function with its canonical-ABI signature and
+/// post-return, `cabi_realloc`, and a one-page `memory`; every body
+/// `unreachable`. wasm-smith then generates modules with exactly these
+/// exports and random everything else.
+fn exports_of(resolve: &wit_parser::Resolve, world: wit_parser::WorldId) -> Vec<u8> {
+    use wasm_encoder::{
+        CodeSection, ExportKind, ExportSection, Function, FunctionSection, Instruction, MemorySection, MemoryType,
+        Module, TypeSection, ValType,
+    };
+    use wit_parser::abi::{AbiVariant, WasmType};
+    use wit_parser::{LiftLowerAbi, ManglingAndAbi, WasmExport, WasmExportKind, WorldItem};
+    let mangling = ManglingAndAbi::Legacy(LiftLowerAbi::Sync);
+    let val = |t: &WasmType| match t {
+        WasmType::I64 | WasmType::PointerOrI64 => ValType::I64,
+        WasmType::F32 => ValType::F32,
+        WasmType::F64 => ValType::F64,
+        _ => ValType::I32,
+    };
+    let mut funcs: Vec<(String, Vec<ValType>, Vec<ValType>)> = Vec::new();
+    for item in resolve.worlds[world].exports.values() {
+        let WorldItem::Function(func) = item else { continue };
+        let sig = resolve.wasm_signature(AbiVariant::GuestExport, func);
+        let results: Vec<ValType> = sig.results.iter().map(val).collect();
+        let export = |kind| resolve.wasm_export_name(mangling, WasmExport::Func { interface: None, func, kind });
+        funcs.push((export(WasmExportKind::Normal), sig.params.iter().map(val).collect(), results.clone()));
+        if !results.is_empty() {
+            funcs.push((export(WasmExportKind::PostReturn), results, vec![]));
+        }
+    }
+    funcs.push((resolve.wasm_export_name(mangling, WasmExport::Realloc), vec![ValType::I32; 4], vec![ValType::I32]));
+    let (mut types, mut functions, mut exports, mut code) =
+        (TypeSection::new(), FunctionSection::new(), ExportSection::new(), CodeSection::new());
+    for (i, (name, params, results)) in funcs.iter().enumerate() {
+        types.ty().function(params.iter().copied(), results.iter().copied());
+        functions.function(i as u32);
+        exports.export(name, ExportKind::Func, i as u32);
+        let mut body = Function::new([]);
+        body.instruction(&Instruction::Unreachable).instruction(&Instruction::End);
+        code.function(&body);
+    }
+    let mut memory = MemorySection::new();
+    memory.memory(MemoryType { minimum: 1, maximum: None, memory64: false, shared: false, page_size_log2: None });
+    exports.export(&resolve.wasm_export_name(mangling, WasmExport::Memory), ExportKind::Memory, 0);
+    let mut module = Module::new();
+    module.section(&types).section(&functions).section(&memory).section(&exports).section(&code);
+    module.finish()
+}
+
+/// Hostile components built from scratch: wasm-smith generates a core
+/// module with the exports of one of the contract's worlds (random types,
+/// globals, tables, data, function bodies, start function; random features
+/// in a quarter of the cases), wit-component wraps it with the world's type, and it
+/// goes through the path `wpool map` takes (load, validate, type-check,
+/// compile, start a worker, init, run three items). Random code returns
+/// random pointers, so lifting results fails in most ways it can; loops are
+/// bounded (wasm-smith's fuel) and the timeout catches the rest. The host
+/// must never panic or hang: every case ends in a load error, a pool error,
+/// results, or typed item errors.
+#[test]
+fn fuzz_generated_components_load_or_fail_typed_and_never_break_the_host() {
+    use proptest::prelude::*;
+    let mut resolve = wit_parser::Resolve::new();
+    let contract = root().join("wit").join("wpool.wit");
+    let package = resolve.push_file(&contract).unwrap();
+    let worlds: Vec<(&str, Vec<u8>)> = ["kernel", "kernel-with-init", "batch-kernel", "batch-kernel-with-init"]
+        .into_iter()
+        .map(|w| {
+            let id = resolve.select_world(&[package], Some(w)).unwrap();
+            (w, exports_of(&resolve, id))
+        })
+        .collect();
+    let cache = tempfile::tempdir().unwrap();
+    let counts = std::cell::RefCell::new(std::collections::BTreeMap::<&str, u32>::new());
+    let count = |what| *counts.borrow_mut().entry(what).or_default() += 1;
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: smith_cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let strategy = (0..worlds.len(), 0..4, proptest::collection::vec(any::<u8>(), 64..4096));
+    let result = runner.run(&strategy, |(w, features, seed)| {
+        let random_features = features == 0;
+        let (world_name, exports) = &worlds[w];
+        let mut u = arbitrary::Unstructured::new(&seed);
+        let mut config = if random_features {
+            <wasm_smith::Config as arbitrary::Arbitrary>::arbitrary(&mut u).unwrap_or_default()
+        } else {
+            // What this wasmtime build accepts (built without GC, so
+            // without reference types either).
+            wasm_smith::Config {
+                reference_types_enabled: false,
+                gc_enabled: false,
+                exceptions_enabled: false,
+                threads_enabled: false,
+                memory64_enabled: false,
+                wide_arithmetic_enabled: false,
+                ..wasm_smith::Config::default()
+            }
+        };
+        config.exports = Some(exports.clone());
+        config.max_imports = 0;
+        config.max_funcs = config.max_funcs.min(50);
+        config.max_instructions = config.max_instructions.min(2_000);
+        let Ok(mut module) = wasm_smith::Module::new(config, &mut u) else {
+            count("not generated");
+            return Ok(());
+        };
+        if module.ensure_termination(10_000).is_err() {
+            count("not generated");
+            return Ok(());
+        }
+        let mut core = module.to_bytes();
+        let world = resolve.select_world(&[package], Some(world_name)).unwrap();
+        wit_component::embed_component_metadata(&mut core, &resolve, world, wit_component::StringEncoding::UTF8, false)
+            .unwrap();
+        let component = match wit_component::ComponentEncoder::default().module(&core).and_then(|e| e.encode()) {
+            Ok(c) => c,
+            Err(_) => {
+                count("not encodable");
+                return Ok(());
+            }
+        };
+        count("components");
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let dir = cache.path().to_path_buf();
+        let has_init = world_name.contains("init");
+        std::thread::spawn(move || {
+            let outcome = (|| {
+                let kernel = wpool::Kernel::from_bytes_with_cache("generated", component, dir)?;
+                let limits = wpool::Limits {
+                    timeout: Some(Duration::from_secs(1)),
+                    memory: Some(64 << 20),
+                    ..wpool::Limits::default()
+                };
+                let mut builder = wpool::Pool::builder(kernel).workers(1).retries(0).limits(limits);
+                if has_init {
+                    builder = builder.init(&b"config"[..]);
+                }
+                builder.build()?.map(["a", "bb", ""])
+            })();
+            let _ = tx.send(outcome);
+        });
+        let outcome = rx.recv_timeout(Duration::from_secs(120)).map_err(|_| TestCaseError::fail("hung"))?;
+        match outcome {
+            Ok(out) => {
+                prop_assert_eq!(out.len(), 3);
+                count(if out.iter().any(|r| r.is_ok()) { "ran, some ok" } else { "ran, all typed item errors" });
+            }
+            Err(e) => {
+                prop_assert!(!matches!(e, wpool::Error::Io(_)), "{}", e);
+                if std::env::var_os("WPOOL_SMITH_SHOW").is_some() {
+                    eprintln!("refused ({random_features}): {}", e.to_string().lines().next().unwrap_or(""));
+                }
+                count("refused with a typed error");
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    eprintln!("fuzz_generated_components: {} cases: {:?}", smith_cases(), counts.borrow());
+    assert!(counts.borrow().get("components").copied().unwrap_or(0) > smith_cases() / 4, "{:?}", counts.borrow());
+}
