@@ -381,3 +381,84 @@ fn no_batch_gives_the_same_output_and_says_so_with_verbose() {
     assert_eq!(outputs[0], outputs[1]);
     assert_eq!(outputs[0].lines().nth(19_999), Some("LINE 19999"));
 }
+
+/// The seed's speedup table: the same run at each worker count, as JSON
+/// and as a chart whose points are the measured speedups.
+#[test]
+fn bench_measures_each_worker_count_and_draws_one_point_per_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("speedup.svg");
+    let input = root().join("examples").join("primes.txt");
+    let mut c = wpool();
+    c.args(["bench", "-j", "1,2", "--repeat", "2", "--json", "--svg"]).arg(&svg).arg(kernel_path("primes")).arg(&input);
+    let o = run(c, b"");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json["items"], 16);
+    assert_eq!(json["failed_items"], 0);
+    let rows = json["rows"].as_array().unwrap();
+    assert_eq!(rows.iter().map(|r| r["workers"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(rows[0]["speedup"], 1.0, "against the first count");
+    for r in rows {
+        assert_eq!(r["seconds"].as_array().unwrap().len(), 2, "--repeat 2: {r}");
+        let median = r["median_seconds"].as_f64().unwrap();
+        assert!(median > 0.0);
+        let efficiency = r["efficiency"].as_f64().unwrap();
+        assert!((efficiency - r["speedup"].as_f64().unwrap() / r["workers"].as_f64().unwrap()).abs() < 1e-9);
+    }
+
+    // Well-formed SVG with one point (circle) per worker count, left to
+    // right in worker order, higher for the larger speedup.
+    let text = std::fs::read_to_string(&svg).unwrap();
+    let doc = roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("not well-formed: {e}"));
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    let circles: Vec<(f64, f64)> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("circle"))
+        .map(|n| (n.attribute("cx").unwrap().parse().unwrap(), n.attribute("cy").unwrap().parse().unwrap()))
+        .collect();
+    assert_eq!(circles.len(), 2, "{text}");
+    assert!(circles[0].0 < circles[1].0);
+    let (s1, s2) = (rows[0]["speedup"].as_f64().unwrap(), rows[1]["speedup"].as_f64().unwrap());
+    assert_eq!(circles[0].1 > circles[1].1, s2 > s1, "y grows upwards with the speedup");
+    assert!(text.contains("wpool bench: primes.wasm"));
+    assert!(!dir.path().join("speedup.svg.tmp").exists());
+
+    // The table, for people.
+    let mut c = wpool();
+    c.args(["bench", "-j", "2,1", "--repeat", "1"]).arg(kernel_path("primes")).arg(&input);
+    let o = run(c, b"");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("primes.wasm: 16 items, median of 1 run at each worker count"), "{out}");
+    assert_eq!(lines[1].split_whitespace().collect::<Vec<_>>(), ["processes", "time", "speedup", "efficiency"]);
+    let first: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!((first[0], first[3], first[4], first[5]), ("2", "2.00x", "100", "%"), "{out}");
+    assert_eq!(lines[3].split_whitespace().next(), Some("1"));
+    assert_eq!(lines.len(), 4, "{out}");
+}
+
+#[test]
+fn bench_and_map_refuse_bad_worker_lists_naming_them() {
+    let input = root().join("examples").join("primes.txt");
+    for (list, says) in [("0", "at least 1"), ("1,1", "twice"), ("1,x", "`x` is not a number")] {
+        let mut c = wpool();
+        c.args(["bench", "-j", list]).arg(kernel_path("primes")).arg(&input);
+        let o = run(c, b"");
+        assert_eq!(o.status.code(), Some(2), "{list}");
+        assert!(stderr(&o).contains(says), "{list}: {}", stderr(&o));
+        assert!(o.stdout.is_empty());
+    }
+    let mut c = wpool();
+    c.args(["map", "-j", "1,2"]).arg(kernel_path("primes")).arg(&input);
+    let o = run(c, b"");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("-j 1,2: a list of worker counts is for `wpool bench`"), "{}", stderr(&o));
+    let empty = temp_file(b"");
+    let mut c = wpool();
+    c.args(["bench", "-j", "1"]).arg(kernel_path("primes")).arg(empty.path());
+    let o = run(c, b"");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no items"), "{}", stderr(&o));
+}

@@ -71,6 +71,18 @@ Example (from the repository's root):\n  k=target/kernels/wasip2\n  wpool mapred
         #[command(subcommand)]
         action: Option<CacheCmd>,
     },
+    /// Time the same run at several worker counts and print the speedup
+    /// table (processes, time, speedup, efficiency), optionally as a chart.
+    ///
+    /// Every run is a whole `wpool map` of the inputs (pool start and
+    /// shutdown included, results discarded), repeated --repeat times at
+    /// each worker count; the table shows the median. Speedup is against
+    /// the smallest worker count; efficiency is speedup per worker.
+    #[command(
+        after_long_help = "Exit status: 0 measured (failed items are counted, not fatal); 2 usage, kernel-load or input error or pool failure; 130 interrupted.\n\n\
+Example (from the repository's root):\n  wpool bench -j 1,2 --repeat 5 --svg speedup.svg \\\n    target/kernels/wasip2/primes.wasm examples/primes.txt"
+    )]
+    Bench(Box<BenchCmd>),
     /// Print a shell completion script.
     #[command(
         after_long_help = "Example:\n  wpool completions bash > ~/.local/share/bash-completion/completions/wpool\n  \
@@ -99,6 +111,23 @@ pub struct MapCmd {
     /// Configuration for a kernel with an `init` export (world
     /// `kernel-with-init`): FILE's bytes are passed to `init` once per kernel
     /// instance, before any item (at most 64 MiB).
+    #[arg(long, value_name = "FILE")]
+    pub init: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Args)]
+pub struct BenchCmd {
+    /// The kernel: a WebAssembly component of world `wpool:kernel/kernel`.
+    pub kernel: PathBuf,
+    /// Runs at each worker count; the table shows their median.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub repeat: u32,
+    /// Also draw the measured speedup against the ideal line, as SVG.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    /// Configuration for a kernel with an `init` export, as for `wpool map`.
     #[arg(long, value_name = "FILE")]
     pub init: Option<PathBuf>,
     #[command(flatten)]
@@ -145,9 +174,11 @@ pub struct RunArgs {
     /// is a list of file names on stdin, one per line, or NUL-terminated
     /// with -0, as `find -print0` writes).
     pub inputs: Vec<PathBuf>,
-    /// Worker processes [default: number of cores].
+    /// Worker processes [default: number of cores]; for `wpool bench`, the
+    /// worker counts to compare, e.g. `1,2,4,8` [default: 1, 2, 4, ... up to
+    /// the cores].
     #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = units::parse_jobs)]
-    pub jobs: Option<usize>,
+    pub jobs: Option<units::Jobs>,
     /// Items per chunk sent to a worker: a number, or `auto`.
     #[arg(long, value_name = "N|auto", default_value = "auto", value_parser = units::parse_chunksize)]
     pub chunksize: Chunksize,

@@ -4,13 +4,42 @@ use std::time::Duration;
 
 use wpool::Chunksize;
 
-pub fn parse_jobs(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1 (a number of worker processes, e.g. `-j 4`)".into()),
+/// `-j`: one worker count, or (for `wpool bench`) several, `1,2,4,8`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jobs(pub Vec<usize>);
+
+impl Jobs {
+    /// The one worker count of a run: a list is for `wpool bench` only.
+    pub fn one(&self) -> Result<usize, String> {
+        match self.0[..] {
+            [n] => Ok(n),
+            _ => Err(format!(
+                "-j {}: a list of worker counts is for `wpool bench`; give one number",
+                self.0.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",")
+            )),
+        }
+    }
+}
+
+/// One number of worker processes.
+pub fn parse_workers(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (a number of worker processes, e.g. `-j 4`)".to_string()),
         Ok(n) if n > 4096 => Err(format!("{n} workers is more than the 4096 wpool allows")),
         Ok(n) => Ok(n),
-        Err(_) => Err(format!("`{s}` is not a number of worker processes (e.g. `-j 4`)")),
+        Err(_) => Err(format!("`{s}` is not a number of worker processes (e.g. `-j 4`, or `-j 1,2,4` for bench)")),
     }
+}
+
+pub fn parse_jobs(s: &str) -> Result<Jobs, String> {
+    let counts = s.split(',').map(parse_workers).collect::<Result<Vec<_>, _>>()?;
+    let mut sorted = counts.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != counts.len() {
+        return Err(format!("`{s}` names a worker count twice"));
+    }
+    Ok(Jobs(counts))
 }
 
 pub fn parse_chunksize(s: &str) -> Result<Chunksize, String> {
@@ -138,7 +167,11 @@ mod tests {
     #[test]
     fn jobs_and_chunks() {
         assert!(parse_jobs("0").is_err());
-        assert_eq!(parse_jobs("3"), Ok(3));
+        assert_eq!(parse_jobs("3"), Ok(Jobs(vec![3])));
+        assert_eq!(parse_jobs("1,2,8"), Ok(Jobs(vec![1, 2, 8])));
+        assert!(parse_jobs("1,,2").is_err());
+        assert!(parse_jobs("2,2").unwrap_err().contains("twice"));
+        assert!(parse_jobs("1,2").unwrap().one().unwrap_err().contains("wpool bench"));
         assert_eq!(parse_chunksize("auto"), Ok(Chunksize::Auto));
         assert_eq!(parse_chunksize("8"), Ok(Chunksize::Fixed(8)));
         assert!(parse_chunksize("0").is_err());

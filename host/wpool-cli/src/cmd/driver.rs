@@ -58,7 +58,8 @@ impl Setup {
         if args.listen.is_some() && args.launcher.is_none() && slurm.is_none() {
             anyhow::bail!("--listen: only workers started through --launcher or --slurm connect back");
         }
-        let jobs = args.jobs.or(slurm.as_ref().map(|s| s.tasks)).unwrap_or_else(num_cpus::get);
+        let jobs = args.jobs.as_ref().map(|j| j.one()).transpose().map_err(anyhow::Error::msg)?;
+        let jobs = jobs.or(slurm.as_ref().map(|s| s.tasks)).unwrap_or_else(num_cpus::get);
         Ok(Setup { limits, grants, jobs, slurm })
     }
 

@@ -1,6 +1,7 @@
 //! One module per command; [`driver`] is what `map`, `pipeline` and
 //! `mapreduce` share (flags → pools, input, printer, signals → exit).
 
+mod bench;
 mod cache;
 mod completions;
 mod driver;
@@ -20,6 +21,7 @@ pub fn run(command: Command) -> Result<Exit> {
         Command::Map(cmd) => map::run(*cmd),
         Command::Pipeline(cmd) => pipeline::run(*cmd),
         Command::Mapreduce(cmd) => mapreduce::run(*cmd),
+        Command::Bench(cmd) => bench::run(*cmd),
         Command::Inspect { kernel, sandbox } => inspect::run(&kernel, sandbox),
         Command::Cache { action } => cache::run(action),
         Command::Completions { shell } => completions::run(shell),

@@ -16,9 +16,7 @@ pub fn run(cmd: PipelineCmd) -> Result<Exit> {
         Some(list) => {
             let jobs = list
                 .split(',')
-                .map(|n| {
-                    crate::units::parse_jobs(n.trim()).map_err(|e| anyhow::anyhow!("--jobs-per-stage {list}: {e}"))
-                })
+                .map(|n| crate::units::parse_workers(n).map_err(|e| anyhow::anyhow!("--jobs-per-stage {list}: {e}")))
                 .collect::<Result<Vec<usize>>>()?;
             if jobs.len() != cmd.stages.len() {
                 anyhow::bail!("--jobs-per-stage {list}: {} numbers for {} stages", jobs.len(), cmd.stages.len());
