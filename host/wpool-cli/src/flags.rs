@@ -83,6 +83,21 @@ Example (from the repository's root):\n  k=target/kernels/wasip2\n  wpool mapred
 Example (from the repository's root):\n  wpool bench -j 1,2 --repeat 5 --svg speedup.svg \\\n    target/kernels/wasip2/primes.wasm examples/primes.txt"
     )]
     Bench(Box<BenchCmd>),
+    /// Summarise a joblog written by `wpool map --joblog FILE`: the last
+    /// run (or --all), its items by status, and the failed ones with where
+    /// they came from.
+    #[command(after_long_help = "The database is plain SQLite: `sqlite3 FILE 'SELECT * FROM items'`.\n\n\
+Example:\n  wpool map --joblog run.db target/kernels/wasip2/primes.wasm examples/primes.txt\n  wpool joblog run.db")]
+    Joblog {
+        /// The joblog (a SQLite database).
+        file: PathBuf,
+        /// Every run in the file, the last first.
+        #[arg(long)]
+        all: bool,
+        /// JSON: one object per run, with every failed item.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script.
     #[command(
         after_long_help = "Example:\n  wpool completions bash > ~/.local/share/bash-completion/completions/wpool\n  \
@@ -113,6 +128,11 @@ pub struct MapCmd {
     /// instance, before any item (at most 64 MiB).
     #[arg(long, value_name = "FILE")]
     pub init: Option<PathBuf>,
+    /// Record the run and every item's outcome (origin, input and result
+    /// SHA-256, status, message, attempts) in the SQLite database FILE,
+    /// created if needed; `wpool joblog FILE` summarises it.
+    #[arg(long, value_name = "FILE")]
+    pub joblog: Option<PathBuf>,
     #[command(flatten)]
     pub run: RunArgs,
 }

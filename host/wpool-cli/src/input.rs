@@ -368,8 +368,9 @@ impl Iterator for Items {
 }
 
 /// Sends items in batches of up to `BATCH_ITEMS` items or `BATCH_BYTES`
-/// bytes; a partial batch goes out before any read that could wait.
-pub fn feed_batches(mut items: Items, tx: &crossbeam_channel::Sender<Vec<Vec<u8>>>) {
+/// bytes; a partial batch goes out before any read that could wait. `seen`
+/// sees each item as it is read, in order (the joblog hashes it).
+pub fn feed_batches(mut items: Items, tx: &crossbeam_channel::Sender<Vec<Vec<u8>>>, mut seen: impl FnMut(&[u8])) {
     const BATCH_ITEMS: usize = 1024;
     const BATCH_BYTES: usize = 256 << 10;
     let mut batch = Vec::new();
@@ -383,6 +384,7 @@ pub fn feed_batches(mut items: Items, tx: &crossbeam_channel::Sender<Vec<Vec<u8>
         }
         match items.next() {
             Some(item) => {
+                seen(&item);
                 bytes += item.len();
                 batch.push(item);
             }

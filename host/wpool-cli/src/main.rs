@@ -9,6 +9,7 @@ mod cmd;
 mod exit;
 mod flags;
 mod input;
+mod joblog;
 mod output;
 mod signals;
 mod units;

@@ -8,6 +8,7 @@ use super::driver::{finish, items, map_kernel, printer, report_end, Setup, PRINT
 use crate::exit::Exit;
 use crate::flags::MapCmd;
 use crate::input;
+use crate::joblog::{Joblog, RunInfo};
 use crate::signals::Interrupts;
 
 pub fn run(cmd: MapCmd) -> Result<Exit> {
@@ -25,6 +26,19 @@ pub fn run(cmd: MapCmd) -> Result<Exit> {
     interrupts.watch(&pool);
     let read_error = items.error();
     let mut printer = printer(args, &items, &sources);
+    let origins = items.origins();
+    let joblog = match &cmd.joblog {
+        Some(path) => Some(Joblog::start(
+            path,
+            RunInfo {
+                command: shell_words::join(std::env::args()),
+                kernel: &cmd.kernel,
+                options: result_options(&cmd),
+            },
+        )?),
+        None => None,
+    };
+    let mut hashes = joblog.as_ref().map(Joblog::input_hashes);
 
     // Input is read on its own thread so that results keep flowing while a
     // slow producer (a pipe, a terminal, a FIFO without a writer yet) has
@@ -33,7 +47,13 @@ pub fn run(cmd: MapCmd) -> Result<Exit> {
     let (tx, rx) = crossbeam_channel::bounded::<Vec<Vec<u8>>>(4);
     std::thread::Builder::new()
         .name("wpool-input".into())
-        .spawn(move || input::feed_batches(items, &tx))
+        .spawn(move || {
+            input::feed_batches(items, &tx, |item| {
+                if let Some(h) = &mut hashes {
+                    h.item(item);
+                }
+            })
+        })
         .context("starting the input thread")?;
 
     let mut failed = false;
@@ -46,6 +66,9 @@ pub fn run(cmd: MapCmd) -> Result<Exit> {
         while let Some(r) = results.next() {
             let (index, result) = r?;
             failed |= result.is_err();
+            if let Some(j) = &joblog {
+                j.outcome(index, origins.lock().unwrap().describe(index), &result);
+            }
             printer.item(index, result, !results.has_ready())?;
             if failed && args.fail_fast {
                 break;
@@ -56,7 +79,43 @@ pub fn run(cmd: MapCmd) -> Result<Exit> {
     drop(results);
     report_end(&pool, args, "");
     drop(pool);
-    finish(outcome, printer, &interrupts, &read_error, PRINTED_SO_FAR, failed)
+    let exit = finish(outcome, printer, &interrupts, &read_error, PRINTED_SO_FAR, failed);
+    if let Some(j) = joblog {
+        let code = exit.as_ref().map_or(i32::from(crate::exit::ERROR), |e| i32::from(e.code()));
+        j.finish(code)?;
+    }
+    exit
+}
+
+/// The options of a `map` run that change what its items give, for the
+/// joblog.
+fn result_options(cmd: &MapCmd) -> serde_json::Value {
+    let a = &cmd.run;
+    let split = if a.files {
+        "files"
+    } else if a.null {
+        "nul"
+    } else {
+        "lines"
+    };
+    serde_json::json!({
+        "split": split,
+        "timeout_ms": a.timeout.map(|t| t.as_millis() as u64),
+        "memory": a.memory,
+        "fuel": a.fuel,
+        "max_item_size": a.max_item_size,
+        "max_items_per_instance": a.max_items_per_instance,
+        "isolate": a.isolate,
+        "deterministic": a.deterministic,
+        "seed": a.seed,
+        "allow_clock": a.allow_clock,
+        "allow_random": a.allow_random,
+        "env": a.env,
+        "allow_dir": a.allow_dir,
+        "data": a.data,
+        "init": cmd.init,
+        "retries": a.retries,
+    })
 }
 
 /// The results of a run with their item indices, in input or completion

@@ -22,6 +22,7 @@ pub fn run(command: Command) -> Result<Exit> {
         Command::Pipeline(cmd) => pipeline::run(*cmd),
         Command::Mapreduce(cmd) => mapreduce::run(*cmd),
         Command::Bench(cmd) => bench::run(*cmd),
+        Command::Joblog { file, all, json } => crate::joblog::summary(&file, json, all).map(|()| Exit::Success),
         Command::Inspect { kernel, sandbox } => inspect::run(&kernel, sandbox),
         Command::Cache { action } => cache::run(action),
         Command::Completions { shell } => completions::run(shell),

@@ -1,0 +1,390 @@
+//! `--joblog FILE`: a SQLite record of a run and of every item's outcome,
+//! and `wpool joblog FILE`, which summarises it.
+//!
+//! One database holds any number of runs (table `runs`) and one row per
+//! finished item of each (table `items`). Rows are written by a thread of
+//! their own, in transactions of up to [`BATCH_ROWS`] rows or
+//! [`BATCH_TIME`], in WAL mode: the run's hot path only hashes and sends. A
+//! host killed at any moment (SIGKILL, a node that dies) leaves a database
+//! that opens and holds every item of the transactions committed before:
+//! `ended_at` is then NULL.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use rusqlite::{params, Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
+use wpool::ItemResult;
+
+/// Most rows in one transaction.
+const BATCH_ROWS: usize = 4096;
+
+/// Longest a finished item waits before its row is committed.
+const BATCH_TIME: Duration = Duration::from_millis(200);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    wpool_version TEXT NOT NULL,
+    command TEXT NOT NULL,
+    kernel TEXT NOT NULL,
+    kernel_sha256 TEXT NOT NULL,
+    options TEXT NOT NULL,
+    node TEXT NOT NULL,
+    exit_status INTEGER
+);
+CREATE TABLE IF NOT EXISTS items (
+    run INTEGER NOT NULL REFERENCES runs(id),
+    idx INTEGER NOT NULL,
+    origin TEXT NOT NULL,
+    input_sha256 BLOB,
+    status TEXT NOT NULL,
+    message TEXT,
+    attempts INTEGER,
+    worker INTEGER,
+    finished REAL NOT NULL,
+    result_size INTEGER,
+    result_sha256 BLOB,
+    PRIMARY KEY (run, idx)
+) WITHOUT ROWID;
+";
+
+/// What the run records about itself.
+pub struct RunInfo<'a> {
+    pub command: String,
+    pub kernel: &'a Path,
+    /// The options that change results, as JSON.
+    pub options: serde_json::Value,
+}
+
+enum Record {
+    /// The SHA-256 of item `index`'s input, from the input thread.
+    Input(u64, [u8; 32]),
+    Outcome(Outcome),
+    /// The run ended, with this exit status if it has one: the writer
+    /// commits what it has and stops (the input thread, still holding a
+    /// sender, may be blocked on a silent input).
+    End(Option<i32>),
+}
+
+struct Outcome {
+    index: u64,
+    origin: String,
+    status: &'static str,
+    message: Option<String>,
+    attempts: Option<u32>,
+    worker: Option<u32>,
+    finished: f64,
+    result: Option<(usize, [u8; 32])>,
+}
+
+/// The writing side, held by the run.
+pub struct Joblog {
+    path: std::path::PathBuf,
+    tx: Sender<Record>,
+    writer: Option<std::thread::JoinHandle<Result<()>>>,
+    start: Instant,
+}
+
+/// Sends the input hashes, from the thread that reads the input.
+pub struct InputHashes {
+    tx: Sender<Record>,
+    next: u64,
+}
+
+impl InputHashes {
+    pub fn item(&mut self, bytes: &[u8]) {
+        let _ = self.tx.send(Record::Input(self.next, Sha256::digest(bytes).into()));
+        self.next += 1;
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn open(path: &Path) -> Result<Connection> {
+    let db = Connection::open(path).with_context(|| format!("--joblog {}: cannot open", path.display()))?;
+    db.busy_timeout(Duration::from_secs(10))?;
+    let mode: String = db.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        anyhow::bail!("--joblog {}: WAL mode refused (journal mode {mode})", path.display());
+    }
+    db.execute_batch("PRAGMA synchronous = NORMAL;")?;
+    db.execute_batch(SCHEMA).with_context(|| format!("--joblog {}: not a wpool joblog", path.display()))?;
+    Ok(db)
+}
+
+impl Joblog {
+    /// Opens (or creates) the database and records the run's start.
+    pub fn start(path: &Path, info: RunInfo<'_>) -> Result<Joblog> {
+        let kernel = std::fs::read(info.kernel).with_context(|| format!("reading {}", info.kernel.display()))?;
+        let db = open(path)?;
+        db.execute(
+            "INSERT INTO runs (started_at, wpool_version, command, kernel, kernel_sha256, options, node)
+             VALUES (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                env!("CARGO_PKG_VERSION"),
+                info.command,
+                info.kernel.display().to_string(),
+                sha256_hex(&kernel),
+                info.options.to_string(),
+                gethostname(),
+            ],
+        )
+        .with_context(|| format!("--joblog {}: cannot record the run", path.display()))?;
+        let run = db.last_insert_rowid();
+        let (tx, rx) = crossbeam_channel::bounded(64 << 10);
+        let writer = std::thread::Builder::new()
+            .name("wpool-joblog".into())
+            .spawn(move || write(db, run, &rx))
+            .context("starting the joblog thread")?;
+        Ok(Joblog { path: path.to_path_buf(), tx, writer: Some(writer), start: Instant::now() })
+    }
+
+    /// For the input thread.
+    pub fn input_hashes(&self) -> InputHashes {
+        InputHashes { tx: self.tx.clone(), next: 0 }
+    }
+
+    /// Records how item `index` ended; `origin` says where it came from.
+    pub fn outcome(&self, index: u64, origin: String, result: &ItemResult) {
+        let finished = self.start.elapsed().as_secs_f64();
+        let outcome = match result {
+            Ok(bytes) => Outcome {
+                index,
+                origin,
+                status: "ok",
+                message: None,
+                attempts: None,
+                worker: None,
+                finished,
+                result: Some((bytes.len(), Sha256::digest(bytes).into())),
+            },
+            Err(e) => Outcome {
+                index,
+                origin,
+                status: e.kind.name(),
+                message: Some(e.message.clone()),
+                attempts: Some(e.attempts),
+                worker: e.worker.map(|w| w.0),
+                finished,
+                result: None,
+            },
+        };
+        let _ = self.tx.send(Record::Outcome(outcome));
+    }
+
+    /// Records the exit status and waits until every row is committed.
+    pub fn finish(mut self, status: i32) -> Result<()> {
+        self.end(Some(status))
+    }
+
+    fn end(&mut self, status: Option<i32>) -> Result<()> {
+        let Some(writer) = self.writer.take() else { return Ok(()) };
+        let _ = self.tx.send(Record::End(status));
+        match writer.join() {
+            Ok(result) => result.with_context(|| format!("--joblog {}: writing", self.path.display())),
+            Err(_) => anyhow::bail!("--joblog {}: the joblog thread panicked", self.path.display()),
+        }
+    }
+}
+
+impl Drop for Joblog {
+    fn drop(&mut self) {
+        // An early return (an error): what was recorded is committed, and
+        // the run keeps no exit status.
+        let _ = self.end(None);
+    }
+}
+
+/// The writer thread: rows in transactions of up to [`BATCH_ROWS`], each
+/// committed at most [`BATCH_TIME`] after its first row.
+fn write(mut db: Connection, run: i64, rx: &Receiver<Record>) -> Result<()> {
+    let mut inputs = std::collections::HashMap::<u64, [u8; 32]>::new();
+    let mut end = None;
+    loop {
+        let tx = db.transaction()?;
+        let mut rows = 0;
+        let deadline = Instant::now() + BATCH_TIME;
+        let mut closed = false;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR REPLACE INTO items (run, idx, origin, input_sha256, status, message, attempts, worker,
+                 finished, result_size, result_sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?;
+            while rows < BATCH_ROWS {
+                let record = match rx.recv_deadline(deadline) {
+                    Ok(r) => r,
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                };
+                match record {
+                    Record::Input(index, hash) => {
+                        inputs.insert(index, hash);
+                    }
+                    Record::Outcome(o) => {
+                        let input = inputs.remove(&o.index);
+                        insert.execute(params![
+                            run,
+                            o.index as i64,
+                            o.origin,
+                            input.as_ref().map(|h| &h[..]),
+                            o.status,
+                            o.message,
+                            o.attempts,
+                            o.worker,
+                            o.finished,
+                            o.result.map(|(len, _)| len as i64),
+                            o.result.as_ref().map(|(_, h)| &h[..]),
+                        ])?;
+                        rows += 1;
+                    }
+                    Record::End(status) => {
+                        end = status;
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        if closed {
+            break;
+        }
+    }
+    if let Some(status) = end {
+        db.execute(
+            "UPDATE runs SET ended_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), exit_status = ?1 WHERE id = ?2",
+            params![status, run],
+        )?;
+    }
+    Ok(())
+}
+
+fn gethostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most
+    // that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..len]).into_owned()
+}
+
+/// A run as `wpool joblog` shows it.
+struct RunRow {
+    id: i64,
+    started: String,
+    ended: Option<String>,
+    command: String,
+    kernel: String,
+    sha: String,
+    status: Option<i32>,
+}
+
+/// A failed item as `wpool joblog` shows it.
+struct FailedRow {
+    index: i64,
+    origin: String,
+    status: String,
+    message: Option<String>,
+    attempts: Option<u32>,
+}
+
+/// `wpool joblog FILE`: the runs recorded in FILE, the last first; for
+/// each, items by status and the failed ones with where they came from.
+pub fn summary(path: &Path, json: bool, all: bool) -> Result<()> {
+    if !path.exists() {
+        anyhow::bail!("{}: no such joblog", path.display());
+    }
+    let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .with_context(|| format!("{}: cannot open", path.display()))?;
+    let has_runs: Option<String> = db
+        .query_row("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'runs'", [], |r| r.get(0))
+        .optional()
+        .with_context(|| format!("{}: not a SQLite database", path.display()))?;
+    if has_runs.is_none() {
+        anyhow::bail!("{}: not a wpool joblog (no `runs` table)", path.display());
+    }
+    let mut runs = db.prepare(
+        "SELECT id, started_at, ended_at, command, kernel, kernel_sha256, exit_status FROM runs ORDER BY id DESC",
+    )?;
+    let runs: Vec<RunRow> = runs
+        .query_map([], |r| {
+            Ok(RunRow {
+                id: r.get(0)?,
+                started: r.get(1)?,
+                ended: r.get(2)?,
+                command: r.get(3)?,
+                kernel: r.get(4)?,
+                sha: r.get(5)?,
+                status: r.get(6)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let shown = if all { &runs[..] } else { &runs[..runs.len().min(1)] };
+    let mut out = Vec::new();
+    for run in shown {
+        let mut by_status =
+            db.prepare("SELECT status, count(*) FROM items WHERE run = ?1 GROUP BY status ORDER BY 2 DESC, 1")?;
+        let counts: Vec<(String, i64)> =
+            by_status.query_map([run.id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+        let mut failed = db.prepare(
+            "SELECT idx, origin, status, message, attempts FROM items WHERE run = ?1 AND status != 'ok' ORDER BY idx",
+        )?;
+        let failed: Vec<FailedRow> = failed
+            .query_map([run.id], |r| {
+                Ok(FailedRow {
+                    index: r.get(0)?,
+                    origin: r.get(1)?,
+                    status: r.get(2)?,
+                    message: r.get(3)?,
+                    attempts: r.get(4)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        let recorded: i64 = counts.iter().map(|c| c.1).sum();
+        if json {
+            out.push(serde_json::json!({
+                "run": run.id, "started_at": run.started, "ended_at": run.ended, "command": run.command,
+                "kernel": run.kernel, "kernel_sha256": run.sha, "exit_status": run.status, "items": recorded,
+                "by_status": counts.iter().map(|(s, n)| (s.clone(), serde_json::json!(n))).collect::<serde_json::Map<_, _>>(),
+                "failed": failed.iter().map(|f| serde_json::json!({
+                    "index": f.index, "origin": f.origin, "status": f.status, "message": f.message,
+                    "attempts": f.attempts,
+                })).collect::<Vec<_>>(),
+            }));
+            continue;
+        }
+        println!("run {}: {}", run.id, run.command);
+        println!("  kernel {} (sha256 {})", run.kernel, &run.sha[..16.min(run.sha.len())]);
+        match (&run.ended, run.status) {
+            (Some(ended), Some(status)) => println!("  {} to {ended}, exit status {status}", run.started),
+            _ => println!("  started {}; did not finish (the host was killed, or is still running)", run.started),
+        }
+        let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+        println!("  {recorded} items recorded: {}", if counts.is_empty() { "none".into() } else { counts.join(", ") });
+        for f in failed.iter().take(20) {
+            let first = f.message.as_deref().unwrap_or("").lines().next().unwrap_or("");
+            let tries = f.attempts.filter(|&a| a > 1).map(|a| format!(" ({a} attempts)")).unwrap_or_default();
+            println!("  item {} ({}): {}: {first}{tries}", f.index, f.origin, f.status);
+        }
+        if failed.len() > 20 {
+            println!("  ... and {} more failed items (--json lists them all)", failed.len() - 20);
+        }
+    }
+    if json {
+        println!("{}", serde_json::Value::Array(out));
+    }
+    Ok(())
+}

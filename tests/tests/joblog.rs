@@ -1,0 +1,236 @@
+//! `wpool map --joblog FILE` and `wpool joblog FILE`: a SQLite record of a
+//! run and of every item, that a killed host leaves readable.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wpool_tests::*;
+
+fn sha(bytes: &[u8]) -> Vec<u8> {
+    Sha256::digest(bytes).to_vec()
+}
+
+fn db(path: &std::path::Path) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
+}
+
+#[test]
+fn joblog_records_the_run_and_every_item_with_hashes_status_and_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("run.db");
+    let items: Vec<String> = (0..300)
+        .map(|i| match i % 50 {
+            7 => "err:bad input".to_string(),
+            9 => "unreachable".to_string(),
+            _ => format!("item {i}"),
+        })
+        .collect();
+    let input = dir.path().join("items.txt");
+    std::fs::write(&input, items.join("\n") + "\n").unwrap();
+    let mut c = wpool();
+    c.args(["map", "-j", "2", "--joblog"]).arg(&log).arg(kernel_path("hostile")).arg(&input);
+    let o = run(c, b"");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+
+    let db = db(&log);
+    let (kernel_sha, command, status, ended): (String, String, i32, Option<String>) = db
+        .query_row("SELECT kernel_sha256, command, exit_status, ended_at FROM runs", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .unwrap();
+    let kernel = std::fs::read(kernel_path("hostile")).unwrap();
+    assert_eq!(kernel_sha, sha(&kernel).iter().map(|b| format!("{b:02x}")).collect::<String>());
+    assert!(command.contains("--joblog"), "{command}");
+    assert_eq!(status, 1);
+    assert!(ended.is_some());
+
+    let mut rows = db
+        .prepare(
+            "SELECT idx, origin, input_sha256, status, message, attempts, result_size, result_sha256
+             FROM items ORDER BY idx",
+        )
+        .unwrap();
+    type Row = (i64, String, Vec<u8>, String, Option<String>, Option<u32>, Option<i64>, Option<Vec<u8>>);
+    let rows: Vec<Row> = rows
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.len(), items.len(), "one row per item");
+    for (i, (idx, origin, input_sha, status, message, attempts, size, result_sha)) in rows.iter().enumerate() {
+        let item = items[i].as_bytes();
+        assert_eq!(*idx, i as i64);
+        assert_eq!(*origin, format!("{}:{}", input.display(), i + 1));
+        assert_eq!(*input_sha, sha(item), "item {i}");
+        match i % 50 {
+            7 => {
+                assert_eq!(status, "kernel");
+                assert_eq!(message.as_deref(), Some("bad input"));
+                assert_eq!(*attempts, Some(1));
+                assert!(size.is_none() && result_sha.is_none());
+            }
+            9 => assert_eq!(status, "trap", "item {i}: {message:?}"),
+            _ => {
+                // `hostile` echoes what it does not know.
+                assert_eq!(status, "ok");
+                assert_eq!(*size, Some(item.len() as i64));
+                assert_eq!(result_sha.as_deref(), Some(&sha(item)[..]));
+            }
+        }
+    }
+
+    // The summary, for people and for machines.
+    let mut c = wpool();
+    c.arg("joblog").arg(&log);
+    let o = run(c, b"");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("300 items recorded: 288 ok, 6 "), "{out}");
+    assert!(out.contains("6 kernel") && out.contains("6 trap"), "{out}");
+    assert!(out.contains(&format!("item 7 ({}:8): kernel: bad input", input.display())), "{out}");
+    assert!(out.contains("exit status 1"), "{out}");
+    let mut c = wpool();
+    c.args(["joblog", "--json"]).arg(&log);
+    let o = run(c, b"");
+    let runs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(runs[0]["items"], 300);
+    assert_eq!(runs[0]["by_status"]["trap"], 6);
+    assert_eq!(runs[0]["failed"].as_array().unwrap().len(), 12);
+
+    // A second run goes into the same file; the summary shows the last.
+    let mut c = wpool();
+    c.args(["map", "--joblog"]).arg(&log).arg(kernel_path("upper")).arg(&input);
+    assert!(run(c, b"").status.success());
+    let n: i64 = db.query_row("SELECT count(*) FROM runs", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 2);
+    let mut c = wpool();
+    c.args(["joblog", "--all", "--json"]).arg(&log);
+    let runs: serde_json::Value = serde_json::from_slice(&run(c, b"").stdout).unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 2);
+    assert_eq!(runs[0]["run"], 2, "the last run first");
+    assert_eq!(runs[0]["exit_status"], 0);
+}
+
+/// A host SIGKILLed at any moment leaves a database that opens, passes
+/// SQLite's integrity check, and says how far the run got: a run without an
+/// end, and rows that are each exactly right.
+#[test]
+fn joblog_of_a_host_killed_at_random_points_opens_and_says_how_far_it_got() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("items.txt");
+    let n = 200_000;
+    let text: String = (0..n).map(|i| format!("line {i}\n")).collect();
+    std::fs::write(&input, &text).unwrap();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut partial_runs = 0;
+    for round in 0..6 {
+        let log = dir.path().join(format!("run{round}.db"));
+        let mut c = wpool();
+        c.args(["map", "-j", "2", "--chunksize", "64", "--joblog"]).arg(&log).arg(kernel_path("upper")).arg(&input);
+        c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        let mut host = c.spawn().unwrap();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(30 + seed % 600));
+        let workers = children_of(host.id());
+        signal(host.id(), libc::SIGKILL);
+        host.wait().unwrap();
+        for w in workers {
+            assert!(eventually(Duration::from_secs(10), || !alive(w)), "round {round}: worker {w} outlived its host");
+        }
+        if !log.exists() {
+            continue; // killed before the joblog was created
+        }
+        let db = db(&log);
+        let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+        assert_eq!(check, "ok", "round {round}");
+        let runs: Vec<Option<String>> = db
+            .prepare("SELECT ended_at FROM runs")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        if runs.is_empty() {
+            continue; // killed while creating it
+        }
+        assert_eq!(runs, [None], "round {round}: a killed run has no end");
+        let mut rows = db.prepare("SELECT idx, input_sha256, status, result_sha256 FROM items").unwrap();
+        let rows: Vec<(i64, Vec<u8>, String, Vec<u8>)> = rows
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(rows.len() < n, "round {round}: killed before the end");
+        for (idx, input_sha, status, result_sha) in &rows {
+            let line = format!("line {idx}");
+            assert_eq!(status, "ok");
+            assert_eq!(*input_sha, sha(line.as_bytes()), "round {round}, item {idx}");
+            assert_eq!(*result_sha, sha(line.to_uppercase().as_bytes()), "round {round}, item {idx}");
+        }
+        if !rows.is_empty() {
+            partial_runs += 1;
+        }
+        let mut c = wpool();
+        c.arg("joblog").arg(&log);
+        let o = run(c, b"");
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stdout(&o).contains("did not finish"), "{}", stdout(&o));
+        assert!(stdout(&o).contains(&format!("{} items recorded", rows.len())), "{}", stdout(&o));
+    }
+    assert!(partial_runs >= 2, "most kills should land mid-run: {partial_runs} of 6");
+}
+
+#[test]
+fn joblog_of_a_missing_or_foreign_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = wpool();
+    c.arg("joblog").arg(dir.path().join("none.db"));
+    let o = run(c, b"");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("none.db: no such joblog"), "{}", stderr(&o));
+    let text = temp_file(b"not a database at all, just text\n");
+    let mut c = wpool();
+    c.arg("joblog").arg(text.path());
+    let o = run(c, b"");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains(&text.path().display().to_string()), "{}", stderr(&o));
+    // An unrelated SQLite database is not a joblog either.
+    let other = dir.path().join("other.db");
+    rusqlite::Connection::open(&other).unwrap().execute_batch("CREATE TABLE t (x)").unwrap();
+    let mut c = wpool();
+    c.arg("joblog").arg(&other);
+    let o = run(c, b"");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("not a wpool joblog"), "{}", stderr(&o));
+}
+
+/// A joblog on a full disk (a 64 KiB tmpfs in a private mount namespace):
+/// the results are all printed, and the run ends with exit 2 naming the
+/// joblog and the reason, never a panic or a silent success.
+#[test]
+fn joblog_on_a_full_disk_fails_the_run_naming_it_after_printing_every_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("items.txt");
+    let text: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
+    std::fs::write(&input, &text).unwrap();
+    let full = dir.path().join("full");
+    std::fs::create_dir(&full).unwrap();
+    let script =
+        r#"set -e; mount -t tmpfs -o size=64k,mode=700 tmpfs "$1"; "$2" map -j 2 --joblog "$1/run.db" "$3" "$4""#;
+    let mut c = std::process::Command::new("unshare");
+    c.args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(&full)
+        .arg(wpool_bin())
+        .arg(kernel_path("upper"))
+        .arg(&input);
+    loopback_only(&mut c);
+    let o = run(c, b"");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("--joblog {}/run.db", full.display())), "{err}");
+    assert!(err.contains("full"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(stdout(&o), text.to_uppercase(), "every result printed");
+}
