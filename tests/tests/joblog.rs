@@ -234,3 +234,97 @@ fn joblog_on_a_full_disk_fails_the_run_naming_it_after_printing_every_result() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(stdout(&o), text.to_uppercase(), "every result printed");
 }
+
+fn count(db: &rusqlite::Connection, sql: &str) -> i64 {
+    db.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+/// 100 000 items, the host SIGKILLed mid-run, then `--resume`: the output
+/// is byte for byte that of one uninterrupted run, and the joblog shows the
+/// second run ran only the rest. `--resume-failed` runs only the failed
+/// ones again. A changed input, kernel or option is refused, named.
+#[test]
+fn resume_after_sigkill_prints_the_output_of_one_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("items.txt");
+    let n = 100_000;
+    let line = |i: usize| if i % 997 == 5 { format!("err:no {i}") } else { format!("line {i}") };
+    let text: String = (0..n).map(|i| line(i) + "\n").collect();
+    std::fs::write(&input, &text).unwrap();
+    let map = |extra: &[&str]| {
+        let mut c = wpool();
+        c.args(["map", "-j", "2"]).args(extra).arg(kernel_path("hostile")).arg(&input);
+        c
+    };
+    let reference = run(map(&[]), b"");
+    assert_eq!(reference.status.code(), Some(1));
+    let failures = (0..n).filter(|i| i % 997 == 5).count() as i64;
+
+    let log = dir.path().join("run.db");
+    let log_arg = log.to_str().unwrap();
+    let mut first = map(&["--joblog", log_arg]);
+    first.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let mut host = first.spawn().unwrap();
+    // Killed once some rows are committed, well before the end.
+    let committed = || {
+        log.exists()
+            && rusqlite::Connection::open_with_flags(&log, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .ok()
+                .and_then(|db| db.query_row("SELECT count(*) FROM items", [], |r| r.get::<_, i64>(0)).ok())
+                .is_some_and(|c| c > 0)
+    };
+    assert!(eventually(Duration::from_secs(60), committed), "no rows committed");
+    signal(host.id(), libc::SIGKILL);
+    host.wait().unwrap();
+    let db = db(&log);
+    let done_first = count(&db, "SELECT count(*) FROM items WHERE run = 1");
+    assert!(done_first > 0 && done_first < n as i64, "{done_first}");
+
+    let second = run(map(&["--joblog", log_arg, "--resume"]), b"");
+    assert_eq!(second.status.code(), Some(1), "{}", stderr(&second));
+    assert!(second.stdout == reference.stdout, "output identical to an uninterrupted run");
+    assert_eq!(stderr(&second).lines().count(), failures as usize, "every failure reported once");
+    assert_eq!(count(&db, "SELECT count(*) FROM items WHERE run = 2"), n as i64 - done_first, "only the rest ran");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM items a JOIN items b ON a.idx = b.idx WHERE a.run = 1 AND b.run = 2"),
+        0
+    );
+
+    // Everything is done: a third run replays all of it and runs nothing;
+    // --resume-failed runs the failed items, and only them, again.
+    let third = run(map(&["--joblog", log_arg, "--resume"]), b"");
+    assert!(third.stdout == reference.stdout);
+    assert_eq!(count(&db, "SELECT count(*) FROM items WHERE run = 3"), 0);
+    let fourth = run(map(&["--joblog", log_arg, "--resume-failed"]), b"");
+    assert_eq!(fourth.status.code(), Some(1));
+    assert!(fourth.stdout == reference.stdout);
+    assert_eq!(count(&db, "SELECT count(*) FROM items WHERE run = 4"), failures);
+    assert_eq!(count(&db, "SELECT count(*) FROM items WHERE run = 4 AND status != 'kernel'"), 0);
+
+    // What cannot be resumed is refused, and says why.
+    let o = run(map(&["--joblog", log_arg, "--resume", "--timeout", "5s"]), b"");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("options that change results differ") && stderr(&o).contains("timeout_ms"),
+        "{}",
+        stderr(&o)
+    );
+    let mut c = wpool();
+    c.args(["map", "--joblog", log_arg, "--resume"]).arg(kernel_path("upper")).arg(&input);
+    let o = run(c, b"");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("the kernel changed"), "{}", stderr(&o));
+    let mut changed = text.clone().into_bytes();
+    let at = text.find("line 500\n").unwrap();
+    changed[at] = b'L';
+    std::fs::write(&input, &changed).unwrap();
+    let o = run(map(&["--joblog", log_arg, "--resume"]), b"");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("item 500 is not the item the joblog recorded"), "{}", stderr(&o));
+    let printed = stdout(&o);
+    assert_eq!(printed.lines().count(), 500 - (0..500).filter(|i| i % 997 == 5).count(), "up to the changed item");
+    assert!(reference.stdout.starts_with(printed.as_bytes()));
+    let o = run(map(&["--resume"]), b"");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--joblog"), "{}", stderr(&o));
+}

@@ -133,6 +133,15 @@ pub struct MapCmd {
     /// created if needed; `wpool joblog FILE` summarises it.
     #[arg(long, value_name = "FILE")]
     pub joblog: Option<PathBuf>,
+    /// With --joblog: skip the items the joblog's earlier runs finished (ok
+    /// or failed) and print their recorded outcomes, so that the output is
+    /// that of one uninterrupted run. The kernel and the options that change
+    /// results must be the same; each item's input must hash as recorded.
+    #[arg(long, requires = "joblog", conflicts_with = "unordered")]
+    pub resume: bool,
+    /// As --resume, but run the items that failed again.
+    #[arg(long, requires = "joblog", conflicts_with_all = ["unordered", "resume"])]
+    pub resume_failed: bool,
     #[command(flatten)]
     pub run: RunArgs,
 }

@@ -368,9 +368,14 @@ impl Iterator for Items {
 }
 
 /// Sends items in batches of up to `BATCH_ITEMS` items or `BATCH_BYTES`
-/// bytes; a partial batch goes out before any read that could wait. `seen`
-/// sees each item as it is read, in order (the joblog hashes it).
-pub fn feed_batches(mut items: Items, tx: &crossbeam_channel::Sender<Vec<Vec<u8>>>, mut seen: impl FnMut(&[u8])) {
+/// bytes; a partial batch goes out before any read that could wait. `keep`
+/// sees each item as it is read, in order, and says whether it is sent
+/// (the joblog hashes it; `--resume` keeps back the finished ones).
+pub fn feed_batches(
+    mut items: Items,
+    tx: &crossbeam_channel::Sender<Vec<Vec<u8>>>,
+    mut keep: impl FnMut(&[u8]) -> bool,
+) {
     const BATCH_ITEMS: usize = 1024;
     const BATCH_BYTES: usize = 256 << 10;
     let mut batch = Vec::new();
@@ -384,7 +389,9 @@ pub fn feed_batches(mut items: Items, tx: &crossbeam_channel::Sender<Vec<Vec<u8>
         }
         match items.next() {
             Some(item) => {
-                seen(&item);
+                if !keep(&item) {
+                    continue;
+                }
                 bytes += item.len();
                 batch.push(item);
             }

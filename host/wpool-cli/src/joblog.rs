@@ -49,16 +49,35 @@ CREATE TABLE IF NOT EXISTS items (
     finished REAL NOT NULL,
     result_size INTEGER,
     result_sha256 BLOB,
+    exit_code INTEGER,
+    stderr BLOB,
     PRIMARY KEY (run, idx)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS results (
+    sha256 BLOB PRIMARY KEY,
+    bytes BLOB NOT NULL
+);
 ";
 
 /// What the run records about itself.
 pub struct RunInfo<'a> {
     pub command: String,
     pub kernel: &'a Path,
+    /// The kernel file's SHA-256, in hex ([`kernel_sha256`]).
+    pub kernel_sha256: String,
     /// The options that change results, as JSON.
     pub options: serde_json::Value,
+}
+
+/// The SHA-256 of a kernel file, in hex, as the joblog records it.
+pub fn kernel_sha256(kernel: &Path) -> Result<String> {
+    let bytes = std::fs::read(kernel).with_context(|| format!("reading {}", kernel.display()))?;
+    Ok(sha256_hex(&bytes))
+}
+
+/// An item's input hash, as the joblog records it.
+pub fn input_sha256(item: &[u8]) -> [u8; 32] {
+    Sha256::digest(item).into()
 }
 
 enum Record {
@@ -79,7 +98,10 @@ struct Outcome {
     attempts: Option<u32>,
     worker: Option<u32>,
     finished: f64,
-    result: Option<(usize, [u8; 32])>,
+    /// A result: its SHA-256 and bytes (kept for `--resume`).
+    result: Option<([u8; 32], Vec<u8>)>,
+    exit_code: Option<i32>,
+    stderr: Option<Vec<u8>>,
 }
 
 /// The writing side, held by the run.
@@ -93,13 +115,11 @@ pub struct Joblog {
 /// Sends the input hashes, from the thread that reads the input.
 pub struct InputHashes {
     tx: Sender<Record>,
-    next: u64,
 }
 
 impl InputHashes {
-    pub fn item(&mut self, bytes: &[u8]) {
-        let _ = self.tx.send(Record::Input(self.next, Sha256::digest(bytes).into()));
-        self.next += 1;
+    pub fn item(&self, index: u64, sha256: [u8; 32]) {
+        let _ = self.tx.send(Record::Input(index, sha256));
     }
 }
 
@@ -122,7 +142,6 @@ fn open(path: &Path) -> Result<Connection> {
 impl Joblog {
     /// Opens (or creates) the database and records the run's start.
     pub fn start(path: &Path, info: RunInfo<'_>) -> Result<Joblog> {
-        let kernel = std::fs::read(info.kernel).with_context(|| format!("reading {}", info.kernel.display()))?;
         let db = open(path)?;
         db.execute(
             "INSERT INTO runs (started_at, wpool_version, command, kernel, kernel_sha256, options, node)
@@ -131,7 +150,7 @@ impl Joblog {
                 env!("CARGO_PKG_VERSION"),
                 info.command,
                 info.kernel.display().to_string(),
-                sha256_hex(&kernel),
+                info.kernel_sha256,
                 info.options.to_string(),
                 gethostname(),
             ],
@@ -148,7 +167,7 @@ impl Joblog {
 
     /// For the input thread.
     pub fn input_hashes(&self) -> InputHashes {
-        InputHashes { tx: self.tx.clone(), next: 0 }
+        InputHashes { tx: self.tx.clone() }
     }
 
     /// Records how item `index` ended; `origin` says where it came from.
@@ -163,7 +182,9 @@ impl Joblog {
                 attempts: None,
                 worker: None,
                 finished,
-                result: Some((bytes.len(), Sha256::digest(bytes).into())),
+                result: Some((Sha256::digest(bytes).into(), bytes.clone())),
+                exit_code: None,
+                stderr: None,
             },
             Err(e) => Outcome {
                 index,
@@ -174,6 +195,11 @@ impl Joblog {
                 worker: e.worker.map(|w| w.0),
                 finished,
                 result: None,
+                exit_code: match e.kind {
+                    wpool::TaskErrorKind::KernelExit(code) => Some(code),
+                    _ => None,
+                },
+                stderr: Some(e.stderr.clone()).filter(|s| !s.is_empty()),
             },
         };
         let _ = self.tx.send(Record::Outcome(outcome));
@@ -215,8 +241,10 @@ fn write(mut db: Connection, run: i64, rx: &Receiver<Record>) -> Result<()> {
         {
             let mut insert = tx.prepare_cached(
                 "INSERT OR REPLACE INTO items (run, idx, origin, input_sha256, status, message, attempts, worker,
-                 finished, result_size, result_sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 finished, result_size, result_sha256, exit_code, stderr)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?;
+            let mut store = tx.prepare_cached("INSERT OR IGNORE INTO results (sha256, bytes) VALUES (?1, ?2)")?;
             while rows < BATCH_ROWS {
                 let record = match rx.recv_deadline(deadline) {
                     Ok(r) => r,
@@ -242,9 +270,14 @@ fn write(mut db: Connection, run: i64, rx: &Receiver<Record>) -> Result<()> {
                             o.attempts,
                             o.worker,
                             o.finished,
-                            o.result.map(|(len, _)| len as i64),
-                            o.result.as_ref().map(|(_, h)| &h[..]),
+                            o.result.as_ref().map(|(_, bytes)| bytes.len() as i64),
+                            o.result.as_ref().map(|(h, _)| &h[..]),
+                            o.exit_code,
+                            o.stderr,
                         ])?;
+                        if let Some((sha, bytes)) = &o.result {
+                            store.execute(params![&sha[..], bytes])?;
+                        }
                         rows += 1;
                     }
                     Record::End(status) => {
@@ -267,6 +300,139 @@ fn write(mut db: Connection, run: i64, rx: &Receiver<Record>) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// What the earlier runs of a joblog did, for `--resume`: the items they
+/// finished, found by index and checked by input hash, and their outcomes.
+pub struct Resume {
+    db: Connection,
+    /// Item index → its input's SHA-256 and the run whose row counts (the
+    /// last that finished it).
+    done: std::sync::Arc<std::collections::HashMap<u64, ([u8; 32], i64)>>,
+}
+
+impl Resume {
+    /// The items finished by the runs in `path` of this kernel with these
+    /// options (all but the failed ones with `failed_too`). Refuses when the
+    /// kernel or the options changed since the last run, naming what changed.
+    pub fn load(path: &Path, kernel_sha: &str, options: &serde_json::Value, failed_too: bool) -> Result<Resume> {
+        if !path.exists() {
+            anyhow::bail!("--resume: {}: no such joblog (the first run records it with --joblog)", path.display());
+        }
+        let db = open(path)?;
+        let last: Option<(String, String)> = db
+            .query_row("SELECT kernel_sha256, options FROM runs ORDER BY id DESC LIMIT 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let Some((last_kernel, last_options)) = last else {
+            anyhow::bail!("--resume: {} records no run", path.display());
+        };
+        if last_kernel != kernel_sha {
+            anyhow::bail!(
+                "--resume: the kernel changed since the last run in {} (SHA-256 {} then, {} now): resume with \
+                 the same kernel, or record a new joblog",
+                path.display(),
+                &last_kernel[..16.min(last_kernel.len())],
+                &kernel_sha[..16]
+            );
+        }
+        let then: serde_json::Value = serde_json::from_str(&last_options).unwrap_or_default();
+        if &then != options {
+            let empty = serde_json::Map::new();
+            let (a, b) = (then.as_object().unwrap_or(&empty), options.as_object().unwrap_or(&empty));
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            let changed: Vec<String> = keys
+                .into_iter()
+                .filter(|k| a.get(*k) != b.get(*k))
+                .map(|k| {
+                    let show = |v: Option<&serde_json::Value>| v.map_or("unset".to_string(), |v| v.to_string());
+                    format!("{k} ({} then, {} now)", show(a.get(k)), show(b.get(k)))
+                })
+                .collect();
+            anyhow::bail!(
+                "--resume: options that change results differ from the last run in {}: {}",
+                path.display(),
+                changed.join(", ")
+            );
+        }
+        let mut done = std::collections::HashMap::new();
+        {
+            let mut rows = db.prepare(
+                "SELECT items.idx, items.input_sha256, items.run, items.status FROM items
+                 JOIN runs ON runs.id = items.run
+                 WHERE runs.kernel_sha256 = ?1 AND runs.options = ?2 ORDER BY items.run",
+            )?;
+            let mut rows = rows.query(params![kernel_sha, last_options])?;
+            while let Some(r) = rows.next()? {
+                let index: i64 = r.get(0)?;
+                let input: Option<Vec<u8>> = r.get(1)?;
+                let status: String = r.get(3)?;
+                let Some(input) = input.and_then(|i| <[u8; 32]>::try_from(i).ok()) else { continue };
+                if failed_too && status != "ok" {
+                    done.remove(&(index as u64));
+                } else {
+                    done.insert(index as u64, (input, r.get(2)?));
+                }
+            }
+        }
+        Ok(Resume { db, done: std::sync::Arc::new(done) })
+    }
+
+    /// Item index → input SHA-256 of every finished item, for the input
+    /// thread.
+    pub fn done(&self) -> std::sync::Arc<std::collections::HashMap<u64, ([u8; 32], i64)>> {
+        self.done.clone()
+    }
+
+    /// How finished item `index` ended, from its row and the result store.
+    pub fn replay(&self, index: u64) -> Result<ItemResult> {
+        let (_, run) = self.done.get(&index).context("not a finished item")?;
+        type Row = (String, Option<String>, Option<u32>, Option<u32>, Option<i32>, Option<Vec<u8>>, Option<Vec<u8>>);
+        let (status, message, attempts, worker, exit_code, stderr, result): Row = self.db.query_row(
+            "SELECT status, message, attempts, worker, exit_code, stderr, result_sha256 FROM items
+             WHERE run = ?1 AND idx = ?2",
+            params![run, index as i64],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+        )?;
+        if status == "ok" {
+            let sha = result.context("an ok row without a result hash")?;
+            let bytes: Vec<u8> = self
+                .db
+                .query_row("SELECT bytes FROM results WHERE sha256 = ?1", [&sha], |r| r.get(0))
+                .optional()?
+                .with_context(|| format!("the result of item {index} is missing from the result store"))?;
+            if Sha256::digest(&bytes)[..] != sha[..] {
+                anyhow::bail!("the stored result of item {index} does not match its SHA-256");
+            }
+            return Ok(Ok(bytes));
+        }
+        use wpool::TaskErrorKind as K;
+        let kind = match status.as_str() {
+            "kernel" => K::Kernel,
+            "trap" => K::Trap,
+            "timeout" => K::Timeout,
+            "out_of_fuel" => K::OutOfFuel,
+            "memory_limit" => K::MemoryLimit,
+            "stack_overflow" => K::StackOverflow,
+            "kernel_exit" => K::KernelExit(exit_code.unwrap_or(1)),
+            // Shown by name only; what happened is in the message.
+            "worker_crashed" => K::WorkerCrashed(wpool::Crash::Signaled { signal: libc::SIGKILL }),
+            "item_too_large" => K::ItemTooLarge,
+            "protocol" => K::Protocol,
+            other => anyhow::bail!("item {index}: unknown status `{other}` in the joblog"),
+        };
+        Ok(Err(wpool::TaskError {
+            index: wpool::ItemIndex(index),
+            kind,
+            message: message.unwrap_or_default(),
+            worker: worker.map(wpool::WorkerId),
+            attempts: attempts.unwrap_or(0),
+            stderr: stderr.unwrap_or_default(),
+        }))
+    }
 }
 
 fn gethostname() -> String {

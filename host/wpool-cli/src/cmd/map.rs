@@ -8,7 +8,7 @@ use super::driver::{finish, items, map_kernel, printer, report_end, Setup, PRINT
 use crate::exit::Exit;
 use crate::flags::MapCmd;
 use crate::input;
-use crate::joblog::{Joblog, RunInfo};
+use crate::joblog::{self, Joblog, Resume, RunInfo};
 use crate::signals::Interrupts;
 
 pub fn run(cmd: MapCmd) -> Result<Exit> {
@@ -27,18 +27,23 @@ pub fn run(cmd: MapCmd) -> Result<Exit> {
     let read_error = items.error();
     let mut printer = printer(args, &items, &sources);
     let origins = items.origins();
-    let joblog = match &cmd.joblog {
-        Some(path) => Some(Joblog::start(
-            path,
-            RunInfo {
-                command: shell_words::join(std::env::args()),
-                kernel: &cmd.kernel,
-                options: result_options(&cmd),
-            },
-        )?),
-        None => None,
+    let (joblog, resume) = match &cmd.joblog {
+        Some(path) => {
+            let kernel_sha256 = joblog::kernel_sha256(&cmd.kernel)?;
+            let options = result_options(&cmd);
+            // Read before this run adds itself.
+            let resume = (cmd.resume || cmd.resume_failed)
+                .then(|| Resume::load(path, &kernel_sha256, &options, cmd.resume_failed))
+                .transpose()?;
+            let command = shell_words::join(std::env::args());
+            let info = RunInfo { command, kernel: &cmd.kernel, kernel_sha256, options };
+            (Some(Joblog::start(path, info)?), resume)
+        }
+        None => (None, None),
     };
-    let mut hashes = joblog.as_ref().map(Joblog::input_hashes);
+    let hashes = joblog.as_ref().map(Joblog::input_hashes);
+    let done = resume.as_ref().map(Resume::done);
+    let (plan_tx, plan_rx) = crossbeam_channel::unbounded::<Plan>();
 
     // Input is read on its own thread so that results keep flowing while a
     // slow producer (a pipe, a terminal, a FIFO without a writer yet) has
@@ -48,25 +53,51 @@ pub fn run(cmd: MapCmd) -> Result<Exit> {
     std::thread::Builder::new()
         .name("wpool-input".into())
         .spawn(move || {
+            let mut index = 0u64;
+            let mut changed = false;
             input::feed_batches(items, &tx, |item| {
-                if let Some(h) = &mut hashes {
-                    h.item(item);
+                let i = index;
+                index += 1;
+                if hashes.is_none() || changed {
+                    return !changed;
                 }
+                let sha = joblog::input_sha256(item);
+                if let Some(done) = &done {
+                    match done.get(&i) {
+                        Some((recorded, _)) if *recorded == sha => {
+                            let _ = plan_tx.send(Plan::Done(i));
+                            return false;
+                        }
+                        Some(_) => {
+                            // Nothing after it is run: the output would mix.
+                            changed = true;
+                            let _ = plan_tx.send(Plan::Changed(i));
+                            return false;
+                        }
+                        None => {
+                            let _ = plan_tx.send(Plan::Run(i));
+                        }
+                    }
+                }
+                if let Some(h) = &hashes {
+                    h.item(i, sha);
+                }
+                true
             })
         })
         .context("starting the input thread")?;
 
     let mut failed = false;
-    let mut results = if cmd.unordered {
-        Results::Unordered(pool.imap_unordered_batches(rx))
-    } else {
-        Results::Ordered(pool.imap_batches(rx), 0)
+    let mut results = match &resume {
+        _ if cmd.unordered => Results::Unordered(pool.imap_unordered_batches(rx)),
+        None => Results::Ordered(pool.imap_batches(rx), 0),
+        Some(resume) => Results::Resumed { run: pool.imap_batches(rx), plan: plan_rx, next: None, resume, stop: None },
     };
     let outcome: Result<(), Error> = (|| {
         while let Some(r) = results.next() {
-            let (index, result) = r?;
+            let (index, result, replayed) = r?;
             failed |= result.is_err();
-            if let Some(j) = &joblog {
+            if let Some(j) = joblog.as_ref().filter(|_| !replayed) {
                 j.outcome(index, origins.lock().unwrap().describe(index), &result);
             }
             printer.item(index, result, !results.has_ready())?;
@@ -76,10 +107,15 @@ pub fn run(cmd: MapCmd) -> Result<Exit> {
         }
         Ok(())
     })();
+    let stop = results.stop();
     drop(results);
     report_end(&pool, args, "");
     drop(pool);
     let exit = finish(outcome, printer, &interrupts, &read_error, PRINTED_SO_FAR, failed);
+    let exit = match (stop, exit) {
+        (Some(stop), Ok(Exit::Success | Exit::Failed)) => Err(stop),
+        (_, exit) => exit,
+    };
     if let Some(j) = joblog {
         let code = exit.as_ref().map_or(i32::from(crate::exit::ERROR), |e| i32::from(e.code()));
         j.finish(code)?;
@@ -118,27 +154,67 @@ fn result_options(cmd: &MapCmd) -> serde_json::Value {
     })
 }
 
-/// The results of a run with their item indices, in input or completion
+/// What the input thread did with each item of a resumed run, in input
 /// order.
-enum Results<'p> {
+enum Plan {
+    /// Finished by an earlier run: its outcome comes from the joblog.
+    Done(u64),
+    /// Sent to the pool.
+    Run(u64),
+    /// Its input is not what the joblog recorded for it.
+    Changed(u64),
+}
+
+/// The results of a run with their item indices, in input or completion
+/// order, and whether each was replayed from the joblog.
+enum Results<'p, 'r> {
     /// In input order: the next result's index.
     Ordered(wpool::Imap<'p>, u64),
     Unordered(wpool::ImapUnordered<'p>),
+    /// `--resume`: in input order, the items the pool runs between those
+    /// replayed from the joblog, as the plan says.
+    Resumed {
+        run: wpool::Imap<'p>,
+        plan: crossbeam_channel::Receiver<Plan>,
+        /// The plan's next step, when `has_ready` looked at it.
+        next: Option<Plan>,
+        resume: &'r Resume,
+        /// Why the run stopped early, if it did.
+        stop: Option<anyhow::Error>,
+    },
 }
 
-impl Results<'_> {
+impl Results<'_, '_> {
     /// Whether the next result is there without waiting: when it is not,
     /// the output is flushed.
-    fn has_ready(&self) -> bool {
+    fn has_ready(&mut self) -> bool {
         match self {
             Results::Ordered(it, _) => it.has_ready(),
             Results::Unordered(it) => it.has_ready(),
+            Results::Resumed { run, plan, next, .. } => {
+                if next.is_none() {
+                    *next = plan.try_recv().ok();
+                }
+                match next {
+                    Some(Plan::Run(_)) => run.has_ready(),
+                    Some(_) => true,
+                    None => false,
+                }
+            }
+        }
+    }
+
+    /// Why a resumed run stopped before its end.
+    fn stop(&mut self) -> Option<anyhow::Error> {
+        match self {
+            Results::Resumed { stop, .. } => stop.take(),
+            _ => None,
         }
     }
 }
 
-impl Iterator for Results<'_> {
-    type Item = Result<(u64, wpool::ItemResult), Error>;
+impl Iterator for Results<'_, '_> {
+    type Item = Result<(u64, wpool::ItemResult, bool), Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
         match self {
@@ -146,9 +222,39 @@ impl Iterator for Results<'_> {
                 let r = it.next()?;
                 let index = *next;
                 *next += 1;
-                Some(r.map(|result| (index, result)))
+                Some(r.map(|result| (index, result, false)))
             }
-            Results::Unordered(it) => Some(it.next()?.map(|(index, result)| (index.get(), result))),
+            Results::Unordered(it) => Some(it.next()?.map(|(index, result)| (index.get(), result, false))),
+            Results::Resumed { run, plan, next, resume, stop } => {
+                let step = match next.take() {
+                    Some(step) => step,
+                    None => plan.recv().ok()?,
+                };
+                match step {
+                    Plan::Done(index) => match resume.replay(index) {
+                        Ok(result) => Some(Ok((index, result, true))),
+                        Err(e) => {
+                            *stop = Some(e.context(format!("--resume: item {index}")));
+                            None
+                        }
+                    },
+                    Plan::Run(index) => Some(run.next()?.map(|result| {
+                        // The pool numbers only the items it runs.
+                        let result = result.map_err(|mut e| {
+                            e.index = wpool::ItemIndex(index);
+                            e
+                        });
+                        (index, result, false)
+                    })),
+                    Plan::Changed(index) => {
+                        *stop = Some(anyhow::anyhow!(
+                            "--resume: item {index} is not the item the joblog recorded (its SHA-256 differs): \
+                             the input changed since; nothing after it was run"
+                        ));
+                        None
+                    }
+                }
+            }
         }
     }
 }
