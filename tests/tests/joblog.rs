@@ -206,7 +206,7 @@ fn joblog_of_a_missing_or_foreign_file_is_a_clear_error() {
     assert!(stderr(&o).contains("not a wpool joblog"), "{}", stderr(&o));
 }
 
-/// A joblog on a full disk (a 64 KiB tmpfs in a private mount namespace):
+/// A joblog on a full disk (a 256 KiB tmpfs in a private mount namespace):
 /// the results are all printed, and the run ends with exit 2 naming the
 /// joblog and the reason, never a panic or a silent success.
 #[test]
@@ -218,7 +218,7 @@ fn joblog_on_a_full_disk_fails_the_run_naming_it_after_printing_every_result() {
     let full = dir.path().join("full");
     std::fs::create_dir(&full).unwrap();
     let script =
-        r#"set -e; mount -t tmpfs -o size=64k,mode=700 tmpfs "$1"; "$2" map -j 2 --joblog "$1/run.db" "$3" "$4""#;
+        r#"set -e; mount -t tmpfs -o size=256k,mode=700 tmpfs "$1"; "$2" map -j 2 --joblog "$1/run.db" "$3" "$4""#;
     let mut c = std::process::Command::new("unshare");
     c.args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
         .arg(&full)
@@ -232,7 +232,7 @@ fn joblog_on_a_full_disk_fails_the_run_naming_it_after_printing_every_result() {
     assert!(err.contains(&format!("--joblog {}/run.db", full.display())), "{err}");
     assert!(err.contains("full"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
-    assert_eq!(stdout(&o), text.to_uppercase(), "every result printed");
+    assert!(stdout(&o) == text.to_uppercase(), "every result printed: {} bytes of {}", o.stdout.len(), text.len());
 }
 
 fn count(db: &rusqlite::Connection, sql: &str) -> i64 {
@@ -327,4 +327,65 @@ fn resume_after_sigkill_prints_the_output_of_one_uninterrupted_run() {
     let o = run(map(&["--resume"]), b"");
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--joblog"), "{}", stderr(&o));
+}
+
+/// `--quarantine FILE` holds exactly the failed items in the input's own
+/// framing, so that mapping FILE runs them (and only them) again.
+#[test]
+fn quarantine_holds_the_failed_items_as_read_and_reruns_exactly_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("failed");
+    // Lines: the failed ones, whole, in input order.
+    let lines: Vec<String> =
+        (0..2000).map(|i| if i % 100 == 3 { format!("err:item {i}") } else { format!("item {i}") }).collect();
+    let input = dir.path().join("items.txt");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let mut c = wpool();
+    c.args(["map", "-j", "2", "--quarantine"]).arg(&q).arg(kernel_path("hostile")).arg(&input);
+    let o = run(c, b"");
+    assert_eq!(o.status.code(), Some(1));
+    let failed: Vec<&String> = lines.iter().filter(|l| l.starts_with("err:")).collect();
+    let expected: String = failed.iter().map(|l| format!("{l}\n")).collect();
+    assert_eq!(std::fs::read_to_string(&q).unwrap(), expected);
+    assert!(!dir.path().join("failed.tmp").exists());
+    let mut c = wpool();
+    c.args(["map", "--json"]).arg(kernel_path("hostile")).arg(&q);
+    let o = run(c, b"");
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stdout(&o).lines().count(), failed.len(), "exactly the failed items ran again");
+    assert!(stdout(&o).lines().all(|l| l.contains("\"error\"")));
+
+    // NUL records keep their newlines; an item over --max-item-size is
+    // named, not written cut.
+    let records = b"ok one\0err:two\nlines\0unreachable\0".to_vec();
+    let mut big = b"err:".to_vec();
+    big.extend(std::iter::repeat_n(b'x', 5000));
+    let input = dir.path().join("records");
+    std::fs::write(&input, [&records[..], &big, b"\0"].concat()).unwrap();
+    let mut c = wpool();
+    c.args(["map", "-0", "--max-item-size", "4KiB", "--quarantine"]).arg(&q).arg(kernel_path("hostile")).arg(&input);
+    let o = run(c, b"");
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(std::fs::read(&q).unwrap(), b"err:two\nlines\0unreachable\0");
+    assert!(
+        stderr(&o).contains("1 items over --max-item-size are not in it") && stderr(&o).contains("items 3"),
+        "{}",
+        stderr(&o)
+    );
+
+    // --files: the names of the files that failed.
+    let good = dir.path().join("good.txt");
+    let bad = dir.path().join("bad.txt");
+    std::fs::write(&good, "fine").unwrap();
+    std::fs::write(&bad, "err:bad file").unwrap();
+    let mut c = wpool();
+    c.args(["map", "--files", "--quarantine"]).arg(&q).arg(kernel_path("hostile")).arg(&good).arg(&bad);
+    let o = run(c, b"");
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(std::fs::read_to_string(&q).unwrap(), format!("{}\n", bad.display()));
+    let mut c = wpool();
+    c.args(["map", "--files"]).arg(kernel_path("hostile")).arg("-");
+    let o = run(c, &std::fs::read(&q).unwrap());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("bad.txt") && stderr(&o).contains("bad file"), "{}", stderr(&o));
 }

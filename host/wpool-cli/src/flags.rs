@@ -139,6 +139,12 @@ pub struct MapCmd {
     /// results must be the same; each item's input must hash as recorded.
     #[arg(long, requires = "joblog", conflicts_with = "unordered")]
     pub resume: bool,
+    /// Write each failed item to FILE as it was read (a line, a `-0`
+    /// record, or with --files the file's name), so that `wpool map KERNEL
+    /// FILE` (with the same -0 / --files) runs exactly the failed items
+    /// again.
+    #[arg(long, value_name = "FILE")]
+    pub quarantine: Option<PathBuf>,
     /// As --resume, but run the items that failed again.
     #[arg(long, requires = "joblog", conflicts_with_all = ["unordered", "resume"])]
     pub resume_failed: bool,

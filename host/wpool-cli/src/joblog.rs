@@ -302,13 +302,15 @@ fn write(mut db: Connection, run: i64, rx: &Receiver<Record>) -> Result<()> {
     Ok(())
 }
 
+/// Item index → its input's SHA-256 and the run whose row counts (the last
+/// that finished it).
+pub type Done = std::sync::Arc<std::collections::HashMap<u64, ([u8; 32], i64)>>;
+
 /// What the earlier runs of a joblog did, for `--resume`: the items they
 /// finished, found by index and checked by input hash, and their outcomes.
 pub struct Resume {
     db: Connection,
-    /// Item index → its input's SHA-256 and the run whose row counts (the
-    /// last that finished it).
-    done: std::sync::Arc<std::collections::HashMap<u64, ([u8; 32], i64)>>,
+    done: Done,
 }
 
 impl Resume {
@@ -383,7 +385,7 @@ impl Resume {
 
     /// Item index → input SHA-256 of every finished item, for the input
     /// thread.
-    pub fn done(&self) -> std::sync::Arc<std::collections::HashMap<u64, ([u8; 32], i64)>> {
+    pub fn done(&self) -> Done {
         self.done.clone()
     }
 

@@ -11,6 +11,7 @@ mod flags;
 mod input;
 mod joblog;
 mod output;
+mod quarantine;
 mod signals;
 mod units;
 

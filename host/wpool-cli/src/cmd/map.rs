@@ -9,6 +9,7 @@ use crate::exit::Exit;
 use crate::flags::MapCmd;
 use crate::input;
 use crate::joblog::{self, Joblog, Resume, RunInfo};
+use crate::quarantine::Quarantine;
 use crate::signals::Interrupts;
 
 pub fn run(cmd: MapCmd) -> Result<Exit> {
@@ -50,44 +51,25 @@ pub fn run(cmd: MapCmd) -> Result<Exit> {
     // nothing to say. Items travel in batches, each sent as soon as the next
     // read could wait.
     let (tx, rx) = crossbeam_channel::bounded::<Vec<Vec<u8>>>(4);
+    let mut quarantine = match &cmd.quarantine {
+        Some(path) => Some(Quarantine::create(path, if args.null { 0 } else { b'\n' }, args.files, max_item(args))?),
+        None => None,
+    };
+    let mut gate = InputGate {
+        index: 0,
+        changed: false,
+        hashes,
+        done,
+        plan: plan_tx,
+        kept: quarantine.as_ref().and_then(Quarantine::kept),
+    };
     std::thread::Builder::new()
         .name("wpool-input".into())
-        .spawn(move || {
-            let mut index = 0u64;
-            let mut changed = false;
-            input::feed_batches(items, &tx, |item| {
-                let i = index;
-                index += 1;
-                if hashes.is_none() || changed {
-                    return !changed;
-                }
-                let sha = joblog::input_sha256(item);
-                if let Some(done) = &done {
-                    match done.get(&i) {
-                        Some((recorded, _)) if *recorded == sha => {
-                            let _ = plan_tx.send(Plan::Done(i));
-                            return false;
-                        }
-                        Some(_) => {
-                            // Nothing after it is run: the output would mix.
-                            changed = true;
-                            let _ = plan_tx.send(Plan::Changed(i));
-                            return false;
-                        }
-                        None => {
-                            let _ = plan_tx.send(Plan::Run(i));
-                        }
-                    }
-                }
-                if let Some(h) = &hashes {
-                    h.item(i, sha);
-                }
-                true
-            })
-        })
+        .spawn(move || input::feed_batches(items, &tx, |item| gate.keep(item)))
         .context("starting the input thread")?;
 
     let mut failed = false;
+    let mut quarantine_error = None;
     let mut results = match &resume {
         _ if cmd.unordered => Results::Unordered(pool.imap_unordered_batches(rx)),
         None => Results::Ordered(pool.imap_batches(rx), 0),
@@ -99,6 +81,12 @@ pub fn run(cmd: MapCmd) -> Result<Exit> {
             failed |= result.is_err();
             if let Some(j) = joblog.as_ref().filter(|_| !replayed) {
                 j.outcome(index, origins.lock().unwrap().describe(index), &result);
+            }
+            if let Some(q) = &mut quarantine {
+                if let Err(e) = q.outcome(index, || origins.lock().unwrap().describe(index), &result) {
+                    quarantine_error = Some(e);
+                    break;
+                }
             }
             printer.item(index, result, !results.has_ready())?;
             if failed && args.fail_fast {
@@ -112,8 +100,13 @@ pub fn run(cmd: MapCmd) -> Result<Exit> {
     report_end(&pool, args, "");
     drop(pool);
     let exit = finish(outcome, printer, &interrupts, &read_error, PRINTED_SO_FAR, failed);
-    let exit = match (stop, exit) {
+    let exit = match (stop.or(quarantine_error), exit) {
         (Some(stop), Ok(Exit::Success | Exit::Failed)) => Err(stop),
+        (_, exit) => exit,
+    };
+    // Written even after a stop signal: the failures so far are in it.
+    let exit = match (quarantine.map(Quarantine::finish), exit) {
+        (Some(Err(e)), Ok(_)) => Err(e),
         (_, exit) => exit,
     };
     if let Some(j) = joblog {
@@ -121,6 +114,10 @@ pub fn run(cmd: MapCmd) -> Result<Exit> {
         j.finish(code)?;
     }
     exit
+}
+
+fn max_item(args: &crate::flags::RunArgs) -> usize {
+    usize::try_from(args.max_item_size).unwrap_or(usize::MAX)
 }
 
 /// The options of a `map` run that change what its items give, for the
@@ -152,6 +149,51 @@ fn result_options(cmd: &MapCmd) -> serde_json::Value {
         "init": cmd.init,
         "retries": a.retries,
     })
+}
+
+/// The input thread's look at each item before the pool sees it: hashed
+/// for the joblog, held back when an earlier run finished it (--resume),
+/// its bytes kept for --quarantine.
+struct InputGate {
+    index: u64,
+    /// An item changed since the joblog recorded it: nothing after it runs.
+    changed: bool,
+    hashes: Option<joblog::InputHashes>,
+    done: Option<joblog::Done>,
+    plan: crossbeam_channel::Sender<Plan>,
+    kept: Option<crate::quarantine::Kept>,
+}
+
+impl InputGate {
+    /// Whether the item goes to the pool.
+    fn keep(&mut self, item: &[u8]) -> bool {
+        let i = self.index;
+        self.index += 1;
+        if self.changed {
+            return false;
+        }
+        if let Some(kept) = &self.kept {
+            kept.lock().unwrap().insert(i, item.to_vec());
+        }
+        let Some(hashes) = &self.hashes else { return true };
+        let sha = joblog::input_sha256(item);
+        if let Some(done) = &self.done {
+            let step = match done.get(&i) {
+                Some((recorded, _)) if *recorded == sha => Plan::Done(i),
+                // Nothing after it is run: the output would mix.
+                Some(_) => Plan::Changed(i),
+                None => Plan::Run(i),
+            };
+            let run = matches!(step, Plan::Run(_));
+            self.changed = matches!(step, Plan::Changed(_));
+            let _ = self.plan.send(step);
+            if !run {
+                return false;
+            }
+        }
+        hashes.item(i, sha);
+        true
+    }
 }
 
 /// What the input thread did with each item of a resumed run, in input
