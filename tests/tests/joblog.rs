@@ -389,3 +389,80 @@ fn quarantine_holds_the_failed_items_as_read_and_reruns_exactly_them() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("bad.txt") && stderr(&o).contains("bad file"), "{}", stderr(&o));
 }
+
+/// `wpool replay JOBLOG --item N` runs that one item again with its run's
+/// options (a 1 s timeout here); `--bundle DIR` makes a folder that replays
+/// it anywhere, without the joblog or the input.
+#[test]
+fn replay_runs_one_recorded_item_again_and_a_bundle_replays_it_anywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, "a\nerr:boom\nspin\nb\n").unwrap();
+    let log = dir.path().join("run.db");
+    let mut c = wpool();
+    c.args(["map", "--timeout", "1s", "--joblog"]).arg(&log).arg(kernel_path("hostile")).arg(&input);
+    assert_eq!(run(c, b"").status.code(), Some(1));
+    let replay = |args: &[&str]| {
+        let mut c = wpool();
+        c.arg("replay").arg(&log).args(args);
+        run(c, b"")
+    };
+    let o = replay(&["--item", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains(&format!("replaying item 1 ({}:2) of run 1", input.display())), "{}", stderr(&o));
+    assert!(stderr(&o).contains("kernel: boom"), "{}", stderr(&o));
+    let o = replay(&["--item", "3"]);
+    assert_eq!((o.status.code(), stdout(&o).as_str()), (Some(0), "b\n"));
+    // The recorded timeout holds: `spin` ends as a timeout, not a hang.
+    let o = replay(&["--item", "2"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("timeout"), "{}", stderr(&o));
+
+    let bundle = dir.path().join("bug");
+    let o = replay(&["--item", "1", "--bundle", bundle.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(bundle.join("item")).unwrap(), b"err:boom");
+    assert_eq!(std::fs::read(bundle.join("kernel.wasm")).unwrap(), std::fs::read(kernel_path("hostile")).unwrap());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("bundle.json")).unwrap()).unwrap();
+    assert_eq!(manifest["options"]["timeout_ms"], 1000);
+    // Elsewhere, with the joblog and the input gone.
+    let moved = tempfile::tempdir().unwrap();
+    let there = moved.path().join("bug");
+    std::fs::rename(&bundle, &there).unwrap();
+    std::fs::remove_file(&log).unwrap();
+    std::fs::remove_file(&input).unwrap();
+    let mut c = wpool();
+    c.current_dir(moved.path()).arg("replay").arg("bug");
+    let o = run(c, b"");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("kernel: boom"), "{}", stderr(&o));
+}
+
+#[test]
+fn replay_refuses_what_it_cannot_reproduce_naming_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, "a\nb\n").unwrap();
+    let log = dir.path().join("run.db");
+    let mut c = wpool();
+    c.args(["map", "--joblog"]).arg(&log).arg(kernel_path("hostile")).arg(&input);
+    assert!(run(c, b"").status.success());
+    let replay = |args: &[&str]| {
+        let mut c = wpool();
+        c.arg("replay").arg(&log).args(args);
+        let o = run(c, b"");
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        stderr(&o)
+    };
+    assert!(replay(&[]).contains("which item? (--item N)"));
+    assert!(replay(&["--item", "9"]).contains("recorded no item 9"));
+    assert!(replay(&["--item", "0", "--run", "5"]).contains("no run 5"));
+    std::fs::write(&input, "A\nb\n").unwrap();
+    assert!(replay(&["--item", "0"]).contains("item 0 (") && replay(&["--item", "0"]).contains("changed since run 1"));
+    // An item read from stdin cannot be read again.
+    let mut c = wpool();
+    c.args(["map", "--joblog"]).arg(&log).arg(kernel_path("hostile"));
+    assert!(run(c, b"x\n").status.success());
+    assert!(replay(&["--item", "0"]).contains("standard input, which cannot be read again"));
+}

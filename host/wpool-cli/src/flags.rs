@@ -98,6 +98,35 @@ Example:\n  wpool map --joblog run.db target/kernels/wasip2/primes.wasm examples
         #[arg(long)]
         json: bool,
     },
+    /// Run one item of a joblog again, alone, in one worker, with the
+    /// options its run recorded; or write it into a bundle directory that
+    /// `wpool replay DIR` runs on another machine.
+    ///
+    /// The item is read again from where it came from (`file:line`, a `-0`
+    /// record, or a whole file) and must hash as recorded; the kernel too.
+    #[command(after_long_help = "Exit status: as `wpool map` over the one item.\n\n\
+Examples:\n  wpool map --joblog run.db target/kernels/wasip2/hostile.wasm items.txt\n  wpool replay run.db --item 17\n  \
+wpool replay run.db --item 17 --bundle bug-17/ && tar czf bug-17.tgz bug-17/\n  wpool replay bug-17/")]
+    Replay {
+        /// A joblog (`wpool map --joblog FILE`), or a directory written by
+        /// --bundle.
+        source: PathBuf,
+        /// The item's index (as `wpool joblog` shows it).
+        #[arg(long, value_name = "N")]
+        item: Option<u64>,
+        /// The run in the joblog [default: the last].
+        #[arg(long, value_name = "ID")]
+        run: Option<i64>,
+        /// Write the kernel, the item and the options into DIR instead of
+        /// running it.
+        #[arg(long, value_name = "DIR")]
+        bundle: Option<PathBuf>,
+        /// Run it with --deterministic (a fixed clock and random seed), so
+        /// that an error is the same every time (as recorded, when the run
+        /// was deterministic too).
+        #[arg(long)]
+        deterministic: bool,
+    },
     /// Print a shell completion script.
     #[command(
         after_long_help = "Example:\n  wpool completions bash > ~/.local/share/bash-completion/completions/wpool\n  \

@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS runs (
     kernel_sha256 TEXT NOT NULL,
     options TEXT NOT NULL,
     node TEXT NOT NULL,
+    cwd TEXT NOT NULL,
     exit_status INTEGER
 );
 CREATE TABLE IF NOT EXISTS items (
@@ -127,6 +128,24 @@ fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Opens a joblog to read it: an error names the file when it is missing
+/// or not a joblog.
+pub fn open_existing(path: &Path) -> Result<Connection> {
+    if !path.exists() {
+        anyhow::bail!("{}: no such joblog", path.display());
+    }
+    let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .with_context(|| format!("{}: cannot open", path.display()))?;
+    let has_runs: Option<String> = db
+        .query_row("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'runs'", [], |r| r.get(0))
+        .optional()
+        .with_context(|| format!("{}: not a SQLite database", path.display()))?;
+    if has_runs.is_none() {
+        anyhow::bail!("{}: not a wpool joblog (no `runs` table)", path.display());
+    }
+    Ok(db)
+}
+
 fn open(path: &Path) -> Result<Connection> {
     let db = Connection::open(path).with_context(|| format!("--joblog {}: cannot open", path.display()))?;
     db.busy_timeout(Duration::from_secs(10))?;
@@ -144,8 +163,8 @@ impl Joblog {
     pub fn start(path: &Path, info: RunInfo<'_>) -> Result<Joblog> {
         let db = open(path)?;
         db.execute(
-            "INSERT INTO runs (started_at, wpool_version, command, kernel, kernel_sha256, options, node)
-             VALUES (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO runs (started_at, wpool_version, command, kernel, kernel_sha256, options, node, cwd)
+             VALUES (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 env!("CARGO_PKG_VERSION"),
                 info.command,
@@ -153,6 +172,7 @@ impl Joblog {
                 info.kernel_sha256,
                 info.options.to_string(),
                 gethostname(),
+                std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
             ],
         )
         .with_context(|| format!("--joblog {}: cannot record the run", path.display()))?;
@@ -472,18 +492,7 @@ struct FailedRow {
 /// `wpool joblog FILE`: the runs recorded in FILE, the last first; for
 /// each, items by status and the failed ones with where they came from.
 pub fn summary(path: &Path, json: bool, all: bool) -> Result<()> {
-    if !path.exists() {
-        anyhow::bail!("{}: no such joblog", path.display());
-    }
-    let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .with_context(|| format!("{}: cannot open", path.display()))?;
-    let has_runs: Option<String> = db
-        .query_row("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'runs'", [], |r| r.get(0))
-        .optional()
-        .with_context(|| format!("{}: not a SQLite database", path.display()))?;
-    if has_runs.is_none() {
-        anyhow::bail!("{}: not a wpool joblog (no `runs` table)", path.display());
-    }
+    let db = open_existing(path)?;
     let mut runs = db.prepare(
         "SELECT id, started_at, ended_at, command, kernel, kernel_sha256, exit_status FROM runs ORDER BY id DESC",
     )?;

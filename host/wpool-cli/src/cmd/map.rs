@@ -116,6 +116,11 @@ pub fn run(cmd: MapCmd) -> Result<Exit> {
     exit
 }
 
+/// A path made absolute, so that a replay from elsewhere finds the file.
+fn absolute(path: &std::path::Path) -> std::path::PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 fn max_item(args: &crate::flags::RunArgs) -> usize {
     usize::try_from(args.max_item_size).unwrap_or(usize::MAX)
 }
@@ -145,8 +150,8 @@ fn result_options(cmd: &MapCmd) -> serde_json::Value {
         "allow_random": a.allow_random,
         "env": a.env,
         "allow_dir": a.allow_dir,
-        "data": a.data,
-        "init": cmd.init,
+        "data": a.data.as_deref().map(absolute),
+        "init": cmd.init.as_deref().map(absolute),
         "retries": a.retries,
     })
 }

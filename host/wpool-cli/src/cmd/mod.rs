@@ -9,6 +9,7 @@ mod inspect;
 mod map;
 mod mapreduce;
 mod pipeline;
+mod replay;
 
 use anyhow::Result;
 
@@ -23,6 +24,9 @@ pub fn run(command: Command) -> Result<Exit> {
         Command::Mapreduce(cmd) => mapreduce::run(*cmd),
         Command::Bench(cmd) => bench::run(*cmd),
         Command::Joblog { file, all, json } => crate::joblog::summary(&file, json, all).map(|()| Exit::Success),
+        Command::Replay { source, item, run, bundle, deterministic } => {
+            replay::run(&source, item, run, bundle.as_deref(), deterministic)
+        }
         Command::Inspect { kernel, sandbox } => inspect::run(&kernel, sandbox),
         Command::Cache { action } => cache::run(action),
         Command::Completions { shell } => completions::run(shell),
