@@ -466,3 +466,58 @@ fn replay_refuses_what_it_cannot_reproduce_naming_why() {
     assert!(run(c, b"x\n").status.success());
     assert!(replay(&["--item", "0"]).contains("standard input, which cannot be read again"));
 }
+
+/// `--joblog` on `pipeline` and `mapreduce`: one row per input item, the
+/// stage that failed in its message; a MapReduce map item's result went
+/// into the keys, so its row has none.
+#[test]
+fn pipeline_and_mapreduce_record_every_input_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, "a\nerr:broken\nb\n").unwrap();
+    let log = dir.path().join("run.db");
+    let stage = |k: &str| kernel_path(k).display().to_string();
+    let mut c = wpool();
+    c.args(["pipeline", "--stage", &stage("hostile"), "--stage", &stage("upper"), "--joblog"]).arg(&log).arg(&input);
+    let o = run(c, b"");
+    assert_eq!((o.status.code(), stdout(&o).as_str()), (Some(1), "A\nB\n"), "{}", stderr(&o));
+    let db = db(&log);
+    type Row = (i64, String, Option<String>, Option<Vec<u8>>);
+    let rows: Vec<Row> = db
+        .prepare("SELECT idx, status, message, result_sha256 FROM items ORDER BY idx")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0].3.as_deref(), Some(&sha(b"A")[..]), "the last stage's result");
+    assert_eq!(rows[1].1, "kernel");
+    assert!(rows[1].2.as_deref().unwrap().starts_with("stage 1 ("), "{:?}", rows[1]);
+    let kernel: String = db.query_row("SELECT kernel FROM runs", [], |r| r.get(0)).unwrap();
+    assert_eq!(kernel, format!("{} | {}", stage("hostile"), stage("upper")));
+
+    let log = dir.path().join("mr.db");
+    let texts: Vec<std::path::PathBuf> =
+        std::fs::read_dir(root().join("examples").join("text")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut c = wpool();
+    c.args(["mapreduce", "--map"]).arg(kernel_path("wordcount")).arg("--reduce").arg(kernel_path("sum"));
+    c.args(["--files", "--joblog"]).arg(&log).args(&texts);
+    let o = run(c, b"");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let db = self::db(&log);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM items WHERE status = 'ok' AND result_sha256 IS NULL"),
+        texts.len() as i64
+    );
+    let origins: Vec<String> = db
+        .prepare("SELECT origin FROM items")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for t in &texts {
+        assert!(origins.contains(&t.display().to_string()), "{origins:?}");
+    }
+}

@@ -157,11 +157,6 @@ pub struct MapCmd {
     /// instance, before any item (at most 64 MiB).
     #[arg(long, value_name = "FILE")]
     pub init: Option<PathBuf>,
-    /// Record the run and every item's outcome (origin, input and result
-    /// SHA-256, status, message, attempts) in the SQLite database FILE,
-    /// created if needed; `wpool joblog FILE` summarises it.
-    #[arg(long, value_name = "FILE")]
-    pub joblog: Option<PathBuf>,
     /// With --joblog: skip the items the joblog's earlier runs finished (ok
     /// or failed) and print their recorded outcomes, so that the output is
     /// that of one uninterrupted run. The kernel and the options that change
@@ -238,6 +233,11 @@ pub struct RunArgs {
     /// is a list of file names on stdin, one per line, or NUL-terminated
     /// with -0, as `find -print0` writes).
     pub inputs: Vec<PathBuf>,
+    /// Record the run and every item's outcome (origin, input and result
+    /// SHA-256, status, message, attempts) in the SQLite database FILE,
+    /// created if needed; `wpool joblog FILE` summarises it.
+    #[arg(long, value_name = "FILE")]
+    pub joblog: Option<PathBuf>,
     /// Worker processes [default: number of cores]; for `wpool bench`, the
     /// worker counts to compare, e.g. `1,2,4,8` [default: 1, 2, 4, ... up to
     /// the cores].

@@ -61,13 +61,33 @@ CREATE TABLE IF NOT EXISTS results (
 ";
 
 /// What the run records about itself.
-pub struct RunInfo<'a> {
+pub struct RunInfo {
     pub command: String,
-    pub kernel: &'a Path,
-    /// The kernel file's SHA-256, in hex ([`kernel_sha256`]).
+    /// The kernel (for a pipeline, the stages' kernels; for MapReduce, map
+    /// and reduce), as given.
+    pub kernel: String,
+    /// The kernel file's SHA-256, in hex ([`kernel_sha256`]); of several,
+    /// the SHA-256 of their hashes one after the other.
     pub kernel_sha256: String,
     /// The options that change results, as JSON.
     pub options: serde_json::Value,
+}
+
+impl RunInfo {
+    /// A run of `kernels` (one for `map`): this process's command line.
+    pub fn new(kernels: &[&Path], options: serde_json::Value) -> Result<RunInfo> {
+        let shas = kernels.iter().map(|k| kernel_sha256(k)).collect::<Result<Vec<_>>>()?;
+        let kernel_sha256 = match &shas[..] {
+            [one] => one.clone(),
+            many => sha256_hex(many.concat().as_bytes()),
+        };
+        Ok(RunInfo {
+            command: shell_words::join(std::env::args()),
+            kernel: kernels.iter().map(|k| k.display().to_string()).collect::<Vec<_>>().join(" | "),
+            kernel_sha256,
+            options,
+        })
+    }
 }
 
 /// The SHA-256 of a kernel file, in hex, as the joblog records it.
@@ -124,6 +144,31 @@ impl InputHashes {
     }
 }
 
+/// `items`, each one's input hash sent to the joblog (if any) as it is
+/// read: for runs whose items the library reads itself.
+pub fn hashed(
+    items: impl Iterator<Item = Vec<u8>> + Send + 'static,
+    joblog: Option<&Joblog>,
+) -> impl Iterator<Item = Vec<u8>> + Send + 'static {
+    let hashes = joblog.map(Joblog::input_hashes);
+    let mut index = 0;
+    items.inspect(move |item| {
+        if let Some(h) = &hashes {
+            h.item(index, input_sha256(item));
+        }
+        index += 1;
+    })
+}
+
+/// Records how the run ended (the exit status of `exit`) and waits for
+/// every row; a joblog that could not be written fails the run.
+pub fn end(joblog: Option<Joblog>, exit: Result<crate::exit::Exit>) -> Result<crate::exit::Exit> {
+    let Some(j) = joblog else { return exit };
+    let code = exit.as_ref().map_or(i32::from(crate::exit::ERROR), |e| i32::from(e.code()));
+    j.finish(code)?;
+    exit
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -160,7 +205,7 @@ fn open(path: &Path) -> Result<Connection> {
 
 impl Joblog {
     /// Opens (or creates) the database and records the run's start.
-    pub fn start(path: &Path, info: RunInfo<'_>) -> Result<Joblog> {
+    pub fn start(path: &Path, info: RunInfo) -> Result<Joblog> {
         let db = open(path)?;
         db.execute(
             "INSERT INTO runs (started_at, wpool_version, command, kernel, kernel_sha256, options, node, cwd)
@@ -168,7 +213,7 @@ impl Joblog {
             params![
                 env!("CARGO_PKG_VERSION"),
                 info.command,
-                info.kernel.display().to_string(),
+                info.kernel,
                 info.kernel_sha256,
                 info.options.to_string(),
                 gethostname(),
@@ -192,6 +237,12 @@ impl Joblog {
 
     /// Records how item `index` ended; `origin` says where it came from.
     pub fn outcome(&self, index: u64, origin: String, result: &ItemResult) {
+        self.record(index, origin, result.as_ref().map(|bytes| Some(&bytes[..])));
+    }
+
+    /// As [`Joblog::outcome`], for an item whose result is not its own to
+    /// keep (a MapReduce map item: its results went into the keys).
+    pub fn record(&self, index: u64, origin: String, result: Result<Option<&[u8]>, &wpool::TaskError>) {
         let finished = self.start.elapsed().as_secs_f64();
         let outcome = match result {
             Ok(bytes) => Outcome {
@@ -202,7 +253,7 @@ impl Joblog {
                 attempts: None,
                 worker: None,
                 finished,
-                result: Some((Sha256::digest(bytes).into(), bytes.clone())),
+                result: bytes.map(|b| (Sha256::digest(b).into(), b.to_vec())),
                 exit_code: None,
                 stderr: None,
             },

@@ -42,6 +42,9 @@ pub fn run(mut cmd: BenchCmd) -> Result<Exit> {
         None => std::iter::successors(Some(1usize), |n| Some(n * 2)).take_while(|&n| n <= cores.max(1)).collect(),
     };
     let args = &cmd.run;
+    if args.joblog.is_some() {
+        anyhow::bail!("--joblog: wpool bench records nothing (it runs the items many times)");
+    }
     if args.launcher.is_some() || args.slurm {
         anyhow::bail!("wpool bench runs local workers only (no --launcher, no --slurm)");
     }

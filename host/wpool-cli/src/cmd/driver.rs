@@ -278,3 +278,43 @@ fn grants(args: &RunArgs) -> Result<Grants> {
     }
     Ok(Grants { dirs, env, real_clock: args.allow_clock, real_random: args.allow_random, seed: args.seed })
 }
+
+/// A path made absolute, so that a replay from elsewhere finds the file.
+fn absolute(path: &Path) -> std::path::PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// `--max-item-size` as a size in memory.
+pub fn max_item(args: &RunArgs) -> usize {
+    usize::try_from(args.max_item_size).unwrap_or(usize::MAX)
+}
+
+/// The options of a run that change what its items give, for the joblog
+/// (`init`: `map`'s --init file).
+pub fn result_options(a: &RunArgs, init: Option<&Path>) -> serde_json::Value {
+    let split = if a.files {
+        "files"
+    } else if a.null {
+        "nul"
+    } else {
+        "lines"
+    };
+    serde_json::json!({
+        "split": split,
+        "timeout_ms": a.timeout.map(|t| t.as_millis() as u64),
+        "memory": a.memory,
+        "fuel": a.fuel,
+        "max_item_size": a.max_item_size,
+        "max_items_per_instance": a.max_items_per_instance,
+        "isolate": a.isolate,
+        "deterministic": a.deterministic,
+        "seed": a.seed,
+        "allow_clock": a.allow_clock,
+        "allow_random": a.allow_random,
+        "env": a.env,
+        "allow_dir": a.allow_dir,
+        "data": a.data.as_deref().map(absolute),
+        "init": init.map(absolute),
+        "retries": a.retries,
+    })
+}

@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use wpool::Error;
 
-use super::driver::{finish, items, map_kernel, printer, report_end, Setup, PRINTED_SO_FAR};
+use super::driver::{finish, items, map_kernel, max_item, printer, report_end, result_options, Setup, PRINTED_SO_FAR};
 use crate::exit::Exit;
 use crate::flags::MapCmd;
 use crate::input;
@@ -28,16 +28,13 @@ pub fn run(cmd: MapCmd) -> Result<Exit> {
     let read_error = items.error();
     let mut printer = printer(args, &items, &sources);
     let origins = items.origins();
-    let (joblog, resume) = match &cmd.joblog {
+    let (joblog, resume) = match &args.joblog {
         Some(path) => {
-            let kernel_sha256 = joblog::kernel_sha256(&cmd.kernel)?;
-            let options = result_options(&cmd);
+            let info = RunInfo::new(&[&cmd.kernel], result_options(args, cmd.init.as_deref()))?;
             // Read before this run adds itself.
             let resume = (cmd.resume || cmd.resume_failed)
-                .then(|| Resume::load(path, &kernel_sha256, &options, cmd.resume_failed))
+                .then(|| Resume::load(path, &info.kernel_sha256, &info.options, cmd.resume_failed))
                 .transpose()?;
-            let command = shell_words::join(std::env::args());
-            let info = RunInfo { command, kernel: &cmd.kernel, kernel_sha256, options };
             (Some(Joblog::start(path, info)?), resume)
         }
         None => (None, None),
@@ -109,51 +106,7 @@ pub fn run(cmd: MapCmd) -> Result<Exit> {
         (Some(Err(e)), Ok(_)) => Err(e),
         (_, exit) => exit,
     };
-    if let Some(j) = joblog {
-        let code = exit.as_ref().map_or(i32::from(crate::exit::ERROR), |e| i32::from(e.code()));
-        j.finish(code)?;
-    }
-    exit
-}
-
-/// A path made absolute, so that a replay from elsewhere finds the file.
-fn absolute(path: &std::path::Path) -> std::path::PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
-}
-
-fn max_item(args: &crate::flags::RunArgs) -> usize {
-    usize::try_from(args.max_item_size).unwrap_or(usize::MAX)
-}
-
-/// The options of a `map` run that change what its items give, for the
-/// joblog.
-fn result_options(cmd: &MapCmd) -> serde_json::Value {
-    let a = &cmd.run;
-    let split = if a.files {
-        "files"
-    } else if a.null {
-        "nul"
-    } else {
-        "lines"
-    };
-    serde_json::json!({
-        "split": split,
-        "timeout_ms": a.timeout.map(|t| t.as_millis() as u64),
-        "memory": a.memory,
-        "fuel": a.fuel,
-        "max_item_size": a.max_item_size,
-        "max_items_per_instance": a.max_items_per_instance,
-        "isolate": a.isolate,
-        "deterministic": a.deterministic,
-        "seed": a.seed,
-        "allow_clock": a.allow_clock,
-        "allow_random": a.allow_random,
-        "env": a.env,
-        "allow_dir": a.allow_dir,
-        "data": a.data.as_deref().map(absolute),
-        "init": cmd.init.as_deref().map(absolute),
-        "retries": a.retries,
-    })
+    joblog::end(joblog, exit)
 }
 
 /// The input thread's look at each item before the pool sees it: hashed

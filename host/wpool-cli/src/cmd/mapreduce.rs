@@ -4,9 +4,10 @@
 use anyhow::Result;
 use wpool::{Error, Kernel};
 
-use super::driver::{finish, items, map_kernel, printer, Setup};
+use super::driver::{finish, items, map_kernel, printer, result_options, Setup};
 use crate::exit::Exit;
 use crate::flags::MapReduceCmd;
+use crate::joblog::{self, Joblog, RunInfo};
 use crate::signals::Interrupts;
 
 pub fn run(cmd: MapReduceCmd) -> Result<Exit> {
@@ -32,9 +33,18 @@ pub fn run(cmd: MapReduceCmd) -> Result<Exit> {
     let read_error = items.error();
     let mut printer = printer(args, &items, &sources);
     let mut mr = wpool::mapreduce::MapReduce::new(map, reduce)?;
+    let joblog = match &args.joblog {
+        Some(path) => Some(Joblog::start(path, RunInfo::new(&[&cmd.map, &cmd.reduce], result_options(args, None))?)?),
+        None => None,
+    };
+    let origins = items.origins();
+    let items = joblog::hashed(items, joblog.as_ref());
     let mut failed = false;
     let mut write_error = None;
     let outcome = mr.run(items, |index, result| {
+        if let Some(j) = &joblog {
+            j.record(index.get(), origins.lock().unwrap().describe(index.get()), result.as_ref().map(|()| None));
+        }
         let Err(e) = result else {
             printer.tick();
             return true;
@@ -55,5 +65,5 @@ pub fn run(cmd: MapReduceCmd) -> Result<Exit> {
         }),
         (Err(e), None) => Err(e),
     };
-    finish(outcome, printer, &interrupts, &read_error, "nothing after it was read", failed)
+    joblog::end(joblog, finish(outcome, printer, &interrupts, &read_error, "nothing after it was read", failed))
 }

@@ -4,9 +4,12 @@
 use anyhow::Result;
 use wpool::Error;
 
-use super::driver::{finish, items, map_kernel, printer, report_end, Setup, PRINTED_SO_FAR};
+use std::path::{Path, PathBuf};
+
+use super::driver::{finish, items, map_kernel, printer, report_end, result_options, Setup, PRINTED_SO_FAR};
 use crate::exit::Exit;
 use crate::flags::PipelineCmd;
+use crate::joblog::{self, Joblog, RunInfo};
 use crate::signals::Interrupts;
 
 pub fn run(cmd: PipelineCmd) -> Result<Exit> {
@@ -40,6 +43,15 @@ pub fn run(cmd: PipelineCmd) -> Result<Exit> {
     let read_error = items.error();
     let mut printer = printer(args, &items, &sources);
     let mut pipeline = wpool::pipeline::Pipeline::new(pools)?;
+    let joblog = match &args.joblog {
+        Some(path) => {
+            let stages: Vec<&Path> = cmd.stages.iter().map(PathBuf::as_path).collect();
+            Some(Joblog::start(path, RunInfo::new(&stages, result_options(args, None))?)?)
+        }
+        None => None,
+    };
+    let origins = items.origins();
+    let items = joblog::hashed(items, joblog.as_ref());
     let mut failed = false;
     let mut write_error = None;
     let outcome = pipeline.run(items, |index, result| {
@@ -49,6 +61,9 @@ pub fn run(cmd: PipelineCmd) -> Result<Exit> {
             e
         });
         failed |= result.is_err();
+        if let Some(j) = &joblog {
+            j.outcome(index.get(), origins.lock().unwrap().describe(index.get()), &result);
+        }
         if let Err(e) = printer.item(index.get(), result, true) {
             write_error = Some(e);
             return false;
@@ -60,5 +75,5 @@ pub fn run(cmd: PipelineCmd) -> Result<Exit> {
         report_end(pool, args, &format!(" stage {}:", i + 1));
     }
     drop(pipeline);
-    finish(outcome, printer, &interrupts, &read_error, PRINTED_SO_FAR, failed)
+    joblog::end(joblog, finish(outcome, printer, &interrupts, &read_error, PRINTED_SO_FAR, failed))
 }

@@ -84,6 +84,12 @@ fn from_joblog(path: &Path, index: u64, run: Option<i64>) -> Result<Case> {
     let Some((origin, input_sha)) = item_row else {
         anyhow::bail!("{}: run {run} recorded no item {index} (it did not finish, or there is none)", path.display());
     };
+    if kernel.contains(" | ") {
+        anyhow::bail!(
+            "{}: run {run} ran several kernels (a pipeline or MapReduce): replay runs items of `wpool map` runs",
+            path.display()
+        );
+    }
     let cwd = PathBuf::from(cwd);
     let kernel = cwd.join(kernel);
     if joblog::kernel_sha256(&kernel)? != kernel_sha {
