@@ -410,6 +410,38 @@ fn kernel_fuzz_cases() -> u32 {
     std::env::var("WPOOL_FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(2000)
 }
 
+/// One fuzz case through the path `wpool map` takes: load `bytes` as a
+/// kernel (artifacts cached in `cache`), start one worker with a 1 s
+/// timeout and 64 MiB, `init` it if asked, map `items`. On a thread of its
+/// own, so that a hang fails the case instead of the suite.
+fn run_fuzz_case(
+    name: &'static str,
+    bytes: Vec<u8>,
+    cache: &std::path::Path,
+    init: Option<Vec<u8>>,
+    items: &'static [&'static str],
+) -> Result<Result<Vec<wpool::ItemResult>, wpool::Error>, proptest::test_runner::TestCaseError> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let dir = cache.to_path_buf();
+    std::thread::spawn(move || {
+        let outcome = (|| {
+            let kernel = wpool::Kernel::from_bytes_with_cache(name, bytes, dir)?;
+            let limits = wpool::Limits {
+                timeout: Some(Duration::from_secs(1)),
+                memory: Some(64 << 20),
+                ..wpool::Limits::default()
+            };
+            let mut builder = wpool::Pool::builder(kernel).workers(1).retries(0).limits(limits);
+            if let Some(config) = init {
+                builder = builder.init(config);
+            }
+            builder.build()?.map(items.iter().copied())
+        })();
+        let _ = tx.send(outcome);
+    });
+    rx.recv_timeout(Duration::from_secs(120)).map_err(|_| proptest::test_runner::TestCaseError::fail("hung"))
+}
+
 /// Hostile components: the bundled kernels with bytes flipped, set,
 /// inserted or removed, through the path `wpool map` takes (load, validate,
 /// type-check the contract, compile, start a worker, run one item). The
@@ -444,22 +476,7 @@ fn fuzz_mutated_kernels_load_or_fail_typed_and_never_break_the_host() {
                 }
             }
         }
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let dir = cache.path().to_path_buf();
-        std::thread::spawn(move || {
-            let outcome = (|| {
-                let kernel = wpool::Kernel::from_bytes_with_cache("mutant", bytes, dir)?;
-                let limits = wpool::Limits {
-                    timeout: Some(Duration::from_secs(1)),
-                    memory: Some(64 << 20),
-                    ..wpool::Limits::default()
-                };
-                let mut pool = wpool::Pool::builder(kernel).workers(1).retries(0).limits(limits).build()?;
-                pool.map(["item"])
-            })();
-            let _ = tx.send(outcome);
-        });
-        let outcome = rx.recv_timeout(Duration::from_secs(120)).map_err(|_| TestCaseError::fail("hung"))?;
+        let outcome = run_fuzz_case("mutant", bytes, cache.path(), None, &["item"])?;
         match outcome {
             Ok(out) => {
                 prop_assert_eq!(out.len(), 1);
@@ -618,26 +635,8 @@ fn fuzz_generated_components_load_or_fail_typed_and_never_break_the_host() {
             }
         };
         count("components");
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let dir = cache.path().to_path_buf();
-        let has_init = world_name.contains("init");
-        std::thread::spawn(move || {
-            let outcome = (|| {
-                let kernel = wpool::Kernel::from_bytes_with_cache("generated", component, dir)?;
-                let limits = wpool::Limits {
-                    timeout: Some(Duration::from_secs(1)),
-                    memory: Some(64 << 20),
-                    ..wpool::Limits::default()
-                };
-                let mut builder = wpool::Pool::builder(kernel).workers(1).retries(0).limits(limits);
-                if has_init {
-                    builder = builder.init(&b"config"[..]);
-                }
-                builder.build()?.map(["a", "bb", ""])
-            })();
-            let _ = tx.send(outcome);
-        });
-        let outcome = rx.recv_timeout(Duration::from_secs(120)).map_err(|_| TestCaseError::fail("hung"))?;
+        let init = world_name.contains("init").then(|| b"config".to_vec());
+        let outcome = run_fuzz_case("generated", component, cache.path(), init, &["a", "bb", ""])?;
         match outcome {
             Ok(out) => {
                 prop_assert_eq!(out.len(), 3);
