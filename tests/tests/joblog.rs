@@ -73,10 +73,22 @@ fn joblog_records_the_run_and_every_item_with_hashes_status_and_origin() {
             _ => {
                 // `hostile` echoes what it does not know.
                 assert_eq!(status, "ok");
+                assert_eq!(*attempts, Some(1));
                 assert_eq!(*size, Some(item.len() as i64));
                 assert_eq!(result_sha.as_deref(), Some(&sha(item)[..]));
             }
         }
+    }
+
+    // Where and for how long each item ran.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    let mut ran = db.prepare("SELECT worker, node, duration FROM items WHERE run = 1").unwrap();
+    let ran: Vec<(Option<u32>, Option<String>, Option<f64>)> =
+        ran.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect();
+    for (worker, node, duration) in &ran {
+        assert!(matches!(worker, Some(1 | 2)), "{ran:?}");
+        assert_eq!(node.as_deref(), Some(host.as_str()));
+        assert!(duration.is_some_and(|d| d >= 0.0), "{ran:?}");
     }
 
     // The summary, for people and for machines.
@@ -96,6 +108,8 @@ fn joblog_records_the_run_and_every_item_with_hashes_status_and_origin() {
     assert_eq!(runs[0]["items"], 300);
     assert_eq!(runs[0]["by_status"]["trap"], 6);
     assert_eq!(runs[0]["failed"].as_array().unwrap().len(), 12);
+    assert_eq!(runs[0]["slowest"].as_array().unwrap().len(), 5);
+    assert!(out.contains("slowest in the kernel: item "), "{out}");
 
     // A second run goes into the same file; the summary shows the last.
     let mut c = wpool();

@@ -1,6 +1,9 @@
 //! The library used from another program: the `map_lines` example is built
 //! as its own binary and run as a user would run it.
 
+use std::time::Duration;
+
+use wpool::Pool;
 use wpool_tests::*;
 
 #[test]
@@ -23,4 +26,43 @@ fn library_example_program_maps_with_its_own_worker_processes() {
         .collect();
     assert_eq!(pids.len(), 2);
     assert_ne!(pids[0], pids[1]);
+}
+
+/// `Imap::next_with_info`: which worker gave each result, how many times
+/// the item was started (2 for the items of a worker SIGKILLed under them),
+/// and its kernel time (a slow item's own; fast items share their batch's).
+#[test]
+fn imap_says_which_worker_ran_each_item_how_often_and_for_how_long() {
+    use wpool::Chunksize;
+    let mut p = Pool::builder(kernel("hostile")).workers(2).chunksize(Chunksize::Fixed(1)).build().unwrap();
+    p.wait_ready().unwrap();
+    let victim = p.worker_pids()[0];
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        signal(victim, libc::SIGKILL);
+    });
+    let mut items: Vec<String> = (0..4).map(|i| format!("spin:3000:{i}")).collect();
+    items.extend((0..50).map(|i| format!("fast {i}")));
+    let mut it = p.imap(items.clone());
+    let mut infos = Vec::new();
+    while let Some(r) = it.next_with_info() {
+        let (result, info) = r.unwrap();
+        assert_eq!(result.unwrap(), items[infos.len()].as_bytes());
+        infos.push(info);
+    }
+    let workers: Vec<u32> = it.worker_info().iter().map(|w| w.id.0).collect();
+    drop(it);
+    killer.join().unwrap();
+    assert_eq!(infos.len(), items.len());
+    for (i, info) in infos.iter().enumerate() {
+        let w = info.worker.unwrap_or_else(|| panic!("item {i}: no worker"));
+        assert!((1..=2).contains(&w.0) && workers.contains(&w.0), "item {i}: {info:?} of {workers:?}");
+        assert!(info.attempts >= 1 && info.attempts <= 2, "item {i}: {info:?}");
+    }
+    assert!(infos[..4].iter().any(|i| i.attempts == 2), "an item of the killed worker ran twice: {infos:?}");
+    assert!(infos[4..].iter().all(|i| i.attempts == 1), "{infos:?}");
+    let slow = infos[..4].iter().map(|i| i.kernel_time).min().unwrap();
+    let fast = infos[4..].iter().map(|i| i.kernel_time).max().unwrap();
+    assert!(slow > fast, "a slow item's kernel time ({slow:?}) over any fast one's ({fast:?})");
+    assert!(slow >= Duration::from_millis(20), "{slow:?}");
 }

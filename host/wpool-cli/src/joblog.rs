@@ -47,7 +47,9 @@ CREATE TABLE IF NOT EXISTS items (
     message TEXT,
     attempts INTEGER,
     worker INTEGER,
+    node TEXT,
     finished REAL NOT NULL,
+    duration REAL,
     result_size INTEGER,
     result_sha256 BLOB,
     exit_code INTEGER,
@@ -118,11 +120,20 @@ struct Outcome {
     message: Option<String>,
     attempts: Option<u32>,
     worker: Option<u32>,
+    node: Option<String>,
     finished: f64,
+    /// Kernel time, in seconds.
+    duration: Option<f64>,
     /// A result: its SHA-256 and bytes (kept for `--resume`).
     result: Option<([u8; 32], Vec<u8>)>,
     exit_code: Option<i32>,
     stderr: Option<Vec<u8>>,
+}
+
+/// How an item ran, from the library, and the node of its worker.
+pub struct Ran {
+    pub info: wpool::ItemInfo,
+    pub node: Option<String>,
 }
 
 /// The writing side, held by the run.
@@ -235,24 +246,38 @@ impl Joblog {
         InputHashes { tx: self.tx.clone() }
     }
 
-    /// Records how item `index` ended; `origin` says where it came from.
-    pub fn outcome(&self, index: u64, origin: String, result: &ItemResult) {
-        self.record(index, origin, result.as_ref().map(|bytes| Some(&bytes[..])));
+    /// Records how item `index` ended; `origin` says where it came from,
+    /// `ran` how it ran and where (when the library said).
+    pub fn outcome(&self, index: u64, origin: String, result: &ItemResult, ran: Option<Ran>) {
+        self.record(index, origin, result.as_ref().map(|bytes| Some(&bytes[..])), ran);
     }
 
     /// As [`Joblog::outcome`], for an item whose result is not its own to
     /// keep (a MapReduce map item: its results went into the keys).
-    pub fn record(&self, index: u64, origin: String, result: Result<Option<&[u8]>, &wpool::TaskError>) {
+    pub fn record(
+        &self,
+        index: u64,
+        origin: String,
+        result: Result<Option<&[u8]>, &wpool::TaskError>,
+        ran: Option<Ran>,
+    ) {
         let finished = self.start.elapsed().as_secs_f64();
+        let (info, node) = match ran {
+            Some(Ran { info, node }) => (Some(info), node),
+            None => (None, None),
+        };
+        let duration = info.map(|i| i.kernel_time.as_secs_f64());
         let outcome = match result {
             Ok(bytes) => Outcome {
                 index,
                 origin,
                 status: "ok",
                 message: None,
-                attempts: None,
-                worker: None,
+                attempts: info.map(|i| i.attempts),
+                worker: info.and_then(|i| i.worker).map(|w| w.0),
+                node,
                 finished,
+                duration,
                 result: bytes.map(|b| (Sha256::digest(b).into(), b.to_vec())),
                 exit_code: None,
                 stderr: None,
@@ -264,7 +289,9 @@ impl Joblog {
                 message: Some(e.message.clone()),
                 attempts: Some(e.attempts),
                 worker: e.worker.map(|w| w.0),
+                node,
                 finished,
+                duration,
                 result: None,
                 exit_code: match e.kind {
                     wpool::TaskErrorKind::KernelExit(code) => Some(code),
@@ -312,8 +339,8 @@ fn write(mut db: Connection, run: i64, rx: &Receiver<Record>) -> Result<()> {
         {
             let mut insert = tx.prepare_cached(
                 "INSERT OR REPLACE INTO items (run, idx, origin, input_sha256, status, message, attempts, worker,
-                 finished, result_size, result_sha256, exit_code, stderr)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                 node, finished, duration, result_size, result_sha256, exit_code, stderr)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?;
             let mut store = tx.prepare_cached("INSERT OR IGNORE INTO results (sha256, bytes) VALUES (?1, ?2)")?;
             while rows < BATCH_ROWS {
@@ -340,7 +367,9 @@ fn write(mut db: Connection, run: i64, rx: &Receiver<Record>) -> Result<()> {
                             o.message,
                             o.attempts,
                             o.worker,
+                            o.node,
                             o.finished,
+                            o.duration,
                             o.result.as_ref().map(|(_, bytes)| bytes.len() as i64),
                             o.result.as_ref().map(|(h, _)| &h[..]),
                             o.exit_code,
@@ -582,11 +611,20 @@ pub fn summary(path: &Path, json: bool, all: bool) -> Result<()> {
             })?
             .collect::<Result<_, _>>()?;
         let recorded: i64 = counts.iter().map(|c| c.1).sum();
+        let mut slowest = db.prepare(
+            "SELECT idx, origin, duration FROM items WHERE run = ?1 AND duration IS NOT NULL
+             ORDER BY duration DESC LIMIT 5",
+        )?;
+        let slowest: Vec<(i64, String, f64)> =
+            slowest.query_map([run.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
         if json {
             out.push(serde_json::json!({
                 "run": run.id, "started_at": run.started, "ended_at": run.ended, "command": run.command,
                 "kernel": run.kernel, "kernel_sha256": run.sha, "exit_status": run.status, "items": recorded,
                 "by_status": counts.iter().map(|(s, n)| (s.clone(), serde_json::json!(n))).collect::<serde_json::Map<_, _>>(),
+                "slowest": slowest.iter().map(|(index, origin, seconds)| serde_json::json!({
+                    "index": index, "origin": origin, "kernel_seconds": seconds,
+                })).collect::<Vec<_>>(),
                 "failed": failed.iter().map(|f| serde_json::json!({
                     "index": f.index, "origin": f.origin, "status": f.status, "message": f.message,
                     "attempts": f.attempts,
@@ -602,6 +640,11 @@ pub fn summary(path: &Path, json: bool, all: bool) -> Result<()> {
         }
         let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
         println!("  {recorded} items recorded: {}", if counts.is_empty() { "none".into() } else { counts.join(", ") });
+        if !slowest.is_empty() {
+            let list: Vec<String> =
+                slowest.iter().map(|(index, origin, secs)| format!("item {index} ({origin}) {secs:.3} s")).collect();
+            println!("  slowest in the kernel: {}", list.join(", "));
+        }
         for f in failed.iter().take(20) {
             let first = f.message.as_deref().unwrap_or("").lines().next().unwrap_or("");
             let tries = f.attempts.filter(|&a| a > 1).map(|a| format!(" ({a} attempts)")).unwrap_or_default();

@@ -79,7 +79,7 @@ pub mod remote {
 pub use error::{Crash, Error, ItemIndex, TaskError, TaskErrorKind, WorkerId};
 pub use grants::{DirGrant, Grants};
 pub use host::pool::{Canceller, Imap, ImapUnordered, Pool, PoolBuilder};
-pub use host::scheduler::{Chunksize, ItemResult};
+pub use host::scheduler::{Chunksize, ItemInfo, ItemResult};
 pub use kernel::Kernel;
 pub use limits::Limits;
 

@@ -72,12 +72,15 @@ pub fn run(cmd: MapCmd) -> Result<Exit> {
         None => Results::Ordered(pool.imap_batches(rx), 0),
         Some(resume) => Results::Resumed { run: pool.imap_batches(rx), plan: plan_rx, next: None, resume, stop: None },
     };
+    let mut nodes = Nodes::default();
     let outcome: Result<(), Error> = (|| {
         while let Some(r) = results.next() {
-            let (index, result, replayed) = r?;
+            // `info` is `None` for an outcome replayed from the joblog.
+            let (index, result, info) = r?;
             failed |= result.is_err();
-            if let Some(j) = joblog.as_ref().filter(|_| !replayed) {
-                j.outcome(index, origins.lock().unwrap().describe(index), &result);
+            if let (Some(j), Some(info)) = (&joblog, info) {
+                let node = info.worker.and_then(|w| nodes.of(w, &results));
+                j.outcome(index, origins.lock().unwrap().describe(index), &result, Some(joblog::Ran { info, node }));
             }
             if let Some(q) = &mut quarantine {
                 if let Err(e) = q.outcome(index, || origins.lock().unwrap().describe(index), &result) {
@@ -107,6 +110,25 @@ pub fn run(cmd: MapCmd) -> Result<Exit> {
         (_, exit) => exit,
     };
     joblog::end(joblog, exit)
+}
+
+/// The node of each worker slot, for the joblog: looked up again when a
+/// slot is new, and every 4096 items (a slot respawned elsewhere under
+/// Slurm keeps its number).
+#[derive(Default)]
+struct Nodes {
+    by_slot: std::collections::HashMap<u32, String>,
+    lookups: u64,
+}
+
+impl Nodes {
+    fn of(&mut self, worker: wpool::WorkerId, results: &Results<'_, '_>) -> Option<String> {
+        self.lookups += 1;
+        if !self.by_slot.contains_key(&worker.0) || self.lookups % 4096 == 0 {
+            self.by_slot = results.worker_info().into_iter().map(|w| (w.id.0, w.node)).collect();
+        }
+        self.by_slot.get(&worker.0).cloned()
+    }
 }
 
 /// The input thread's look at each item before the pool sees it: hashed
@@ -204,6 +226,14 @@ impl Results<'_, '_> {
         }
     }
 
+    /// The pool's workers: where they run.
+    fn worker_info(&self) -> Vec<wpool::stats::WorkerInfo> {
+        match self {
+            Results::Ordered(it, _) | Results::Resumed { run: it, .. } => it.worker_info(),
+            Results::Unordered(it) => it.worker_info(),
+        }
+    }
+
     /// Why a resumed run stopped before its end.
     fn stop(&mut self) -> Option<anyhow::Error> {
         match self {
@@ -214,17 +244,19 @@ impl Results<'_, '_> {
 }
 
 impl Iterator for Results<'_, '_> {
-    type Item = Result<(u64, wpool::ItemResult, bool), Error>;
+    type Item = Result<(u64, wpool::ItemResult, Option<wpool::ItemInfo>), Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
         match self {
             Results::Ordered(it, next) => {
-                let r = it.next()?;
+                let r = it.next_with_info()?;
                 let index = *next;
                 *next += 1;
-                Some(r.map(|result| (index, result, false)))
+                Some(r.map(|(result, info)| (index, result, Some(info))))
             }
-            Results::Unordered(it) => Some(it.next()?.map(|(index, result)| (index.get(), result, false))),
+            Results::Unordered(it) => {
+                Some(it.next_with_info()?.map(|(index, result, info)| (index.get(), result, Some(info))))
+            }
             Results::Resumed { run, plan, next, resume, stop } => {
                 let step = match next.take() {
                     Some(step) => step,
@@ -232,19 +264,19 @@ impl Iterator for Results<'_, '_> {
                 };
                 match step {
                     Plan::Done(index) => match resume.replay(index) {
-                        Ok(result) => Some(Ok((index, result, true))),
+                        Ok(result) => Some(Ok((index, result, None))),
                         Err(e) => {
                             *stop = Some(e.context(format!("--resume: item {index}")));
                             None
                         }
                     },
-                    Plan::Run(index) => Some(run.next()?.map(|result| {
+                    Plan::Run(index) => Some(run.next_with_info()?.map(|(result, info)| {
                         // The pool numbers only the items it runs.
                         let result = result.map_err(|mut e| {
                             e.index = wpool::ItemIndex(index);
                             e
                         });
-                        (index, result, false)
+                        (index, result, Some(info))
                     })),
                     Plan::Changed(index) => {
                         *stop = Some(anyhow::anyhow!(

@@ -43,7 +43,7 @@ pub fn run(cmd: MapReduceCmd) -> Result<Exit> {
     let mut write_error = None;
     let outcome = mr.run(items, |index, result| {
         if let Some(j) = &joblog {
-            j.record(index.get(), origins.lock().unwrap().describe(index.get()), result.as_ref().map(|()| None));
+            j.record(index.get(), origins.lock().unwrap().describe(index.get()), result.as_ref().map(|()| None), None);
         }
         let Err(e) = result else {
             printer.tick();

@@ -62,7 +62,7 @@ pub fn run(cmd: PipelineCmd) -> Result<Exit> {
         });
         failed |= result.is_err();
         if let Some(j) = &joblog {
-            j.outcome(index.get(), origins.lock().unwrap().describe(index.get()), &result);
+            j.outcome(index.get(), origins.lock().unwrap().describe(index.get()), &result, None);
         }
         if let Err(e) = printer.item(index.get(), result, true) {
             write_error = Some(e);

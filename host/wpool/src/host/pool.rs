@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::error::{Error, ItemIndex};
 use crate::grants::Grants;
 use crate::host::rundir::PrivateDir;
-use crate::host::scheduler::{Chunksize, Input, ItemResult, PoolStats, SchedConfig, Scheduler, WorkerInfo};
+use crate::host::scheduler::{Chunksize, Input, ItemInfo, ItemResult, PoolStats, SchedConfig, Scheduler, WorkerInfo};
 use crate::host::stop::StopSignal;
 use crate::host::supervisor::{Event, WorkerCommand};
 use crate::kernel::Kernel;
@@ -553,7 +553,7 @@ struct Run<'p> {
 }
 
 impl Run<'_> {
-    fn next(&mut self) -> Option<Result<(ItemIndex, ItemResult), Error>> {
+    fn next(&mut self) -> Option<Result<(ItemIndex, ItemResult, ItemInfo), Error>> {
         let input = match &mut self.input {
             RunInput::Iter(it) => Input::Iter(it.as_mut()),
             RunInput::Channel(rx) => Input::Channel(rx),
@@ -597,11 +597,25 @@ impl Imap<'_> {
     }
 }
 
+impl Imap<'_> {
+    /// The next result with how its item ran (worker, attempts, kernel
+    /// time): [`Iterator::next`] with more to say.
+    pub fn next_with_info(&mut self) -> Option<Result<(ItemResult, ItemInfo), Error>> {
+        self.run.next().map(|r| r.map(|(_, result, info)| (result, info)))
+    }
+
+    /// The worker processes started so far, where they run and how they
+    /// are confined (see [`Pool::worker_info`]).
+    pub fn worker_info(&self) -> Vec<WorkerInfo> {
+        self.run.sched.worker_info()
+    }
+}
+
 impl Iterator for Imap<'_> {
     type Item = Result<ItemResult, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.run.next().map(|r| r.map(|(_, result)| result))
+        self.run.next().map(|r| r.map(|(_, result, _)| result))
     }
 }
 
@@ -627,11 +641,23 @@ impl ImapUnordered<'_> {
     }
 }
 
+impl ImapUnordered<'_> {
+    /// See [`Imap::next_with_info`].
+    pub fn next_with_info(&mut self) -> Option<Result<(ItemIndex, ItemResult, ItemInfo), Error>> {
+        self.run.next()
+    }
+
+    /// See [`Imap::worker_info`].
+    pub fn worker_info(&self) -> Vec<WorkerInfo> {
+        self.run.sched.worker_info()
+    }
+}
+
 impl Iterator for ImapUnordered<'_> {
     type Item = Result<(ItemIndex, ItemResult), Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.run.next()
+        self.run.next().map(|r| r.map(|(index, result, _)| (index, result)))
     }
 }
 

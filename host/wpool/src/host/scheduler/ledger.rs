@@ -40,7 +40,8 @@ struct Chunk {
 /// The results a worker sent for part of a chunk.
 #[derive(Debug)]
 pub(super) struct Answer {
-    pub(super) results: Vec<(u64, ItemResult)>,
+    /// Each answered item: index, result, attempts (this one included).
+    pub(super) results: Vec<(u64, ItemResult, u32)>,
     /// The chunk is fully answered and left the ledger.
     pub(super) complete: bool,
 }
@@ -168,7 +169,7 @@ impl Ledger {
                 Outcome::Ok(bytes) => Ok(bytes),
                 Outcome::Err(e) => Err(from_wire(p.index, e, worker, p.attempts + 1)),
             };
-            results.push((p.index, result));
+            results.push((p.index, result, p.attempts + 1));
         }
         let complete = chunk.received == chunk.items.len();
         if complete {
@@ -335,9 +336,10 @@ mod tests {
         let err = WireError { kind: WireKind::Trap, message: "boom".into(), stderr: b"e".to_vec() };
         let a = l.answer(id, 0, vec![Outcome::Err(err)], W).unwrap();
         assert!(a.complete);
-        let (index, result) = &a.results[0];
+        let (index, result, attempts) = &a.results[0];
         let e = result.as_ref().unwrap_err();
         assert_eq!((*index, e.attempts, e.worker, &e.stderr[..]), (0, 2, Some(W), &b"e"[..]));
+        assert_eq!(*attempts, 2, "the same count beside an ok result");
         assert_eq!(e.kind, TaskErrorKind::Trap);
         assert_eq!(l.unanswered(id), None, "a complete chunk leaves the ledger");
     }

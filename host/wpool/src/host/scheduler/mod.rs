@@ -41,6 +41,22 @@ use crate::wire::{self, Hello, HostMsg, Outcome, WorkerMsg, BATCH_BYTES, PROTOCO
 /// The result of one item.
 pub type ItemResult = Result<Vec<u8>, TaskError>;
 
+/// How an item ran, beside its result (see [`crate::Imap::next_with_info`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ItemInfo {
+    /// The worker that gave the outcome; `None` when no worker ran the item
+    /// (an item over the size cap is refused before any worker sees it).
+    pub worker: Option<WorkerId>,
+    /// How many times the item was started (retries after worker deaths
+    /// included).
+    pub attempts: u32,
+    /// The worker's time in the kernel for it: the time of the results it
+    /// came back with, shared evenly among them (exact for an item that
+    /// came back alone, as slow items do; fast items come back in batches).
+    pub kernel_time: Duration,
+}
+
 /// Everything the scheduler needs that the builder decided.
 #[derive(Debug, Clone)]
 pub(crate) struct SchedConfig {
@@ -251,13 +267,13 @@ impl Scheduler {
 
     /// Produces the next result of the run, pulling input as workers free up.
     /// `None` when the run is complete.
-    pub(crate) fn next(&mut self, mut input: Input<'_>) -> Option<Result<(ItemIndex, ItemResult), Error>> {
+    pub(crate) fn next(&mut self, mut input: Input<'_>) -> Option<Result<(ItemIndex, ItemResult, ItemInfo), Error>> {
         loop {
             if self.job.finished {
                 return None;
             }
-            if let Some((index, result)) = self.job.reorder.pop_ready() {
-                return Some(Ok((ItemIndex(index), result)));
+            if let Some((index, result, info)) = self.job.reorder.pop_ready() {
+                return Some(Ok((ItemIndex(index), result, info)));
             }
             if self.cancelled.load(Ordering::SeqCst) && self.job.fatal.is_none() {
                 // Results that already reached the host are the caller's:
@@ -344,7 +360,8 @@ impl Scheduler {
         while items.len() < limit && bytes < BATCH_BYTES && self.may_pull() {
             let Some((index, data)) = self.job.feed.next(input) else { break };
             if data.len() > self.max_item {
-                self.job.reorder.complete(index, Err(input::too_large(index, data.len(), self.max_item)));
+                let info = ItemInfo { worker: None, attempts: 0, kernel_time: Duration::ZERO };
+                self.job.reorder.complete(index, Err(input::too_large(index, data.len(), self.max_item)), info);
                 continue;
             }
             bytes += data.len();
@@ -491,8 +508,10 @@ impl Scheduler {
         let answer = self.ledger.answer(id, offset, outcomes, WorkerId(slot as u32 + 1))?;
         self.slots[slot].answered(answer.complete);
         let n = answer.results.len();
-        for (index, result) in answer.results {
-            self.job.reorder.complete(index, result);
+        let kernel_time = Duration::from_nanos(busy_ns / n.max(1) as u64);
+        let worker = Some(WorkerId(slot as u32 + 1));
+        for (index, result, attempts) in answer.results {
+            self.job.reorder.complete(index, result, ItemInfo { worker, attempts, kernel_time });
         }
         self.job.sizer.measure(Duration::from_nanos(busy_ns), n);
         Ok(())
@@ -514,8 +533,10 @@ impl Scheduler {
         let requeued = self.ledger.requeue(death.queue.iter().copied(), death.timed_out());
         self.stats.retried_items += requeued.retried as u64;
         for b in requeued.blamed {
-            let e = death.item_error(b.index, b.attempts, WorkerId(slot as u32 + 1));
-            self.job.reorder.complete(b.index, Err(e));
+            let worker = WorkerId(slot as u32 + 1);
+            let e = death.item_error(b.index, b.attempts, worker);
+            let info = ItemInfo { worker: Some(worker), attempts: b.attempts, kernel_time: Duration::ZERO };
+            self.job.reorder.complete(b.index, Err(e), info);
         }
         if self.job.fatal.is_none() {
             self.respawn(slot);

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 
-use super::ItemResult;
+use super::{ItemInfo, ItemResult};
 
 /// Finished items, waiting to be handed out.
 #[derive(Debug)]
@@ -15,9 +15,9 @@ pub(super) struct Reorder {
     ordered: bool,
     /// Ordered: slot `i` holds the result of item `next + i` once it is
     /// known; bounded by the window.
-    waiting: VecDeque<Option<ItemResult>>,
+    waiting: VecDeque<Option<(ItemResult, ItemInfo)>>,
     /// Unordered: results in completion order.
-    done: VecDeque<(u64, ItemResult)>,
+    done: VecDeque<(u64, ItemResult, ItemInfo)>,
     /// The index of the next result handed out (ordered runs).
     next: u64,
     /// Bytes of successful results held.
@@ -31,7 +31,7 @@ impl Reorder {
 
     /// Takes in the result of item `index`, which must not have been handed
     /// out already.
-    pub(super) fn complete(&mut self, index: u64, result: ItemResult) {
+    pub(super) fn complete(&mut self, index: u64, result: ItemResult, info: ItemInfo) {
         if let Ok(bytes) = &result {
             self.bytes += bytes.len();
         }
@@ -40,9 +40,9 @@ impl Reorder {
             if self.waiting.len() <= at {
                 self.waiting.resize_with(at + 1, || None);
             }
-            self.waiting[at] = Some(result);
+            self.waiting[at] = Some((result, info));
         } else {
-            self.done.push_back((index, result));
+            self.done.push_back((index, result, info));
         }
     }
 
@@ -56,11 +56,11 @@ impl Reorder {
     }
 
     /// The next result with its item index, if its turn has come.
-    pub(super) fn pop_ready(&mut self) -> Option<(u64, ItemResult)> {
-        let (index, result) = if self.ordered {
-            let r = self.waiting.front_mut()?.take()?;
+    pub(super) fn pop_ready(&mut self) -> Option<(u64, ItemResult, ItemInfo)> {
+        let (index, result, info) = if self.ordered {
+            let (r, info) = self.waiting.front_mut()?.take()?;
             self.waiting.pop_front();
-            (self.next, r)
+            (self.next, r, info)
         } else {
             self.done.pop_front()?
         };
@@ -68,7 +68,7 @@ impl Reorder {
         if let Ok(bytes) = &result {
             self.bytes -= bytes.len().min(self.bytes);
         }
-        Some((index, result))
+        Some((index, result, info))
     }
 
     /// Whether item `index` may be started: in an ordered run, only within
@@ -103,18 +103,20 @@ mod tests {
         })
     }
 
+    const INFO: ItemInfo = ItemInfo { worker: None, attempts: 1, kernel_time: std::time::Duration::ZERO };
+
     fn drain(r: &mut Reorder) -> Vec<u64> {
-        std::iter::from_fn(|| r.pop_ready()).map(|(i, _)| i).collect()
+        std::iter::from_fn(|| r.pop_ready()).map(|(i, _, _)| i).collect()
     }
 
     #[test]
     fn ordered_hands_out_in_index_order_once_the_gap_is_filled() {
         let mut r = Reorder::new(true);
-        r.complete(2, ok("c"));
-        r.complete(1, ok("b"));
+        r.complete(2, ok("c"), INFO);
+        r.complete(1, ok("b"), INFO);
         assert!(!r.has_ready(), "item 0 is missing");
         assert!(r.pop_ready().is_none());
-        r.complete(0, ok("a"));
+        r.complete(0, ok("a"), INFO);
         assert!(r.has_ready());
         assert_eq!(r.pop_ready().unwrap().1.unwrap(), b"a");
         assert_eq!(drain(&mut r), [1, 2]);
@@ -125,11 +127,11 @@ mod tests {
     fn ordered_stops_at_the_next_gap() {
         let mut r = Reorder::new(true);
         for i in [0, 1, 3, 4] {
-            r.complete(i, ok("x"));
+            r.complete(i, ok("x"), INFO);
         }
         assert_eq!(drain(&mut r), [0, 1]);
-        r.complete(2, failed(2));
-        let (index, result) = r.pop_ready().unwrap();
+        r.complete(2, failed(2), INFO);
+        let (index, result, _) = r.pop_ready().unwrap();
         assert_eq!(index, 2);
         assert!(result.is_err());
         assert_eq!(drain(&mut r), [3, 4]);
@@ -139,9 +141,9 @@ mod tests {
     fn unordered_hands_out_in_completion_order() {
         let mut r = Reorder::new(false);
         assert!(!r.has_ready());
-        r.complete(5, ok("f"));
-        r.complete(0, ok("a"));
-        r.complete(3, failed(3));
+        r.complete(5, ok("f"), INFO);
+        r.complete(0, ok("a"), INFO);
+        r.complete(3, failed(3), INFO);
         assert!(r.has_ready());
         assert_eq!(drain(&mut r), [5, 0, 3]);
     }
@@ -151,7 +153,7 @@ mod tests {
         let mut r = Reorder::new(true);
         assert!(r.admits(9, 10));
         assert!(!r.admits(10, 10));
-        r.complete(0, ok("a"));
+        r.complete(0, ok("a"), INFO);
         assert!(!r.admits(10, 10), "not handed out yet");
         r.pop_ready();
         assert!(r.admits(10, 10));
@@ -161,9 +163,9 @@ mod tests {
     #[test]
     fn counts_the_bytes_of_results_held() {
         let mut r = Reorder::new(true);
-        r.complete(1, ok("bbb"));
-        r.complete(0, ok("a"));
-        r.complete(2, failed(2));
+        r.complete(1, ok("bbb"), INFO);
+        r.complete(0, ok("a"), INFO);
+        r.complete(2, failed(2), INFO);
         assert_eq!(r.bytes(), 4);
         r.pop_ready();
         assert_eq!(r.bytes(), 3);
