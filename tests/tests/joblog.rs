@@ -262,7 +262,13 @@ fn resume_after_sigkill_prints_the_output_of_one_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("items.txt");
     let n = 100_000;
-    let line = |i: usize| if i % 997 == 5 { format!("err:no {i}") } else { format!("line {i}") };
+    // Every tenth result is long enough for the content-addressed store;
+    // the others are kept in their rows.
+    let line = |i: usize| match i {
+        _ if i % 997 == 5 => format!("err:no {i}"),
+        _ if i % 10 == 3 => format!("line {i} {}", "long ".repeat(20)),
+        _ => format!("line {i}"),
+    };
     let text: String = (0..n).map(|i| line(i) + "\n").collect();
     std::fs::write(&input, &text).unwrap();
     let map = |extra: &[&str]| {
@@ -299,6 +305,9 @@ fn resume_after_sigkill_prints_the_output_of_one_uninterrupted_run() {
     assert!(second.stdout == reference.stdout, "output identical to an uninterrupted run");
     assert_eq!(stderr(&second).lines().count(), failures as usize, "every failure reported once");
     assert_eq!(count(&db, "SELECT count(*) FROM items WHERE run = 2"), n as i64 - done_first, "only the rest ran");
+    let long = (0..n).filter(|i| i % 10 == 3 && i % 997 != 5).count() as i64;
+    assert_eq!(count(&db, "SELECT count(*) FROM results"), long, "the long results, stored once each");
+    assert_eq!(count(&db, "SELECT count(*) FROM items WHERE result_size > 64 AND result IS NOT NULL"), 0);
     assert_eq!(
         count(&db, "SELECT count(*) FROM items a JOIN items b ON a.idx = b.idx WHERE a.run = 1 AND b.run = 2"),
         0

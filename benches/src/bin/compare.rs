@@ -114,9 +114,21 @@ fn main() -> Result<()> {
     rows.push(Row::new("noop-chunk1", "items/s", v, pool("noop-chunk1", "items_per_s")).target(">=", 5.0));
 
     eprint("noop, auto chunksize");
-    let t = median(reps, || env.wpool_wall(&["-j", &j], "echo", &[&inputs.noop_auto]))?;
-    let v = sizes.noop_auto_n as f64 / t;
+    let noop_auto = median(reps, || env.wpool_wall(&["-j", &j], "echo", &[&inputs.noop_auto]))?;
+    let v = sizes.noop_auto_n as f64 / noop_auto;
     rows.push(Row::new("noop-auto", "items/s", v, pool("noop-auto", "items_per_s")).target(">=", 2.0));
+
+    eprint("noop, auto chunksize, with --joblog");
+    // A fresh joblog each run: every item hashed, a row and its result
+    // stored, in WAL transactions on a thread of their own.
+    let logs = tempfile::tempdir()?;
+    let mut n = 0;
+    let with_log = median(reps, || {
+        n += 1;
+        let log = logs.path().join(format!("run{n}.db"));
+        env.wpool_wall(&["-j", &j, "--joblog", &log.to_string_lossy()], "echo", &[&inputs.noop_auto])
+    })?;
+    rows.push(Row::absolute("joblog-overhead", "x", with_log / noop_auto, None).target_abs("<=", 1.10));
 
     eprint("primes, 1 and N workers");
     let primes_expected = algorithm::count_primes_below(sizes.primes_n).to_string();

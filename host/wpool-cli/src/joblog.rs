@@ -21,6 +21,12 @@ use wpool::ItemResult;
 /// Most rows in one transaction.
 const BATCH_ROWS: usize = 4096;
 
+/// Results up to this size are kept in their item's row (addressing them
+/// by a 32-byte hash would cost more than they weigh, and a random-keyed
+/// index insert per tiny item made a joblog of 1 M items write gigabytes);
+/// longer ones go to the content-addressed `results` table, once each.
+const INLINE_RESULT: usize = 64;
+
 /// Longest a finished item waits before its row is committed.
 const BATCH_TIME: Duration = Duration::from_millis(200);
 
@@ -52,6 +58,9 @@ CREATE TABLE IF NOT EXISTS items (
     duration REAL,
     result_size INTEGER,
     result_sha256 BLOB,
+    -- A result of at most INLINE_RESULT bytes, kept in its row; longer
+    -- ones are in `results`, by SHA-256.
+    result BLOB,
     exit_code INTEGER,
     stderr BLOB,
     PRIMARY KEY (run, idx)
@@ -209,7 +218,9 @@ fn open(path: &Path) -> Result<Connection> {
     if !mode.eq_ignore_ascii_case("wal") {
         anyhow::bail!("--joblog {}: WAL mode refused (journal mode {mode})", path.display());
     }
-    db.execute_batch("PRAGMA synchronous = NORMAL;")?;
+    // Checkpoints (each with an fsync) every 16 MiB of WAL, not 4 MiB; a
+    // 32 MiB page cache keeps the B-trees' hot pages between transactions.
+    db.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 4096; PRAGMA cache_size = -32768;")?;
     db.execute_batch(SCHEMA).with_context(|| format!("--joblog {}: not a wpool joblog", path.display()))?;
     Ok(db)
 }
@@ -339,8 +350,8 @@ fn write(mut db: Connection, run: i64, rx: &Receiver<Record>) -> Result<()> {
         {
             let mut insert = tx.prepare_cached(
                 "INSERT OR REPLACE INTO items (run, idx, origin, input_sha256, status, message, attempts, worker,
-                 node, finished, duration, result_size, result_sha256, exit_code, stderr)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                 node, finished, duration, result_size, result_sha256, result, exit_code, stderr)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             )?;
             let mut store = tx.prepare_cached("INSERT OR IGNORE INTO results (sha256, bytes) VALUES (?1, ?2)")?;
             while rows < BATCH_ROWS {
@@ -372,10 +383,11 @@ fn write(mut db: Connection, run: i64, rx: &Receiver<Record>) -> Result<()> {
                             o.duration,
                             o.result.as_ref().map(|(_, bytes)| bytes.len() as i64),
                             o.result.as_ref().map(|(h, _)| &h[..]),
+                            o.result.as_ref().map(|(_, b)| &b[..]).filter(|b| b.len() <= INLINE_RESULT),
                             o.exit_code,
                             o.stderr,
                         ])?;
-                        if let Some((sha, bytes)) = &o.result {
+                        if let Some((sha, bytes)) = o.result.as_ref().filter(|(_, b)| b.len() > INLINE_RESULT) {
                             store.execute(params![&sha[..], bytes])?;
                         }
                         rows += 1;
@@ -405,6 +417,19 @@ fn write(mut db: Connection, run: i64, rx: &Receiver<Record>) -> Result<()> {
 /// Item index → its input's SHA-256 and the run whose row counts (the last
 /// that finished it).
 pub type Done = std::sync::Arc<std::collections::HashMap<u64, ([u8; 32], i64)>>;
+
+/// An item's row, as `--resume` replays it.
+struct Recorded {
+    status: String,
+    message: Option<String>,
+    attempts: Option<u32>,
+    worker: Option<u32>,
+    exit_code: Option<i32>,
+    stderr: Option<Vec<u8>>,
+    sha: Option<Vec<u8>>,
+    /// The result, when it was short enough to be kept in the row.
+    inline: Option<Vec<u8>>,
+}
 
 /// What the earlier runs of a joblog did, for `--resume`: the items they
 /// finished, found by index and checked by input hash, and their outcomes.
@@ -492,20 +517,34 @@ impl Resume {
     /// How finished item `index` ended, from its row and the result store.
     pub fn replay(&self, index: u64) -> Result<ItemResult> {
         let (_, run) = self.done.get(&index).context("not a finished item")?;
-        type Row = (String, Option<String>, Option<u32>, Option<u32>, Option<i32>, Option<Vec<u8>>, Option<Vec<u8>>);
-        let (status, message, attempts, worker, exit_code, stderr, result): Row = self.db.query_row(
-            "SELECT status, message, attempts, worker, exit_code, stderr, result_sha256 FROM items
+        let row = self.db.query_row(
+            "SELECT status, message, attempts, worker, exit_code, stderr, result_sha256, result FROM items
              WHERE run = ?1 AND idx = ?2",
             params![run, index as i64],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+            |r| {
+                Ok(Recorded {
+                    status: r.get(0)?,
+                    message: r.get(1)?,
+                    attempts: r.get(2)?,
+                    worker: r.get(3)?,
+                    exit_code: r.get(4)?,
+                    stderr: r.get(5)?,
+                    sha: r.get(6)?,
+                    inline: r.get(7)?,
+                })
+            },
         )?;
+        let Recorded { status, message, attempts, worker, exit_code, stderr, sha, inline } = row;
         if status == "ok" {
-            let sha = result.context("an ok row without a result hash")?;
-            let bytes: Vec<u8> = self
-                .db
-                .query_row("SELECT bytes FROM results WHERE sha256 = ?1", [&sha], |r| r.get(0))
-                .optional()?
-                .with_context(|| format!("the result of item {index} is missing from the result store"))?;
+            let sha = sha.context("an ok row without a result hash")?;
+            let bytes: Vec<u8> = match inline {
+                Some(bytes) => bytes,
+                None => self
+                    .db
+                    .query_row("SELECT bytes FROM results WHERE sha256 = ?1", [&sha], |r| r.get(0))
+                    .optional()?
+                    .with_context(|| format!("the result of item {index} is missing from the result store"))?,
+            };
             if Sha256::digest(&bytes)[..] != sha[..] {
                 anyhow::bail!("the stored result of item {index} does not match its SHA-256");
             }
