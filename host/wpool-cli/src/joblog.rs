@@ -349,7 +349,7 @@ fn write(mut db: Connection, run: i64, rx: &Receiver<Record>) -> Result<()> {
         let mut closed = false;
         {
             let mut insert = tx.prepare_cached(
-                "INSERT OR REPLACE INTO items (run, idx, origin, input_sha256, status, message, attempts, worker,
+                "INSERT INTO items (run, idx, origin, input_sha256, status, message, attempts, worker,
                  node, finished, duration, result_size, result_sha256, result, exit_code, stderr)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             )?;
