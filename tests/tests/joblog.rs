@@ -82,6 +82,8 @@ fn joblog_records_the_run_and_every_item_with_hashes_status_and_origin() {
 
     // Where and for how long each item ran.
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    let started_before_finished = "SELECT count(*) FROM items WHERE run = 1 AND started <= finished";
+    assert_eq!(count(&db, started_before_finished), items.len() as i64);
     let mut ran = db.prepare("SELECT worker, node, duration FROM items WHERE run = 1").unwrap();
     let ran: Vec<(Option<u32>, Option<String>, Option<f64>)> =
         ran.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect();

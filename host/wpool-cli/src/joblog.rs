@@ -54,6 +54,9 @@ CREATE TABLE IF NOT EXISTS items (
     attempts INTEGER,
     worker INTEGER,
     node TEXT,
+    -- Seconds since the run started: when the item's kernel call began
+    -- (its end less its kernel time) and when its outcome reached the host.
+    started REAL,
     finished REAL NOT NULL,
     duration REAL,
     result_size INTEGER,
@@ -350,8 +353,8 @@ fn write(mut db: Connection, run: i64, rx: &Receiver<Record>) -> Result<()> {
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO items (run, idx, origin, input_sha256, status, message, attempts, worker,
-                 node, finished, duration, result_size, result_sha256, result, exit_code, stderr)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                 node, started, finished, duration, result_size, result_sha256, result, exit_code, stderr)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             )?;
             let mut store = tx.prepare_cached("INSERT OR IGNORE INTO results (sha256, bytes) VALUES (?1, ?2)")?;
             while rows < BATCH_ROWS {
@@ -379,6 +382,7 @@ fn write(mut db: Connection, run: i64, rx: &Receiver<Record>) -> Result<()> {
                             o.attempts,
                             o.worker,
                             o.node,
+                            o.duration.map(|d| (o.finished - d).max(0.0)),
                             o.finished,
                             o.duration,
                             o.result.as_ref().map(|(_, bytes)| bytes.len() as i64),
