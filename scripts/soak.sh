@@ -14,13 +14,16 @@ duration=${1:-3600}
 n=${2:-10000000}
 target_dir=${CARGO_TARGET_DIR:-target}
 cargo build -q --release -p wpool-cli
-wpool="$target_dir/release/wpool"
 kernel="$target_dir/kernels/wasip2/upper.wasm"
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+# A copy: a build during the soak must not swap the binary between runs.
+cp "$target_dir/release/wpool" "$work/wpool"
+wpool="$work/wpool"
+echo "soak: wpool $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+changes')" >&2
 seq -f 'item %.0f' 1 "$n" > "$work/input"
 tr 'a-z' 'A-Z' < "$work/input" > "$work/expected"
-echo "soak: $n items per run, for ${duration}s; samples in $work/samples.csv" >&2
+echo "soak: $n items per run, for ${duration}s" >&2
 echo "t,run,rss_kib,fds,threads" > "$work/samples.csv"
 
 chaos() { # $1: host pid
@@ -67,7 +70,9 @@ while [ $(($(date +%s) - start)) -lt "$duration" ]; do
     verdict="DIFFERENT (exit $status; $(head -c 300 "$work/err"))"
     failed=1
   fi
-  echo "soak: run $run: ${n} items in $(($(date +%s) - t0))s, output $verdict" >&2
+  peaks=$(awk -F, -v r="$run" '$2 == r { if ($3 > m) m = $3; if ($4 > f) f = $4; if ($5 > t) t = $5 }
+    END { printf "peak RSS %d KiB, fds %d, threads %d", m, f, t }' "$work/samples.csv")
+  echo "soak: run $run: ${n} items in $(($(date +%s) - t0))s, output $verdict; $peaks" >&2
   wait 2>/dev/null || true
 done
 kills=$(grep -c kill "$work/events" || true)
@@ -80,4 +85,7 @@ summary=$(awk -F, 'NR > 1 {
   END { printf "%d samples; host peaks in the first and the last run: RSS %d / %d KiB, fds %d / %d, threads %d / %d",
         n, rss[first], rss[last], fd[first], fd[last], th[first], th[last] }' "$work/samples.csv")
 echo "soak: $run runs in $(($(date +%s) - start))s, $kills worker SIGKILLs, $stops SIGSTOP/SIGCONT; $summary" >&2
+mkdir -p "$target_dir/soak"
+cp "$work/samples.csv" "$target_dir/soak/samples.csv"
+echo "soak: samples kept in $target_dir/soak/samples.csv" >&2
 exit "$failed"
