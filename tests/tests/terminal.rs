@@ -377,7 +377,7 @@ fn help_examples(help: &str) -> Vec<String> {
 fn f9_help_examples_fit_80_columns_and_run_as_pasted() {
     let bin_dir = wpool_bin().parent().unwrap().to_path_buf();
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
-    for cmd in ["map", "pipeline", "mapreduce"] {
+    for cmd in ["map", "pipeline", "mapreduce", "bench", "joblog", "replay"] {
         let mut c = wpool();
         c.args([cmd, "--help"]).env("COLUMNS", "80");
         let help = stdout(&run(c, b""));

@@ -80,14 +80,14 @@ Example (from the repository's root):\n  k=target/kernels/wasip2\n  wpool mapred
     /// the smallest worker count; efficiency is speedup per worker.
     #[command(
         after_long_help = "Exit status: 0 measured (failed items are counted, not fatal); 2 usage, kernel-load or input error or pool failure; 130 interrupted.\n\n\
-Example (from the repository's root):\n  wpool bench -j 1,2 --repeat 5 --svg speedup.svg \\\n    target/kernels/wasip2/primes.wasm examples/primes.txt"
+Example (from the repository's root):\n  d=$(mktemp -d)\n  wpool bench -j 1,2 --repeat 3 --svg $d/speedup.svg \\\n    target/kernels/wasip2/primes.wasm examples/primes.txt"
     )]
     Bench(Box<BenchCmd>),
-    /// Summarise a joblog written by `wpool map --joblog FILE`: the last
+    /// Summarise a joblog written by `--joblog FILE`: the last
     /// run (or --all), its items by status, and the failed ones with where
     /// they came from.
     #[command(after_long_help = "The database is plain SQLite: `sqlite3 FILE 'SELECT * FROM items'`.\n\n\
-Example:\n  wpool map --joblog run.db target/kernels/wasip2/primes.wasm examples/primes.txt\n  wpool joblog run.db")]
+Example (from the repository's root):\n  d=$(mktemp -d)\n  wpool map --joblog $d/run.db target/kernels/wasip2/primes.wasm \\\n    examples/primes.txt\n  wpool joblog $d/run.db")]
     Joblog {
         /// The joblog (a SQLite database).
         file: PathBuf,
@@ -105,8 +105,8 @@ Example:\n  wpool map --joblog run.db target/kernels/wasip2/primes.wasm examples
     /// The item is read again from where it came from (`file:line`, a `-0`
     /// record, or a whole file) and must hash as recorded; the kernel too.
     #[command(after_long_help = "Exit status: as `wpool map` over the one item.\n\n\
-Examples:\n  wpool map --joblog run.db target/kernels/wasip2/hostile.wasm items.txt\n  wpool replay run.db --item 17\n  \
-wpool replay run.db --item 17 --bundle bug-17/ && tar czf bug-17.tgz bug-17/\n  wpool replay bug-17/")]
+Example (from the repository's root):\n  d=$(mktemp -d)\n  wpool map --joblog $d/run.db target/kernels/wasip2/primes.wasm \\\n    examples/primes.txt\n  \
+wpool replay $d/run.db --item 3\n  wpool replay $d/run.db --item 3 --bundle $d/bug-3\n  wpool replay $d/bug-3")]
     Replay {
         /// A joblog (`wpool map --joblog FILE`), or a directory written by
         /// --bundle.
