@@ -165,8 +165,9 @@ pub struct MapCmd {
     pub resume: bool,
     /// Write each failed item to FILE as it was read (a line, a `-0`
     /// record, or with --files the file's name), so that `wpool map KERNEL
-    /// FILE` (with the same -0 / --files) runs exactly the failed items
-    /// again.
+    /// FILE` (with the same -0; with --files, `wpool map --files KERNEL - <
+    /// FILE`) runs exactly the failed items again. FILE is replaced when the
+    /// run ends; after a stop the failures so far are in FILE.tmp.
     #[arg(long, value_name = "FILE")]
     pub quarantine: Option<PathBuf>,
     /// As --resume, but run the items that failed again.

@@ -367,14 +367,24 @@ impl Iterator for Items {
     }
 }
 
+/// What [`feed_batches`] does with an item.
+pub enum Keep {
+    /// Into the batch for the pool.
+    Send,
+    /// Not for the pool (the items before it go out first).
+    Skip,
+    /// Neither it nor anything after it: reading stops.
+    Stop,
+}
+
 /// Sends items in batches of up to `BATCH_ITEMS` items or `BATCH_BYTES`
 /// bytes; a partial batch goes out before any read that could wait. `keep`
-/// sees each item as it is read, in order, and says whether it is sent
-/// (the joblog hashes it; `--resume` keeps back the finished ones).
+/// sees each item as it is read, in order, and says what becomes of it (the
+/// joblog hashes it; `--resume` keeps back the finished ones).
 pub fn feed_batches(
     mut items: Items,
     tx: &crossbeam_channel::Sender<Vec<Vec<u8>>>,
-    mut keep: impl FnMut(&[u8]) -> bool,
+    mut keep: impl FnMut(&[u8]) -> Keep,
 ) {
     const BATCH_ITEMS: usize = 1024;
     const BATCH_BYTES: usize = 256 << 10;
@@ -388,13 +398,27 @@ pub fn feed_batches(
             bytes = 0;
         }
         match items.next() {
-            Some(item) => {
-                if !keep(&item) {
-                    continue;
+            Some(item) => match keep(&item) {
+                Keep::Send => {
+                    bytes += item.len();
+                    batch.push(item);
                 }
-                bytes += item.len();
-                batch.push(item);
-            }
+                // The consumer may be waiting for an item of the batch
+                // before it gets to this one: the batch goes now.
+                Keep::Skip if !batch.is_empty() => {
+                    if tx.send(std::mem::take(&mut batch)).is_err() {
+                        return;
+                    }
+                    bytes = 0;
+                }
+                Keep::Skip => {}
+                Keep::Stop => {
+                    if !batch.is_empty() {
+                        let _ = tx.send(batch);
+                    }
+                    return;
+                }
+            },
             None => {
                 if !batch.is_empty() {
                     let _ = tx.send(batch);

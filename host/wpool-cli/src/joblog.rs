@@ -42,6 +42,8 @@ CREATE TABLE IF NOT EXISTS runs (
     options TEXT NOT NULL,
     node TEXT NOT NULL,
     cwd TEXT NOT NULL,
+    -- A run with --resume: the run its chain of resumes began with.
+    resumed_from INTEGER,
     exit_status INTEGER
 );
 CREATE TABLE IF NOT EXISTS items (
@@ -85,6 +87,8 @@ pub struct RunInfo {
     pub kernel_sha256: String,
     /// The options that change results, as JSON.
     pub options: serde_json::Value,
+    /// With --resume: the first run of the chain it continues.
+    pub resumed_from: Option<i64>,
 }
 
 impl RunInfo {
@@ -96,10 +100,12 @@ impl RunInfo {
             many => sha256_hex(many.concat().as_bytes()),
         };
         Ok(RunInfo {
-            command: shell_words::join(std::env::args()),
+            // Lossy: a file name that is not UTF-8 must not panic here.
+            command: shell_words::join(std::env::args_os().map(|a| a.to_string_lossy().into_owned())),
             kernel: kernels.iter().map(|k| k.display().to_string()).collect::<Vec<_>>().join(" | "),
             kernel_sha256,
             options,
+            resumed_from: None,
         })
     }
 }
@@ -192,7 +198,7 @@ pub fn end(joblog: Option<Joblog>, exit: Result<crate::exit::Exit>) -> Result<cr
     exit
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -233,8 +239,8 @@ impl Joblog {
     pub fn start(path: &Path, info: RunInfo) -> Result<Joblog> {
         let db = open(path)?;
         db.execute(
-            "INSERT INTO runs (started_at, wpool_version, command, kernel, kernel_sha256, options, node, cwd)
-             VALUES (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO runs (started_at, wpool_version, command, kernel, kernel_sha256, options, node, cwd,
+             resumed_from) VALUES (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 env!("CARGO_PKG_VERSION"),
                 info.command,
@@ -243,6 +249,7 @@ impl Joblog {
                 info.options.to_string(),
                 gethostname(),
                 std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
+                info.resumed_from,
             ],
         )
         .with_context(|| format!("--joblog {}: cannot record the run", path.display()))?;
@@ -275,12 +282,15 @@ impl Joblog {
         result: Result<Option<&[u8]>, &wpool::TaskError>,
         ran: Option<Ran>,
     ) {
-        let finished = self.start.elapsed().as_secs_f64();
         let (info, node) = match ran {
             Some(Ran { info, node }) => (Some(info), node),
             None => (None, None),
         };
-        let duration = info.map(|i| i.kernel_time.as_secs_f64());
+        // When the outcome reached the host, not when its turn came in the
+        // output (a fast item may wait behind a slow one).
+        let arrived = info.map_or_else(Instant::now, |i| i.arrived);
+        let finished = arrived.saturating_duration_since(self.start).as_secs_f64();
+        let duration = info.and_then(|i| i.kernel_time).map(|t| t.as_secs_f64());
         let outcome = match result {
             Ok(bytes) => Outcome {
                 index,
@@ -439,6 +449,8 @@ struct Recorded {
 /// finished, found by index and checked by input hash, and their outcomes.
 pub struct Resume {
     db: Connection,
+    /// The first run of the chain this run continues.
+    pub base: i64,
     done: Done,
 }
 
@@ -451,14 +463,18 @@ impl Resume {
             anyhow::bail!("--resume: {}: no such joblog (the first run records it with --joblog)", path.display());
         }
         let db = open(path)?;
-        let last: Option<(String, String)> = db
-            .query_row("SELECT kernel_sha256, options FROM runs ORDER BY id DESC LIMIT 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
+        let last: Option<(i64, Option<i64>, String, String)> = db
+            .query_row("SELECT id, resumed_from, kernel_sha256, options FROM runs ORDER BY id DESC LIMIT 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })
             .optional()?;
-        let Some((last_kernel, last_options)) = last else {
+        let Some((last_id, resumed_from, last_kernel, last_options)) = last else {
             anyhow::bail!("--resume: {} records no run", path.display());
         };
+        // The chain this run continues: the last run started without
+        // --resume and the resumes of it (earlier runs, of other inputs
+        // perhaps, are not looked at).
+        let base = resumed_from.unwrap_or(last_id);
         if last_kernel != kernel_sha {
             anyhow::bail!(
                 "--resume: the kernel changed since the last run in {} (SHA-256 {} then, {} now): resume with \
@@ -494,9 +510,9 @@ impl Resume {
             let mut rows = db.prepare(
                 "SELECT items.idx, items.input_sha256, items.run, items.status FROM items
                  JOIN runs ON runs.id = items.run
-                 WHERE runs.kernel_sha256 = ?1 AND runs.options = ?2 ORDER BY items.run",
+                 WHERE (runs.id = ?1 OR runs.resumed_from = ?1) ORDER BY items.run",
             )?;
-            let mut rows = rows.query(params![kernel_sha, last_options])?;
+            let mut rows = rows.query(params![base])?;
             while let Some(r) = rows.next()? {
                 let index: i64 = r.get(0)?;
                 let input: Option<Vec<u8>> = r.get(1)?;
@@ -509,7 +525,7 @@ impl Resume {
                 }
             }
         }
-        Ok(Resume { db, done: std::sync::Arc::new(done) })
+        Ok(Resume { db, base, done: std::sync::Arc::new(done) })
     }
 
     /// Item index → input SHA-256 of every finished item, for the input
@@ -595,6 +611,7 @@ fn gethostname() -> String {
 /// A run as `wpool joblog` shows it.
 struct RunRow {
     id: i64,
+    resumed_from: Option<i64>,
     started: String,
     ended: Option<String>,
     command: String,
@@ -617,12 +634,14 @@ struct FailedRow {
 pub fn summary(path: &Path, json: bool, all: bool) -> Result<()> {
     let db = open_existing(path)?;
     let mut runs = db.prepare(
-        "SELECT id, started_at, ended_at, command, kernel, kernel_sha256, exit_status FROM runs ORDER BY id DESC",
+        "SELECT id, started_at, ended_at, command, kernel, kernel_sha256, exit_status, resumed_from FROM runs
+         ORDER BY id DESC",
     )?;
     let runs: Vec<RunRow> = runs
         .query_map([], |r| {
             Ok(RunRow {
                 id: r.get(0)?,
+                resumed_from: r.get(7)?,
                 started: r.get(1)?,
                 ended: r.get(2)?,
                 command: r.get(3)?,
@@ -662,7 +681,7 @@ pub fn summary(path: &Path, json: bool, all: bool) -> Result<()> {
             slowest.query_map([run.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
         if json {
             out.push(serde_json::json!({
-                "run": run.id, "started_at": run.started, "ended_at": run.ended, "command": run.command,
+                "run": run.id, "resumed_from": run.resumed_from, "started_at": run.started, "ended_at": run.ended, "command": run.command,
                 "kernel": run.kernel, "kernel_sha256": run.sha, "exit_status": run.status, "items": recorded,
                 "by_status": counts.iter().map(|(s, n)| (s.clone(), serde_json::json!(n))).collect::<serde_json::Map<_, _>>(),
                 "slowest": slowest.iter().map(|(index, origin, seconds)| serde_json::json!({
@@ -675,7 +694,10 @@ pub fn summary(path: &Path, json: bool, all: bool) -> Result<()> {
             }));
             continue;
         }
-        println!("run {}: {}", run.id, run.command);
+        match run.resumed_from {
+            Some(base) => println!("run {}: {} (resumes run {base})", run.id, run.command),
+            None => println!("run {}: {}", run.id, run.command),
+        }
         println!("  kernel {} (sha256 {})", run.kernel, &run.sha[..16.min(run.sha.len())]);
         match (&run.ended, run.status) {
             (Some(ended), Some(status)) => println!("  {} to {ended}, exit status {status}", run.started),

@@ -26,8 +26,10 @@ pub struct Quarantine {
     /// `--max-item-size`: an item longer was cut while it was read.
     max_item: usize,
     written: u64,
-    /// Failed items over the size cap, whose bytes were not kept.
-    too_large: Vec<u64>,
+    /// Failed items that cannot be written back: over the size cap (their
+    /// bytes were not kept whole), or with --files a name the framing cannot
+    /// carry (not UTF-8, or a newline without -0).
+    unwritten: Vec<u64>,
 }
 
 impl Quarantine {
@@ -46,7 +48,7 @@ impl Quarantine {
             kept: (!files).then(Kept::default),
             max_item,
             written: 0,
-            too_large: Vec::new(),
+            unwritten: Vec::new(),
         })
     }
 
@@ -64,9 +66,19 @@ impl Quarantine {
             return Ok(());
         }
         let record = match bytes {
-            None => origin().into_bytes(),
+            // --files: the file's name. One the record cannot carry is
+            // named on stderr instead (a name shown with U+FFFD was not
+            // UTF-8).
+            None => {
+                let name = origin();
+                if name.contains('\u{FFFD}') || name.as_bytes().contains(&self.sep) {
+                    self.unwritten.push(index);
+                    return Ok(());
+                }
+                name.into_bytes()
+            }
             Some(bytes) if bytes.len() > self.max_item => {
-                self.too_large.push(index);
+                self.unwritten.push(index);
                 return Ok(());
             }
             Some(bytes) => bytes,
@@ -80,22 +92,37 @@ impl Quarantine {
         format!("--quarantine {}", self.tmp.display())
     }
 
-    /// Flushes and renames the file into place; says which failed items
-    /// could not be written.
-    pub fn finish(mut self) -> Result<()> {
+    /// Flushes the file and, when the run went to its end (`complete`),
+    /// renames it into place; after a stop FILE stays as it was (it may be
+    /// this run's input) and the failures so far are left in FILE.tmp.
+    /// Says which failed items could not be written.
+    pub fn finish(mut self, complete: bool) -> Result<()> {
         self.out.flush().with_context(|| self.context())?;
         self.out.get_ref().sync_all().with_context(|| self.context())?;
-        std::fs::rename(&self.tmp, &self.path)
-            .with_context(|| format!("--quarantine: renaming {} to {}", self.tmp.display(), self.path.display()))?;
-        if !self.too_large.is_empty() {
-            let list: Vec<String> = self.too_large.iter().take(10).map(u64::to_string).collect();
+        let at = if complete {
+            std::fs::rename(&self.tmp, &self.path)
+                .with_context(|| format!("--quarantine: renaming {} to {}", self.tmp.display(), self.path.display()))?;
+            &self.path
+        } else {
             say(format_args!(
-                "wpool: --quarantine {}: {} items over --max-item-size are not in it (only their first bytes were \
-                 read): items {}{}",
+                "wpool: --quarantine {}: the run stopped before its end; the {} failed items so far are in {}, \
+                 and {} is unchanged",
                 self.path.display(),
-                self.too_large.len(),
+                self.written,
+                self.tmp.display(),
+                self.path.display()
+            ));
+            &self.tmp
+        };
+        if !self.unwritten.is_empty() {
+            let list: Vec<String> = self.unwritten.iter().take(10).map(u64::to_string).collect();
+            say(format_args!(
+                "wpool: --quarantine {}: {} failed items are not in it (over --max-item-size, so only their first \
+                 bytes were read; or a file name its records cannot carry): items {}{}",
+                at.display(),
+                self.unwritten.len(),
                 list.join(", "),
-                if self.too_large.len() > 10 { ", ..." } else { "" }
+                if self.unwritten.len() > 10 { ", ..." } else { "" }
             ));
         }
         Ok(())

@@ -37,10 +37,12 @@ pub fn run(mut cmd: BenchCmd) -> Result<Exit> {
     let interrupts = Interrupts::install()?;
     let cores = num_cpus::get();
     // The list is bench's own; every run below sets its worker count.
-    let counts = match cmd.run.jobs.take() {
+    let mut counts = match cmd.run.jobs.take() {
         Some(jobs) => jobs.0,
         None => std::iter::successors(Some(1usize), |n| Some(n * 2)).take_while(|&n| n <= cores.max(1)).collect(),
     };
+    // Rows, chart and speedups go from the smallest count up.
+    counts.sort_unstable();
     let args = &cmd.run;
     if args.joblog.is_some() {
         anyhow::bail!("--joblog: wpool bench records nothing (it runs the items many times)");

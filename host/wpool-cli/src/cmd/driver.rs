@@ -290,8 +290,10 @@ pub fn max_item(args: &RunArgs) -> usize {
 }
 
 /// The options of a run that change what its items give, for the joblog
-/// (`init`: `map`'s --init file).
-pub fn result_options(a: &RunArgs, init: Option<&Path>) -> serde_json::Value {
+/// (`init`: `map`'s --init file; `jobs`: workers per pool, on which the
+/// default memory cap depends). Files and inherited variables are recorded
+/// by content hash too, so that `--resume` sees a changed one.
+pub fn result_options(a: &RunArgs, init: Option<&Path>, jobs: usize) -> Result<serde_json::Value> {
     let split = if a.files {
         "files"
     } else if a.null {
@@ -299,10 +301,21 @@ pub fn result_options(a: &RunArgs, init: Option<&Path>) -> serde_json::Value {
     } else {
         "lines"
     };
-    serde_json::json!({
+    let file_sha = |path: Option<&Path>, flag: &str| -> Result<Option<String>> {
+        path.map(|p| crate::joblog::kernel_sha256(p).with_context(|| format!("{flag} {}", p.display()))).transpose()
+    };
+    // `--env NAME` takes the value of this environment: its hash, not the
+    // value (a joblog is no place for secrets).
+    let inherited: Vec<String> = a
+        .env
+        .iter()
+        .filter(|spec| !spec.contains('='))
+        .map(|name| format!("{name}={}", std::env::var(name).unwrap_or_default()))
+        .collect();
+    Ok(serde_json::json!({
         "split": split,
-        "timeout_ms": a.timeout.map(|t| t.as_millis() as u64),
-        "memory": a.memory,
+        "timeout_ns": a.timeout.map(|t| t.as_nanos() as u64),
+        "memory": a.memory.unwrap_or_else(|| wpool::Limits::default_memory(jobs)),
         "fuel": a.fuel,
         "max_item_size": a.max_item_size,
         "max_items_per_instance": a.max_items_per_instance,
@@ -312,9 +325,12 @@ pub fn result_options(a: &RunArgs, init: Option<&Path>) -> serde_json::Value {
         "allow_clock": a.allow_clock,
         "allow_random": a.allow_random,
         "env": a.env,
+        "env_inherited_sha256": (!inherited.is_empty()).then(|| crate::joblog::sha256_hex(inherited.join("\0").as_bytes())),
         "allow_dir": a.allow_dir,
         "data": a.data.as_deref().map(absolute),
+        "data_sha256": file_sha(a.data.as_deref(), "--data")?,
         "init": init.map(absolute),
+        "init_sha256": file_sha(init, "--init")?,
         "retries": a.retries,
-    })
+    }))
 }

@@ -7,7 +7,7 @@ use wpool::Error;
 use super::driver::{finish, items, map_kernel, max_item, printer, report_end, result_options, Setup, PRINTED_SO_FAR};
 use crate::exit::Exit;
 use crate::flags::MapCmd;
-use crate::input;
+use crate::input::{self, Keep};
 use crate::joblog::{self, Joblog, Resume, RunInfo};
 use crate::quarantine::Quarantine;
 use crate::signals::Interrupts;
@@ -30,18 +30,19 @@ pub fn run(cmd: MapCmd) -> Result<Exit> {
     let origins = items.origins();
     let (joblog, resume) = match &args.joblog {
         Some(path) => {
-            let info = RunInfo::new(&[&cmd.kernel], result_options(args, cmd.init.as_deref()))?;
+            let mut info = RunInfo::new(&[&cmd.kernel], result_options(args, cmd.init.as_deref(), setup.jobs)?)?;
             // Read before this run adds itself.
             let resume = (cmd.resume || cmd.resume_failed)
                 .then(|| Resume::load(path, &info.kernel_sha256, &info.options, cmd.resume_failed))
                 .transpose()?;
+            info.resumed_from = resume.as_ref().map(|r| r.base);
             (Some(Joblog::start(path, info)?), resume)
         }
         None => (None, None),
     };
     let hashes = joblog.as_ref().map(Joblog::input_hashes);
     let done = resume.as_ref().map(Resume::done);
-    let (plan_tx, plan_rx) = crossbeam_channel::unbounded::<Plan>();
+    let (plan_tx, plan_rx) = crossbeam_channel::bounded::<Plan>(PLAN_AHEAD);
 
     // Input is read on its own thread so that results keep flowing while a
     // slow producer (a pipe, a terminal, a FIFO without a writer yet) has
@@ -52,14 +53,8 @@ pub fn run(cmd: MapCmd) -> Result<Exit> {
         Some(path) => Some(Quarantine::create(path, if args.null { 0 } else { b'\n' }, args.files, max_item(args))?),
         None => None,
     };
-    let mut gate = InputGate {
-        index: 0,
-        changed: false,
-        hashes,
-        done,
-        plan: plan_tx,
-        kept: quarantine.as_ref().and_then(Quarantine::kept),
-    };
+    let mut gate =
+        InputGate { index: 0, hashes, done, plan: plan_tx, kept: quarantine.as_ref().and_then(Quarantine::kept) };
     std::thread::Builder::new()
         .name("wpool-input".into())
         .spawn(move || input::feed_batches(items, &tx, |item| gate.keep(item)))
@@ -70,7 +65,14 @@ pub fn run(cmd: MapCmd) -> Result<Exit> {
     let mut results = match &resume {
         _ if cmd.unordered => Results::Unordered(pool.imap_unordered_batches(rx)),
         None => Results::Ordered(pool.imap_batches(rx), 0),
-        Some(resume) => Results::Resumed { run: pool.imap_batches(rx), plan: plan_rx, next: None, resume, stop: None },
+        Some(resume) => Results::Resumed {
+            run: pool.imap_batches(rx),
+            plan: plan_rx,
+            next: None,
+            resume,
+            interrupts: &interrupts,
+            stop: None,
+        },
     };
     let mut nodes = Nodes::default();
     let outcome: Result<(), Error> = (|| {
@@ -104,8 +106,10 @@ pub fn run(cmd: MapCmd) -> Result<Exit> {
         (Some(stop), Ok(Exit::Success | Exit::Failed)) => Err(stop),
         (_, exit) => exit,
     };
-    // Written even after a stop signal: the failures so far are in it.
-    let exit = match (quarantine.map(Quarantine::finish), exit) {
+    // Written even after a stop (signal, --fail-fast, error): the failures
+    // so far are in it, beside FILE.
+    let complete = matches!(exit, Ok(Exit::Success | Exit::Failed)) && !(failed && args.fail_fast);
+    let exit = match (quarantine.map(|q| q.finish(complete)), exit) {
         (Some(Err(e)), Ok(_)) => Err(e),
         (_, exit) => exit,
     };
@@ -136,8 +140,6 @@ impl Nodes {
 /// its bytes kept for --quarantine.
 struct InputGate {
     index: u64,
-    /// An item changed since the joblog recorded it: nothing after it runs.
-    changed: bool,
     hashes: Option<joblog::InputHashes>,
     done: Option<joblog::Done>,
     plan: crossbeam_channel::Sender<Plan>,
@@ -146,35 +148,37 @@ struct InputGate {
 
 impl InputGate {
     /// Whether the item goes to the pool.
-    fn keep(&mut self, item: &[u8]) -> bool {
+    fn keep(&mut self, item: &[u8]) -> Keep {
         let i = self.index;
         self.index += 1;
-        if self.changed {
-            return false;
-        }
         if let Some(kept) = &self.kept {
             kept.lock().unwrap().insert(i, item.to_vec());
         }
-        let Some(hashes) = &self.hashes else { return true };
+        let Some(hashes) = &self.hashes else { return Keep::Send };
         let sha = joblog::input_sha256(item);
         if let Some(done) = &self.done {
-            let step = match done.get(&i) {
-                Some((recorded, _)) if *recorded == sha => Plan::Done(i),
+            let (step, keep) = match done.get(&i) {
+                Some((recorded, _)) if *recorded == sha => (Plan::Done(i), Keep::Skip),
                 // Nothing after it is run: the output would mix.
-                Some(_) => Plan::Changed(i),
-                None => Plan::Run(i),
+                Some(_) => (Plan::Changed(i), Keep::Stop),
+                None => (Plan::Run(i), Keep::Send),
             };
-            let run = matches!(step, Plan::Run(_));
-            self.changed = matches!(step, Plan::Changed(_));
-            let _ = self.plan.send(step);
-            if !run {
-                return false;
+            // Bounded: the main loop takes the steps in order, and the
+            // batch that holds a step's item goes out before this could
+            // wait (see `PLAN_AHEAD`).
+            if self.plan.send(step).is_err() || !matches!(keep, Keep::Send) {
+                return keep;
             }
         }
         hashes.item(i, sha);
-        true
+        Keep::Send
     }
 }
+
+/// How far the input thread of a resumed run reads ahead of the output.
+/// Over the 1024 items of a batch, so that the main loop never waits for an
+/// item held in a batch while the input thread waits for the main loop.
+const PLAN_AHEAD: usize = 8192;
 
 /// What the input thread did with each item of a resumed run, in input
 /// order.
@@ -201,6 +205,9 @@ enum Results<'p, 'r> {
         /// The plan's next step, when `has_ready` looked at it.
         next: Option<Plan>,
         resume: &'r Resume,
+        /// A stop signal ends the replaying too (the pool's runs end by
+        /// themselves).
+        interrupts: &'r Interrupts,
         /// Why the run stopped early, if it did.
         stop: Option<anyhow::Error>,
     },
@@ -257,7 +264,10 @@ impl Iterator for Results<'_, '_> {
             Results::Unordered(it) => {
                 Some(it.next_with_info()?.map(|(index, result, info)| (index.get(), result, Some(info))))
             }
-            Results::Resumed { run, plan, next, resume, stop } => {
+            Results::Resumed { run, plan, next, resume, interrupts, stop } => {
+                if interrupts.received().is_some() {
+                    return None;
+                }
                 let step = match next.take() {
                     Some(step) => step,
                     None => plan.recv().ok()?,

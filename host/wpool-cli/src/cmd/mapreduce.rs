@@ -34,7 +34,9 @@ pub fn run(cmd: MapReduceCmd) -> Result<Exit> {
     let mut printer = printer(args, &items, &sources);
     let mut mr = wpool::mapreduce::MapReduce::new(map, reduce)?;
     let joblog = match &args.joblog {
-        Some(path) => Some(Joblog::start(path, RunInfo::new(&[&cmd.map, &cmd.reduce], result_options(args, None))?)?),
+        Some(path) => {
+            Some(Joblog::start(path, RunInfo::new(&[&cmd.map, &cmd.reduce], result_options(args, None, setup.jobs)?)?)?)
+        }
         None => None,
     };
     let origins = items.origins();

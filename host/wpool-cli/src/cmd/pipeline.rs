@@ -46,7 +46,7 @@ pub fn run(cmd: PipelineCmd) -> Result<Exit> {
     let joblog = match &args.joblog {
         Some(path) => {
             let stages: Vec<&Path> = cmd.stages.iter().map(PathBuf::as_path).collect();
-            Some(Joblog::start(path, RunInfo::new(&stages, result_options(args, None))?)?)
+            Some(Joblog::start(path, RunInfo::new(&stages, result_options(args, None, setup.jobs)?)?)?)
         }
         None => None,
     };

@@ -62,6 +62,14 @@ pub fn run(
 
 fn from_joblog(path: &Path, index: u64, run: Option<i64>) -> Result<Case> {
     let db = joblog::open_existing(path)?;
+    // By default, the last run that finished the item (after --resume the
+    // last run may have replayed it, not run it).
+    let run = match run {
+        Some(run) => Some(run),
+        None => db
+            .query_row("SELECT run FROM items WHERE idx = ?1 ORDER BY run DESC LIMIT 1", [index as i64], |r| r.get(0))
+            .optional()?,
+    };
     let run_row: Option<(i64, String, String, String, String)> = db
         .query_row(
             "SELECT id, kernel, kernel_sha256, options, cwd FROM runs WHERE ?1 IS NULL OR id = ?1
@@ -228,8 +236,8 @@ fn replay(case: &Case, deterministic: bool) -> Result<Exit> {
     };
     let num = |key: &str| o.get(key).and_then(Value::as_u64);
     let yes = |key: &str| o.get(key).and_then(Value::as_bool).unwrap_or(false);
-    if let Some(ms) = num("timeout_ms") {
-        flag("--timeout", Some(format!("{ms}ms")));
+    if let Some(ns) = num("timeout_ns") {
+        flag("--timeout", Some(format!("{:.3}us", ns as f64 / 1e3)));
     }
     for (key, name) in [
         ("memory", "--memory"),
@@ -247,6 +255,19 @@ fn replay(case: &Case, deterministic: bool) -> Result<Exit> {
     {
         if yes(key) {
             flag(name, None);
+        }
+    }
+    if deterministic && !yes("deterministic") {
+        // What --deterministic excludes, the run had: a replay under it
+        // would not be that run's.
+        for (key, name) in [
+            ("allow_clock", "--allow-clock"),
+            ("allow_random", "--allow-random"),
+            ("max_items_per_instance", "--max-items-per-instance"),
+        ] {
+            if yes(key) || num(key).is_some() {
+                anyhow::bail!("--deterministic: the run had {name}, which --deterministic excludes");
+            }
         }
     }
     if yes("deterministic") || deterministic {

@@ -54,7 +54,11 @@ pub struct ItemInfo {
     /// The worker's time in the kernel for it: the time of the results it
     /// came back with, shared evenly among them (exact for an item that
     /// came back alone, as slow items do; fast items come back in batches).
-    pub kernel_time: Duration,
+    /// `None` when no worker reported it: the item was refused before it
+    /// ran, or its worker died or was killed under it.
+    pub kernel_time: Option<Duration>,
+    /// When its outcome reached the host (before any reordering).
+    pub arrived: Instant,
 }
 
 /// Everything the scheduler needs that the builder decided.
@@ -360,7 +364,7 @@ impl Scheduler {
         while items.len() < limit && bytes < BATCH_BYTES && self.may_pull() {
             let Some((index, data)) = self.job.feed.next(input) else { break };
             if data.len() > self.max_item {
-                let info = ItemInfo { worker: None, attempts: 0, kernel_time: Duration::ZERO };
+                let info = ItemInfo { worker: None, attempts: 0, kernel_time: None, arrived: Instant::now() };
                 self.job.reorder.complete(index, Err(input::too_large(index, data.len(), self.max_item)), info);
                 continue;
             }
@@ -508,10 +512,11 @@ impl Scheduler {
         let answer = self.ledger.answer(id, offset, outcomes, WorkerId(slot as u32 + 1))?;
         self.slots[slot].answered(answer.complete);
         let n = answer.results.len();
-        let kernel_time = Duration::from_nanos(busy_ns / n.max(1) as u64);
+        let kernel_time = Some(Duration::from_nanos(busy_ns / n.max(1) as u64));
         let worker = Some(WorkerId(slot as u32 + 1));
+        let arrived = Instant::now();
         for (index, result, attempts) in answer.results {
-            self.job.reorder.complete(index, result, ItemInfo { worker, attempts, kernel_time });
+            self.job.reorder.complete(index, result, ItemInfo { worker, attempts, kernel_time, arrived });
         }
         self.job.sizer.measure(Duration::from_nanos(busy_ns), n);
         Ok(())
@@ -535,7 +540,8 @@ impl Scheduler {
         for b in requeued.blamed {
             let worker = WorkerId(slot as u32 + 1);
             let e = death.item_error(b.index, b.attempts, worker);
-            let info = ItemInfo { worker: Some(worker), attempts: b.attempts, kernel_time: Duration::ZERO };
+            let info =
+                ItemInfo { worker: Some(worker), attempts: b.attempts, kernel_time: None, arrived: Instant::now() };
             self.job.reorder.complete(b.index, Err(e), info);
         }
         if self.job.fatal.is_none() {

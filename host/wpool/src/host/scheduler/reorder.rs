@@ -103,7 +103,9 @@ mod tests {
         })
     }
 
-    const INFO: ItemInfo = ItemInfo { worker: None, attempts: 1, kernel_time: std::time::Duration::ZERO };
+    fn info() -> ItemInfo {
+        ItemInfo { worker: None, attempts: 1, kernel_time: None, arrived: std::time::Instant::now() }
+    }
 
     fn drain(r: &mut Reorder) -> Vec<u64> {
         std::iter::from_fn(|| r.pop_ready()).map(|(i, _, _)| i).collect()
@@ -112,11 +114,11 @@ mod tests {
     #[test]
     fn ordered_hands_out_in_index_order_once_the_gap_is_filled() {
         let mut r = Reorder::new(true);
-        r.complete(2, ok("c"), INFO);
-        r.complete(1, ok("b"), INFO);
+        r.complete(2, ok("c"), info());
+        r.complete(1, ok("b"), info());
         assert!(!r.has_ready(), "item 0 is missing");
         assert!(r.pop_ready().is_none());
-        r.complete(0, ok("a"), INFO);
+        r.complete(0, ok("a"), info());
         assert!(r.has_ready());
         assert_eq!(r.pop_ready().unwrap().1.unwrap(), b"a");
         assert_eq!(drain(&mut r), [1, 2]);
@@ -127,10 +129,10 @@ mod tests {
     fn ordered_stops_at_the_next_gap() {
         let mut r = Reorder::new(true);
         for i in [0, 1, 3, 4] {
-            r.complete(i, ok("x"), INFO);
+            r.complete(i, ok("x"), info());
         }
         assert_eq!(drain(&mut r), [0, 1]);
-        r.complete(2, failed(2), INFO);
+        r.complete(2, failed(2), info());
         let (index, result, _) = r.pop_ready().unwrap();
         assert_eq!(index, 2);
         assert!(result.is_err());
@@ -141,9 +143,9 @@ mod tests {
     fn unordered_hands_out_in_completion_order() {
         let mut r = Reorder::new(false);
         assert!(!r.has_ready());
-        r.complete(5, ok("f"), INFO);
-        r.complete(0, ok("a"), INFO);
-        r.complete(3, failed(3), INFO);
+        r.complete(5, ok("f"), info());
+        r.complete(0, ok("a"), info());
+        r.complete(3, failed(3), info());
         assert!(r.has_ready());
         assert_eq!(drain(&mut r), [5, 0, 3]);
     }
@@ -153,7 +155,7 @@ mod tests {
         let mut r = Reorder::new(true);
         assert!(r.admits(9, 10));
         assert!(!r.admits(10, 10));
-        r.complete(0, ok("a"), INFO);
+        r.complete(0, ok("a"), info());
         assert!(!r.admits(10, 10), "not handed out yet");
         r.pop_ready();
         assert!(r.admits(10, 10));
@@ -163,9 +165,9 @@ mod tests {
     #[test]
     fn counts_the_bytes_of_results_held() {
         let mut r = Reorder::new(true);
-        r.complete(1, ok("bbb"), INFO);
-        r.complete(0, ok("a"), INFO);
-        r.complete(2, failed(2), INFO);
+        r.complete(1, ok("bbb"), info());
+        r.complete(0, ok("a"), info());
+        r.complete(2, failed(2), info());
         assert_eq!(r.bytes(), 4);
         r.pop_ready();
         assert_eq!(r.bytes(), 3);
