@@ -82,7 +82,7 @@ pub struct RunInfo {
     /// The kernel (for a pipeline, the stages' kernels; for MapReduce, map
     /// and reduce), as given.
     pub kernel: String,
-    /// The kernel file's SHA-256, in hex ([`kernel_sha256`]); of several,
+    /// The kernel file's SHA-256, in hex ([`file_sha256`]); of several,
     /// the SHA-256 of their hashes one after the other.
     pub kernel_sha256: String,
     /// The options that change results, as JSON.
@@ -94,7 +94,7 @@ pub struct RunInfo {
 impl RunInfo {
     /// A run of `kernels` (one for `map`): this process's command line.
     pub fn new(kernels: &[&Path], options: serde_json::Value) -> Result<RunInfo> {
-        let shas = kernels.iter().map(|k| kernel_sha256(k)).collect::<Result<Vec<_>>>()?;
+        let shas = kernels.iter().map(|k| file_sha256(k)).collect::<Result<Vec<_>>>()?;
         let kernel_sha256 = match &shas[..] {
             [one] => one.clone(),
             many => sha256_hex(many.concat().as_bytes()),
@@ -110,9 +110,10 @@ impl RunInfo {
     }
 }
 
-/// The SHA-256 of a kernel file, in hex, as the joblog records it.
-pub fn kernel_sha256(kernel: &Path) -> Result<String> {
-    let bytes = std::fs::read(kernel).with_context(|| format!("reading {}", kernel.display()))?;
+/// The SHA-256 of a file (a kernel, an --init or --data file), in hex, as
+/// the joblog records it.
+pub fn file_sha256(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(sha256_hex(&bytes))
 }
 
@@ -247,7 +248,7 @@ impl Joblog {
                 info.kernel,
                 info.kernel_sha256,
                 info.options.to_string(),
-                gethostname(),
+                gethostname::gethostname().to_string_lossy().into_owned(),
                 std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
                 info.resumed_from,
             ],
@@ -594,18 +595,6 @@ impl Resume {
             stderr: stderr.unwrap_or_default(),
         }))
     }
-}
-
-fn gethostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname writes at most
-    // that many bytes.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "unknown".into();
-    }
-    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..len]).into_owned()
 }
 
 /// A run as `wpool joblog` shows it.

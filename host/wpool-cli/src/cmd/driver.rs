@@ -63,6 +63,11 @@ impl Setup {
         Ok(Setup { limits, grants, jobs, slurm })
     }
 
+    /// `--max-item-size`, as checked when the settings were made.
+    pub fn max_item(&self) -> usize {
+        self.limits.max_item_size
+    }
+
     /// A pool of `workers`, one of several alive at once that start
     /// `all_workers` in all (under --slurm they share the allocation).
     pub fn builder(&self, kernel: Kernel, args: &RunArgs, workers: usize, all_workers: usize) -> wpool::PoolBuilder {
@@ -284,11 +289,6 @@ fn absolute(path: &Path) -> std::path::PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// `--max-item-size` as a size in memory.
-pub fn max_item(args: &RunArgs) -> usize {
-    usize::try_from(args.max_item_size).unwrap_or(usize::MAX)
-}
-
 /// The options of a run that change what its items give, for the joblog
 /// (`init`: `map`'s --init file; `jobs`: workers per pool, on which the
 /// default memory cap depends). Files and inherited variables are recorded
@@ -302,7 +302,7 @@ pub fn result_options(a: &RunArgs, init: Option<&Path>, jobs: usize) -> Result<s
         "lines"
     };
     let file_sha = |path: Option<&Path>, flag: &str| -> Result<Option<String>> {
-        path.map(|p| crate::joblog::kernel_sha256(p).with_context(|| format!("{flag} {}", p.display()))).transpose()
+        path.map(|p| crate::joblog::file_sha256(p).with_context(|| format!("{flag} {}", p.display()))).transpose()
     };
     // `--env NAME` takes the value of this environment: its hash, not the
     // value (a joblog is no place for secrets).

@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use wpool::Error;
 
-use super::driver::{finish, items, map_kernel, max_item, printer, report_end, result_options, Setup, PRINTED_SO_FAR};
+use super::driver::{finish, items, map_kernel, printer, report_end, result_options, Setup, PRINTED_SO_FAR};
 use crate::exit::Exit;
 use crate::flags::MapCmd;
 use crate::input::{self, Keep};
@@ -50,7 +50,7 @@ pub fn run(cmd: MapCmd) -> Result<Exit> {
     // read could wait.
     let (tx, rx) = crossbeam_channel::bounded::<Vec<Vec<u8>>>(4);
     let mut quarantine = match &cmd.quarantine {
-        Some(path) => Some(Quarantine::create(path, if args.null { 0 } else { b'\n' }, args.files, max_item(args))?),
+        Some(path) => Some(Quarantine::create(path, if args.null { 0 } else { b'\n' }, args.files, setup.max_item())?),
         None => None,
     };
     let mut gate =

@@ -100,7 +100,7 @@ fn from_joblog(path: &Path, index: u64, run: Option<i64>) -> Result<Case> {
     }
     let cwd = PathBuf::from(cwd);
     let kernel = cwd.join(kernel);
-    if joblog::kernel_sha256(&kernel)? != kernel_sha {
+    if joblog::file_sha256(&kernel)? != kernel_sha {
         anyhow::bail!("{}: not the kernel that run {run} ran (its SHA-256 differs)", kernel.display());
     }
     let options = match serde_json::from_str(&options) {
