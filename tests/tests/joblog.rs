@@ -10,6 +10,18 @@ fn sha(bytes: &[u8]) -> Vec<u8> {
     Sha256::digest(bytes).to_vec()
 }
 
+/// `count_sql` on a joblog that a running host is writing: 0 while the
+/// file does not exist or cannot be read yet.
+fn committed_rows(path: &std::path::Path, count_sql: &str) -> i64 {
+    if !path.exists() {
+        return 0;
+    }
+    rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .ok()
+        .and_then(|db| db.query_row(count_sql, [], |r| r.get::<_, i64>(0)).ok())
+        .unwrap_or(0)
+}
+
 fn db(path: &std::path::Path) -> rusqlite::Connection {
     rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
 }
@@ -148,13 +160,8 @@ fn joblog_of_a_host_killed_at_random_points_opens_and_says_how_far_it_got() {
         seed ^= seed << 17;
         // Killed at a random moment after the first commit (however loaded
         // the machine): rows exist, and more are being written.
-        let committed = || {
-            rusqlite::Connection::open_with_flags(&log, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .ok()
-                .and_then(|db| db.query_row("SELECT count(*) FROM items", [], |r| r.get::<_, i64>(0)).ok())
-                .is_some_and(|c| c > 0)
-        };
-        assert!(eventually(Duration::from_secs(60), || log.exists() && committed()), "round {round}: no rows");
+        let committed = || committed_rows(&log, "SELECT count(*) FROM items") > 0;
+        assert!(eventually(Duration::from_secs(60), committed), "round {round}: no rows");
         std::thread::sleep(Duration::from_millis(seed % 250));
         let workers = children_of(host.id());
         signal(host.id(), libc::SIGKILL);
@@ -286,13 +293,7 @@ fn resume_after_sigkill_prints_the_output_of_one_uninterrupted_run() {
     first.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     let mut host = first.spawn().unwrap();
     // Killed once some rows are committed, well before the end.
-    let committed = || {
-        log.exists()
-            && rusqlite::Connection::open_with_flags(&log, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .ok()
-                .and_then(|db| db.query_row("SELECT count(*) FROM items", [], |r| r.get::<_, i64>(0)).ok())
-                .is_some_and(|c| c > 0)
-    };
+    let committed = || committed_rows(&log, "SELECT count(*) FROM items") > 0;
     assert!(eventually(Duration::from_secs(60), committed), "no rows committed");
     signal(host.id(), libc::SIGKILL);
     host.wait().unwrap();
@@ -577,12 +578,7 @@ fn resume_continues_the_last_run_not_an_earlier_one_of_another_input() {
     let mut second = map(&b, &[]);
     second.stdout(std::process::Stdio::null());
     let mut host = second.spawn().unwrap();
-    let rows_of_run_2 = || {
-        rusqlite::Connection::open_with_flags(&log, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .ok()
-            .and_then(|db| db.query_row("SELECT count(*) FROM items WHERE run = 2", [], |r| r.get::<_, i64>(0)).ok())
-            .is_some_and(|c| c > 0)
-    };
+    let rows_of_run_2 = || committed_rows(&log, "SELECT count(*) FROM items WHERE run = 2") > 0;
     assert!(eventually(Duration::from_secs(60), rows_of_run_2));
     signal(host.id(), libc::SIGKILL);
     host.wait().unwrap();
