@@ -229,8 +229,9 @@ enum Cmd {
 }
 
 /// What Python may ask about a pool while a run goes on: the driver
-/// refreshes it before and after each run and, during one, at most every
-/// [`REFRESH`] as results arrive. (Asking the driver itself would wait for
+/// refreshes it before and after each run, while idle (see
+/// [`idle_refresh`]) and, during a run, at most every [`REFRESH`] as
+/// results arrive. (Asking the driver itself would wait for
 /// the end of its run.)
 #[derive(Default, Clone)]
 struct Snapshot {
@@ -247,6 +248,22 @@ fn refresh(pool: &mut Pool, snap: &Mutex<Snapshot>) {
     let pids = pool.worker_pids();
     store(snap, pids, pool.stats(), pool.workers());
 }
+
+/// How long an idle driver waits before refreshing the [`Snapshot`]: often
+/// while workers are missing from it (they are starting), rarely otherwise.
+fn idle_refresh(snap: &Mutex<Snapshot>, workers: usize) -> Duration {
+    let missing = snap.lock().map(|g| g.pids.len() < workers).unwrap_or(false);
+    if missing {
+        REFRESH
+    } else {
+        IDLE_REFRESH
+    }
+}
+
+/// How often an idle driver whose pool is complete refreshes the
+/// [`Snapshot`] (a worker that dies while idle is respawned by the next
+/// run; its pid leaves the snapshot by then at the latest).
+const IDLE_REFRESH: Duration = Duration::from_millis(250);
 
 fn store(snap: &Mutex<Snapshot>, pids: Vec<u32>, s: PoolStats, workers: usize) {
     let stats = [s.spawned, s.worker_deaths, s.retried_items, s.batched_items, s.batch_fallbacks, workers as u64];
@@ -445,7 +462,18 @@ impl RawPool {
                 };
                 refresh(&mut pool, &snap);
                 let _ = ready_tx.send(Ok((pool.workers(), pool.canceller())));
-                for cmd in cmd_rx {
+                loop {
+                    // Idle, the snapshot still follows the pool: the workers
+                    // that were still starting when it was built, or that a
+                    // run's end left to respawn, appear without a run.
+                    let cmd = match cmd_rx.recv_timeout(idle_refresh(&snap, pool.workers())) {
+                        Ok(cmd) => cmd,
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                            refresh(&mut pool, &snap);
+                            continue;
+                        }
+                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                    };
                     match cmd {
                         Cmd::Run { ordered, chunksize: c, input, out } => {
                             if let Err(e) = pool.set_chunksize(chunksize(c)) {
@@ -505,8 +533,8 @@ impl RawPool {
         Ok(RawRun { state: Mutex::new(state), pool: Some(slf.unbind()) })
     }
 
-    /// Process ids of the worker processes, as of the last result (or the
-    /// start of the run).
+    /// Process ids of the worker processes, as of the last result during a
+    /// run, within [`REFRESH`] of a worker's start while idle.
     fn worker_pids(&self) -> Vec<u32> {
         self.snapshot.lock().map(|g| g.pids.clone()).unwrap_or_default()
     }

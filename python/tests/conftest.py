@@ -41,6 +41,17 @@ def wait_gone(pids, within: float = 10.0) -> list:
     return [p for p in pids if alive(p)]
 
 
+def all_pids(pool, within: float = 60.0) -> list:
+    """The pids of all `pool.processes` workers: a pool starts work as soon
+    as one is ready, so right after construction it may list fewer (a hang
+    guard, not a speed check)."""
+    deadline = time.monotonic() + within
+    while len(pids := pool.worker_pids()) < pool.processes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(pids) == pool.processes, f"{pids} after {within} s, expected {pool.processes} workers"
+    return pids
+
+
 def run_python(code: str, **kw) -> subprocess.Popen:
     """Starts this venv's interpreter on `code` (a child process, so that
     signals and interpreter exit are real)."""

@@ -9,7 +9,19 @@ import time
 import pytest
 import wpool
 
-from conftest import alive, kernel, run_python, wait_gone
+from conftest import alive, all_pids, kernel, run_python, wait_gone
+
+
+def two_pids(child):
+    """The two worker pids the child prints first; on anything else, the
+    child is killed (it may be spinning forever) and the test fails with
+    what it said."""
+    pids = [int(p) for p in child.stdout.readline().split()]
+    if len(pids) != 2:
+        child.kill()
+        out, err = child.communicate(timeout=30)
+        pytest.fail(f"expected 2 worker pids, got {pids}: {out} {err}")
+    return pids
 
 
 def test_a_worker_sigkilled_mid_run_loses_nothing():
@@ -85,6 +97,10 @@ CTRL_C = r"""
 import os, sys, time, wpool
 K = os.environ["WPOOL_KERNELS"] + "/wasip2/hostile.wasm"
 pool = wpool.Pool(K, processes=2)
+# The pool starts work as soon as one worker is ready: wait for both.
+deadline = time.monotonic() + 60
+while len(pool.worker_pids()) < 2 and time.monotonic() < deadline:
+    time.sleep(0.01)
 print(" ".join(map(str, pool.worker_pids())), flush=True)
 try:
     pool.map(["spin"] * 4)
@@ -97,8 +113,7 @@ print("finished?", flush=True)
 
 def test_ctrl_c_raises_keyboard_interrupt_within_1s_and_no_worker_is_left():
     child = run_python(CTRL_C)
-    pids = [int(p) for p in child.stdout.readline().split()]
-    assert len(pids) == 2, child.stderr.read()
+    pids = two_pids(child)
     time.sleep(0.5)  # the workers are in `spin` (no timeout: forever)
     sent = time.monotonic()
     child.send_signal(signal.SIGINT)
@@ -113,10 +128,13 @@ def test_ctrl_c_raises_keyboard_interrupt_within_1s_and_no_worker_is_left():
 
 
 EXIT_WITHOUT_CLOSE = r"""
-import os, wpool
+import os, time, wpool
 K = os.environ["WPOOL_KERNELS"] + "/wasip2/echo.wasm"
 pool = wpool.Pool(K, processes=2)   # never closed, still referenced
 assert pool.map(["x"]) == [b"x"]
+deadline = time.monotonic() + 60
+while len(pool.worker_pids()) < 2 and time.monotonic() < deadline:
+    time.sleep(0.01)
 print(" ".join(map(str, pool.worker_pids())), flush=True)
 """
 
@@ -127,8 +145,7 @@ def test_no_orphans_after_the_interpreter_exits(how):
     if how != "exit":
         code += "import time\ntime.sleep(60)\n"
     child = run_python(code)
-    pids = [int(p) for p in child.stdout.readline().split()]
-    assert len(pids) == 2, child.stderr.read()
+    pids = two_pids(child)
     if how == "sigterm":
         child.send_signal(signal.SIGTERM)
     elif how == "sigkill":
@@ -137,9 +154,17 @@ def test_no_orphans_after_the_interpreter_exits(how):
     assert wait_gone(pids) == [], f"workers left after {how}"
 
 
+def test_worker_pids_lists_every_worker_without_a_run():
+    # More workers than cores: most are still starting when the
+    # constructor returns (it waits for one); they must show up idle.
+    with wpool.Pool(kernel("echo"), processes=6) as pool:
+        pids = all_pids(pool)
+        assert len(set(pids)) == 6 and all(alive(p) for p in pids)
+
+
 def test_garbage_collection_ends_the_workers():
     pool = wpool.Pool(kernel("echo"), processes=2)
-    pids = pool.worker_pids()
+    pids = all_pids(pool)
     assert all(alive(p) for p in pids)
     del pool
     gc.collect()
@@ -150,7 +175,7 @@ def test_terminate_stops_a_busy_pool_from_another_thread():
     import threading
 
     pool = wpool.Pool(kernel("hostile"), processes=2)
-    pids = pool.worker_pids()
+    pids = all_pids(pool)
     caught = []
 
     def run():

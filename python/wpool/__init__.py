@@ -593,7 +593,9 @@ class Pool:
         return self._raw.processes
 
     def worker_pids(self) -> List[int]:
-        """Process ids of the live worker processes."""
+        """Process ids of the live worker processes. A pool starts work as
+        soon as one worker is ready: the others appear here as they start
+        (within tens of milliseconds of it)."""
         self._check()
         return self._raw.worker_pids()
 
