@@ -92,6 +92,25 @@ fn p04_answering_a_chunk_twice_duplicates_nothing() {
 }
 
 #[test]
+fn p03_a_large_result_carrying_fewer_bytes_than_announced_is_a_violation() {
+    // Results of 64 KiB and more travel as a `LargeResult` frame followed
+    // by a frame of their bytes; a worker whose two frames disagree is
+    // killed, and the item runs again elsewhere.
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = evil_pool("large-lie", Some(&dir.path().join("once"))).build().unwrap();
+    let items = items(3);
+    let out = p.map(items.clone()).unwrap();
+    assert_all_echoed(&out, &items);
+    assert_eq!(p.stats().worker_deaths, 1, "the liar was killed");
+
+    let mut p = evil_pool("large-lie", None).retries(0).build().unwrap();
+    let out = p.map(["x"]).unwrap();
+    let e = out[0].as_ref().unwrap_err();
+    assert_eq!(e.kind, TaskErrorKind::Protocol, "no bogus result reaches the caller: {e}");
+    assert!(e.message.contains("a large result of 1001 bytes announced, 1 sent"), "{}", e.message);
+}
+
+#[test]
 fn p05_exiting_right_after_the_handshake_respawns_under_restart_intensity() {
     let mut p = evil_pool("exit-after-handshake", None).restart_intensity(5, Duration::from_secs(30)).build().unwrap();
     match p.map(items(3)) {

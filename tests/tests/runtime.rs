@@ -615,6 +615,42 @@ fn items_at_the_size_cap_travel_with_small_ones_and_errors_are_bounded() {
 }
 
 #[test]
+fn results_around_the_large_result_size_come_back_whole_and_in_order() {
+    // Results of 64 KiB and more leave a worker as frames of their own
+    // (`LargeResult`), the others in batches: chunks mixing both with
+    // kernel errors and traps come back whole, in order, exactly once.
+    let mut items: Vec<Vec<u8>> = Vec::new();
+    for (i, n) in [0, 1, 65_535, 65_536, 65_537, 3, 1 << 20, 200_000, 7].into_iter().enumerate() {
+        items.push(vec![b'A' + i as u8; n]);
+        items.push(format!("err:after {n}").into_bytes());
+        items.push(format!("result:{}", i % 2).into_bytes()); // 0 or 1 MiB
+    }
+    items.push(b"panic:last".to_vec());
+    let run = |p: &mut Pool| {
+        let ordered = p.map(items.clone()).unwrap();
+        let mut unordered: Vec<_> = p.imap_unordered(items.clone()).map(Result::unwrap).collect();
+        unordered.sort_by_key(|(i, _)| i.get());
+        (ordered, unordered.into_iter().map(|(_, r)| r).collect::<Vec<_>>())
+    };
+    for chunk in [1, 5, 100] {
+        let mut p = Pool::builder(kernel("hostile")).workers(2).chunksize(Chunksize::Fixed(chunk)).build().unwrap();
+        let (ordered, unordered) = run(&mut p);
+        for out in [&ordered, &unordered] {
+            assert_eq!(out.len(), items.len());
+            for (i, (r, item)) in out.iter().zip(&items).enumerate() {
+                match i % 3 {
+                    _ if i == items.len() - 1 => assert_eq!(r.as_ref().unwrap_err().kind, TaskErrorKind::Trap),
+                    0 => assert_eq!(r.as_deref().unwrap(), &item[..], "item {i}, chunksize {chunk}"),
+                    1 => assert_eq!(r.as_ref().unwrap_err().kind, TaskErrorKind::Kernel, "item {i}"),
+                    _ => assert_eq!(r.as_ref().unwrap().len(), (i / 3 % 2) << 20, "item {i}"),
+                }
+            }
+        }
+        assert_eq!(p.stats().worker_deaths, 0);
+    }
+}
+
+#[test]
 fn r04_a_worker_that_stops_answering_is_killed_at_the_hard_deadline() {
     let limits = Limits { timeout: Some(Duration::from_secs(2)), ..Limits::default() };
     let mut p =

@@ -15,7 +15,8 @@
 //! | `exit-after-handshake` | sends `Ready`, then exits |
 //! | `no-handshake` | never answers the `Hello` |
 //! | `stderr-flood` | writes 64 MiB to stderr before each answer |
-//! | `fuzz` | answers each chunk in a way drawn from `EVIL_SEED`: honestly, with junk, a frame of junk, a mutated frame, a truncated frame and exit, wrong offsets or counts, a duplicate, another chunk's id, or a crash |
+//! | `large-lie` | answers each item as a `LargeResult` whose bytes are 1000 fewer than announced |
+//! | `fuzz` | answers each chunk in a way drawn from `EVIL_SEED`: honestly, with junk, a frame of junk, a mutated frame, a truncated frame and exit, wrong offsets or counts, a duplicate, another chunk's id, a `LargeResult` honest or lying about its length or cut short, or a crash |
 
 use std::io::{Read, Write};
 
@@ -97,6 +98,12 @@ fn main() {
                 let _ = protocol::write_frame(&mut output, &answer(chunk));
                 let _ = protocol::write_frame(&mut output, &answer(chunk));
             }
+            "large-lie" => {
+                for (offset, item) in items.iter().enumerate() {
+                    let _ = output.write_all(&large_result(chunk, offset as u32, item.len() as u32 + 1000, item));
+                }
+                let _ = output.flush();
+            }
             "stderr-flood" => {
                 let line = vec![b'!'; 1 << 20];
                 let mut err = std::io::stderr().lock();
@@ -112,6 +119,16 @@ fn main() {
     }
 }
 
+/// A `LargeResult` frame announcing `len` bytes, then a frame of `data`.
+fn large_result(chunk: u64, offset: u32, len: u32, data: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    let msg = WorkerMsg::LargeResult { chunk, offset, len, busy_ns: 1, batched: 0, fallbacks: 0 };
+    protocol::encode(&msg, &mut f);
+    f.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    f.extend_from_slice(data);
+    f
+}
+
 fn next(seed: &mut u64) -> u64 {
     *seed ^= *seed << 13;
     *seed ^= *seed >> 7;
@@ -125,7 +142,7 @@ fn fuzz(output: &mut impl Write, seed: &mut u64, chunk: u64, honest: &WorkerMsg)
     let mut frame = Vec::new();
     protocol::encode(honest, &mut frame);
     let junk = |seed: &mut u64, n: usize| (0..n).map(|_| next(seed) as u8).collect::<Vec<u8>>();
-    let out = match next(seed) % 12 {
+    let out = match next(seed) % 14 {
         0..=2 => frame,
         3 => {
             let n = (next(seed) % 200) as usize;
@@ -206,6 +223,29 @@ fn fuzz(output: &mut impl Write, seed: &mut u64, chunk: u64, honest: &WorkerMsg)
                 },
             };
             protocol::encode(&msg, &mut f);
+            f
+        }
+        11 | 12 => {
+            // Each outcome as a `LargeResult`: honest, lying about its
+            // length (more or fewer bytes than announced), or cut short.
+            let WorkerMsg::Results { outcomes, .. } = honest else { unreachable!() };
+            let mut f = Vec::new();
+            for (offset, outcome) in outcomes.iter().enumerate() {
+                let Outcome::Ok(data) = outcome else { unreachable!() };
+                let len = data.len() as u32;
+                match next(seed) % 4 {
+                    0 | 1 => f.extend(large_result(chunk, offset as u32, len, data)),
+                    2 => f.extend(large_result(chunk, offset as u32, len ^ (1 + next(seed) as u32 % 8), data)),
+                    _ => {
+                        let frame = large_result(chunk, offset as u32, len, data);
+                        let cut = (next(seed) as usize) % frame.len();
+                        f.extend_from_slice(&frame[..cut]);
+                        let _ = output.write_all(&f);
+                        let _ = output.flush();
+                        std::process::exit(0);
+                    }
+                }
+            }
             f
         }
         _ => {

@@ -23,7 +23,23 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::error::Crash;
 use crate::host::process::{kill, reap};
 use crate::host::transport::{Link, Started, Transport};
-use crate::wire::{self, frame_cap, FrameError, Hello, WorkerMsg, DIAL_ARG, HANDSHAKE_FRAME_CAP, WORKER_ARG};
+use crate::wire::{
+    self, frame_cap, FrameError, Hello, OutFrame, Outcome, WorkerMsg, DIAL_ARG, HANDSHAKE_FRAME_CAP, WORKER_ARG,
+};
+
+/// A frame for a worker, its large items shared with the ledger.
+pub(crate) type Frame = OutFrame<Shared>;
+
+/// A large item's bytes, shared by the ledger (for a retry) and the frame
+/// writer (which writes them from this buffer).
+#[derive(Debug, Clone)]
+pub(crate) struct Shared(pub(crate) Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
 
 /// Bytes of a worker's own stderr kept for error messages.
 const WORKER_STDERR_TAIL: usize = 4096;
@@ -133,7 +149,7 @@ pub(crate) struct WorkerProc {
     pub gen: u64,
     /// The worker's pid, or its launcher's.
     pub pid: u32,
-    frames: Option<Sender<Vec<u8>>>,
+    frames: Option<Sender<Frame>>,
     child: Arc<Mutex<Child>>,
     link: Option<Arc<Link>>,
 }
@@ -141,7 +157,7 @@ pub(crate) struct WorkerProc {
 impl WorkerProc {
     /// Queues an encoded frame. A dead worker shows up as an `Exited` event,
     /// so a failed send needs no handling here.
-    pub(crate) fn send(&self, frame: Vec<u8>) {
+    pub(crate) fn send(&self, frame: Frame) {
         if let Some(frames) = &self.frames {
             let _ = frames.send(frame);
         }
@@ -282,18 +298,20 @@ fn spawn_one(
 
 /// Writes queued frames, coalescing small ones that are already waiting into
 /// one write: with small chunks, one syscall then carries many.
-pub(super) fn write_frames(mut out: impl Write, frames: Receiver<Vec<u8>>) {
+pub(super) fn write_frames(mut out: impl Write, frames: Receiver<Frame>) {
     const COALESCE: usize = 256 << 10;
     let mut batch = Vec::new();
     while let Ok(mut frame) = frames.recv() {
         loop {
-            if batch.is_empty() && frame.len() >= COALESCE {
-                // Large frames go out as they are, without a copy.
-                if out.write_all(&frame).is_err() {
+            if frame.len() >= COALESCE || !frame.large.is_empty() {
+                // Large frames go out as they are (after what is batched),
+                // without a copy.
+                if out.write_all(&batch).is_err() || frame.write_to(&mut out).is_err() {
                     return;
                 }
+                batch.clear();
             } else {
-                batch.extend_from_slice(&frame);
+                batch.extend_from_slice(&frame.bytes);
             }
             if batch.len() >= COALESCE {
                 break;
@@ -343,14 +361,32 @@ pub(super) fn read_frames(session: &Session, from: impl Read) -> Option<String> 
             Err(e) => return Some(e.to_string()),
         }
         first = false;
-        match wire::decode::<WorkerMsg>(&buf) {
-            Ok(msg) => {
-                if session.events.send(Event::Msg { slot: session.slot, gen: session.gen, msg }).is_err() {
-                    return None;
-                }
+        let msg = match wire::decode::<WorkerMsg>(&buf) {
+            Ok(WorkerMsg::LargeResult { chunk, offset, len, busy_ns, batched, fallbacks }) => {
+                let data = match read_large_result(&mut from, session.cap, len) {
+                    Ok(data) => data,
+                    Err(violation) => return Some(violation),
+                };
+                WorkerMsg::Results { chunk, offset, outcomes: vec![Outcome::Ok(data)], busy_ns, batched, fallbacks }
             }
+            Ok(msg) => msg,
             Err(e) => return Some(e.to_string()),
+        };
+        if session.events.send(Event::Msg { slot: session.slot, gen: session.gen, msg }).is_err() {
+            return None;
         }
+    }
+}
+
+/// The bytes of a [`WorkerMsg::LargeResult`] announcing `len`: the next
+/// frame, read straight into a buffer of its own (the result handed on).
+fn read_large_result(from: &mut impl Read, cap: usize, len: u32) -> Result<Vec<u8>, String> {
+    let mut data = Vec::new();
+    match wire::read_frame(from, cap, &mut data) {
+        Ok(()) if data.len() == len as usize => Ok(data),
+        Ok(()) => Err(format!("a large result of {len} bytes announced, {} sent", data.len())),
+        Err(FrameError::Eof) => Err(format!("the stream ended before a large result's {len} bytes")),
+        Err(e) => Err(e.to_string()),
     }
 }
 

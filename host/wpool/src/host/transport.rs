@@ -23,7 +23,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::host::listener::Listener;
 use crate::host::process::has_exited;
-use crate::host::supervisor::{drain_into_tail, read_frames, write_frames, Session, WorkerCommand};
+use crate::host::supervisor::{drain_into_tail, read_frames, write_frames, Frame, Session, WorkerCommand};
 use crate::wire::dial::Token;
 use crate::wire::{self, Hello, HostMsg};
 
@@ -47,7 +47,7 @@ pub(crate) enum Opening {
 /// The host's ends of a started worker's transport.
 pub(crate) struct Started {
     /// Where frames for the worker go.
-    pub frames: Sender<Vec<u8>>,
+    pub frames: Sender<Frame>,
     /// A launched worker's link, to cut it off.
     pub link: Option<Arc<Link>>,
 }
@@ -124,14 +124,14 @@ impl Opening {
         stdout: ChildStdout,
         hello: &Hello,
     ) -> std::io::Result<Started> {
-        let (frames_tx, frames_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
+        let (frames_tx, frames_rx) = crossbeam_channel::unbounded::<Frame>();
         let link = match self {
             Opening::Pipes => {
                 let wide_in = WidePipe::try_widen(&stdin);
                 let wide_out = WidePipe::try_widen(&stdout);
                 let mut hello_frame = Vec::new();
                 wire::encode(&HostMsg::Hello(Box::new(hello.clone())), &mut hello_frame);
-                let _ = frames_tx.send(hello_frame);
+                let _ = frames_tx.send(hello_frame.into());
                 thread::Builder::new().name(session.thread_name("write")).spawn(move || {
                     write_frames(stdin, frames_rx);
                     drop(wide_in);
@@ -195,7 +195,7 @@ fn start_dial_back(
     mut stdin: ChildStdin,
     stdout: ChildStdout,
     hello: &Hello,
-    frames: Receiver<Vec<u8>>,
+    frames: Receiver<Frame>,
     expected: Expected,
 ) -> std::io::Result<Arc<Link>> {
     let Expected { listener, token, arrived } = expected;
@@ -305,7 +305,7 @@ fn remote_session(
     conn: TcpStream,
     link: &Link,
     hello: &Hello,
-    frames: Receiver<Vec<u8>>,
+    frames: Receiver<Frame>,
 ) -> Option<String> {
     let conn = Arc::new(conn);
     *link.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&conn));

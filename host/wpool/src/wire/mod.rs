@@ -37,7 +37,7 @@ pub(crate) const WORKER_ARG: &str = "--wpool-worker";
 pub(crate) const DIAL_ARG: &str = "dial";
 
 /// Bumped on every incompatible change of the frame types.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// The cap on the very first frame (`Hello` / `Ready`), before limits are known.
 pub const HANDSHAKE_FRAME_CAP: usize = 1 << 20;
@@ -200,6 +200,13 @@ pub enum WorkerMsg {
     /// The kernel's `init` failed on the worker's first instance: the same
     /// configuration would fail everywhere, so the run stops.
     InitFailed { message: String },
+    /// `Results` of one item, `Ok` with a result of `len` bytes, which
+    /// follow as the next frame's payload, unencoded: a big result goes out
+    /// from the buffer wasmtime lifted it into (a vectored write) and the
+    /// host reads it straight into its own buffer, without a copy into or
+    /// out of a frame. Results of [`LARGE_RESULT`] bytes or more travel so.
+    /// The host's frame reader turns the pair into `Results`.
+    LargeResult { chunk: u64, offset: u32, len: u32, busy_ns: u64, batched: u32, fallbacks: u32 },
 }
 
 /// How one item ended inside a worker.
@@ -282,6 +289,112 @@ pub fn append_frame<T: Serialize>(msg: &T, out: &mut Vec<u8>) {
     *out = out_buf;
 }
 
+/// Items (and results) of this many bytes or more are written from their
+/// own buffers, never copied into a frame (see [`OutFrame`] and
+/// [`WorkerMsg::LargeResult`]).
+pub const LARGE: usize = 64 << 10;
+
+/// Frames on their way out: encoded bytes, and large payloads that go in
+/// between them at given positions, written from their own buffers with
+/// vectored writes (the bytes around them are what the encoding would have
+/// put there; the stream is the same).
+#[derive(Debug)]
+pub struct OutFrame<B> {
+    pub bytes: Vec<u8>,
+    /// Each large payload with the position in `bytes` it goes at.
+    pub large: Vec<(usize, B)>,
+}
+
+impl<B: AsRef<[u8]>> OutFrame<B> {
+    /// Bytes in all, large payloads included.
+    pub fn len(&self) -> usize {
+        self.bytes.len() + self.large.iter().map(|(_, b)| b.as_ref().len()).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Writes it all, with as few system calls as `out` takes.
+    pub fn write_to(&self, out: &mut impl Write) -> io::Result<()> {
+        if self.large.is_empty() {
+            return out.write_all(&self.bytes);
+        }
+        let mut slices = Vec::with_capacity(2 * self.large.len() + 1);
+        let mut at = 0;
+        for (pos, payload) in &self.large {
+            slices.push(io::IoSlice::new(&self.bytes[at..*pos]));
+            slices.push(io::IoSlice::new(payload.as_ref()));
+            at = *pos;
+        }
+        slices.push(io::IoSlice::new(&self.bytes[at..]));
+        let mut slices = &mut slices[..];
+        while !slices.is_empty() {
+            match out.write_vectored(slices) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => io::IoSlice::advance_slices(&mut slices, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.large.clear();
+    }
+}
+
+impl<B> Default for OutFrame<B> {
+    fn default() -> Self {
+        OutFrame { bytes: Vec::new(), large: Vec::new() }
+    }
+}
+
+impl<B> From<Vec<u8>> for OutFrame<B> {
+    fn from(bytes: Vec<u8>) -> Self {
+        OutFrame { bytes, large: Vec::new() }
+    }
+}
+
+/// Encodes `HostMsg::Run { chunk, items }` into `out` (cleared first) as
+/// [`encode`] would, except that items of [`LARGE`] bytes or more, given
+/// as `Err(buffer)`, are written from their buffers.
+pub fn encode_run<B: AsRef<[u8]> + Clone>(chunk: u64, items: &[Result<&[u8], &B>], out: &mut OutFrame<B>) {
+    out.clear();
+    let b = &mut out.bytes;
+    b.extend_from_slice(&[0; 4]);
+    // postcard: the variant's index, then each field, integers and lengths
+    // as LEB128 varints; bytes are a length and the bytes.
+    varint(b, 1); // HostMsg::Run
+    varint(b, chunk);
+    varint(b, items.len() as u64);
+    for item in items {
+        match item {
+            Ok(bytes) => {
+                varint(b, bytes.len() as u64);
+                b.extend_from_slice(bytes);
+            }
+            Err(buffer) => {
+                varint(b, buffer.as_ref().len() as u64);
+                out.large.push((b.len(), B::clone(buffer)));
+            }
+        }
+    }
+    let len = out.len() - 4;
+    let len = u32::try_from(len).expect("frame under 4 GiB");
+    out.bytes[..4].copy_from_slice(&len.to_le_bytes());
+}
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
 /// Writes one frame.
 pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
     let mut buf = Vec::new();
@@ -359,6 +472,26 @@ mod tests {
     }
 
     // P2: a 4 GiB announcement is refused before any allocation.
+    #[test]
+    fn run_frames_with_large_items_written_apart_are_the_encoded_frames() {
+        let big = vec![7u8; LARGE + 300];
+        let small = [1u8; 200];
+        for items in [vec![], vec![Ok(&small[..])], vec![Err(&big), Ok(&small[..]), Err(&big), Ok(&[][..])]] {
+            for chunk in [0, 127, 128, u64::MAX] {
+                let mut out = OutFrame::default();
+                encode_run(chunk, &items, &mut out);
+                let mut written = Vec::new();
+                out.write_to(&mut written).unwrap();
+                let refs: Vec<&serde_bytes::Bytes> =
+                    items.iter().map(|i| serde_bytes::Bytes::new(i.map_or_else(|b| &b[..], |s| s))).collect();
+                let mut want = Vec::new();
+                encode(&HostMsg::Run { chunk, items: refs }, &mut want);
+                assert_eq!(written, want, "chunk {chunk}, {} items", items.len());
+                assert_eq!(out.len(), want.len());
+            }
+        }
+    }
+
     #[test]
     fn p2_huge_length_prefix_is_rejected_before_allocation() {
         let bytes = u32::MAX.to_le_bytes();

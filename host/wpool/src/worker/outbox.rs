@@ -6,11 +6,10 @@
 //! [`crate::wire`]'s, and running items is the wasm thread's.
 
 use std::fs::File;
-use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::wire::{self, Outcome, WorkerMsg, BATCH_BYTES};
+use crate::wire::{self, OutFrame, Outcome, WorkerMsg, BATCH_BYTES, LARGE};
 
 /// A result waits at most about this long before it is written: results of
 /// fast items go out together, and the host still learns often how far a
@@ -31,10 +30,13 @@ struct OpenBatch {
     batched: u32,
 }
 
-/// Results not yet written: whole encoded frames, then the open batch of
-/// the current chunk, and when the oldest of them was produced.
+/// Results not yet written: whole encoded frames (with the large results
+/// that go between them), then the open batch of the current chunk, and
+/// when the oldest of them was produced.
 struct Pending {
-    frames: Vec<u8>,
+    /// Large results go in it as they are: after their `LargeResult` frame
+    /// and their own length prefix.
+    frames: OutFrame<Vec<u8>>,
     open: Option<OpenBatch>,
     since: Option<Instant>,
     /// Batches run again item by item, not reported yet.
@@ -56,11 +58,34 @@ impl Pending {
             batched: open.batched,
             fallbacks: std::mem::take(&mut self.fallbacks),
         };
-        wire::append_frame(&msg, &mut self.frames);
+        wire::append_frame(&msg, &mut self.frames.bytes);
         open.offset += count;
         open.busy = Duration::ZERO;
         open.bytes = 0;
         open.batched = 0;
+    }
+
+    /// Seals the open batch, then adds `result`, the chunk's next outcome,
+    /// as a [`WorkerMsg::LargeResult`] frame followed by its bytes (kept
+    /// in their buffer, written from it).
+    fn seal_large(&mut self, result: Vec<u8>, batched: bool) {
+        self.seal();
+        let open = self.open.as_mut().expect("a batch is open");
+        let len = u32::try_from(result.len()).expect("results are under the item size cap");
+        let msg = WorkerMsg::LargeResult {
+            chunk: open.chunk,
+            offset: open.offset,
+            len,
+            busy_ns: open.busy.as_nanos() as u64,
+            batched: u32::from(batched),
+            fallbacks: std::mem::take(&mut self.fallbacks),
+        };
+        let frames = &mut self.frames;
+        wire::append_frame(&msg, &mut frames.bytes);
+        frames.bytes.extend_from_slice(&len.to_le_bytes());
+        frames.large.push((frames.bytes.len(), result));
+        open.offset += 1;
+        open.busy = Duration::ZERO;
     }
 
     fn bytes(&self) -> usize {
@@ -81,7 +106,7 @@ pub(super) struct Outbox {
 
 impl Outbox {
     pub(super) fn new(out: Arc<std::sync::Mutex<File>>) -> Outbox {
-        let pending = Pending { frames: Vec::new(), open: None, since: None, fallbacks: 0 };
+        let pending = Pending { frames: OutFrame::default(), open: None, since: None, fallbacks: 0 };
         let outbox = Outbox { pending: Arc::new((std::sync::Mutex::new(pending), Default::default())), out };
         let flusher = outbox.clone();
         std::thread::Builder::new()
@@ -124,6 +149,15 @@ impl Outbox {
         });
         open.busy += took;
         for outcome in outcomes {
+            let outcome = match outcome {
+                Outcome::Ok(result) if result.len() >= LARGE => {
+                    p.open = Some(open);
+                    p.seal_large(result, batched);
+                    open = p.open.take().expect("just put back");
+                    continue;
+                }
+                outcome => outcome,
+            };
             open.bytes += match &outcome {
                 Outcome::Ok(b) => b.len(),
                 Outcome::Err(e) => e.message.len() + e.stderr.len(),
@@ -171,7 +205,7 @@ impl Outbox {
             return;
         }
         let mut o = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        if o.write_all(&p.frames).is_err() {
+        if p.frames.write_to(&mut *o).is_err() {
             // The host is gone.
             std::process::exit(0);
         }

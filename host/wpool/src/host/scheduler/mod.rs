@@ -34,7 +34,7 @@ use self::sizing::{Sizer, MAX_BUFFERED_BYTES};
 use self::slots::{Deadlines, KillReason, Slot, SlotState};
 use crate::error::{Error, ItemIndex, TaskError, TaskErrorKind, WorkerId};
 use crate::host::rundir::PrivateDir;
-use crate::host::supervisor::{Event, Spawner, WorkerCommand, WorkerEnd};
+use crate::host::supervisor::{Event, Frame, Spawner, WorkerCommand, WorkerEnd};
 use crate::wire::SandboxStatus;
 use crate::wire::{self, Hello, HostMsg, Outcome, WorkerMsg, BATCH_BYTES, PROTOCOL_VERSION};
 
@@ -117,7 +117,7 @@ pub(crate) struct Scheduler {
     max_item: usize,
     next_gen: u64,
     job: Job,
-    frame: Vec<u8>,
+    frame: Frame,
     stats: PoolStats,
     sandbox: Option<SandboxStatus>,
     /// Shutting down: events only retire workers.
@@ -188,7 +188,7 @@ impl Scheduler {
             wake: tx,
             cancelled: Arc::new(AtomicBool::new(false)),
             next_gen: 1,
-            frame: Vec::new(),
+            frame: Frame::default(),
             stats: PoolStats::default(),
             sandbox: None,
             closing: false,
@@ -376,8 +376,8 @@ impl Scheduler {
 
     fn send_chunk(&mut self, slot: usize, items: Vec<Pending>) {
         let (id, items) = self.ledger.open(items);
-        let refs: Vec<&serde_bytes::Bytes> = items.iter().map(|p| serde_bytes::Bytes::new(&p.data)).collect();
-        wire::encode(&HostMsg::Run { chunk: id, items: refs }, &mut self.frame);
+        let refs: Vec<_> = items.iter().map(|p| p.data.as_item()).collect();
+        wire::encode_run(id, &refs, &mut self.frame);
         self.slots[slot].send(id, std::mem::take(&mut self.frame));
     }
 
@@ -611,7 +611,7 @@ impl Scheduler {
         wire::encode(&HostMsg::Shutdown, &mut shutdown_frame);
         for w in &mut self.slots {
             if let Some(p) = &mut w.proc {
-                p.send(shutdown_frame.clone());
+                p.send(shutdown_frame.clone().into());
                 p.close_input();
             }
         }
@@ -641,6 +641,8 @@ fn msg_name(msg: &WorkerMsg) -> &'static str {
         WorkerMsg::Results { .. } => "Results",
         WorkerMsg::Failed { .. } => "Failed",
         WorkerMsg::InitFailed { .. } => "InitFailed",
+        // The frame reader joins it with its bytes into `Results`.
+        WorkerMsg::LargeResult { .. } => "LargeResult",
     }
 }
 

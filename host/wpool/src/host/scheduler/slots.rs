@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::{task_error, SchedConfig, WorkerInfo};
 use crate::error::{Crash, TaskError, TaskErrorKind, WorkerId};
-use crate::host::supervisor::{WorkerEnd, WorkerProc};
+use crate::host::supervisor::{Frame, WorkerEnd, WorkerProc};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum SlotState {
@@ -125,7 +125,7 @@ impl Slot {
     }
 
     /// Sends chunk `id`, encoded in `frame`.
-    pub(super) fn send(&mut self, id: u64, frame: Vec<u8>) {
+    pub(super) fn send(&mut self, id: u64, frame: Frame) {
         if let Some(proc) = &self.proc {
             proc.send(frame);
         }
