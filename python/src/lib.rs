@@ -90,6 +90,21 @@ fn task_error<'py>(py: Python<'py>, e: &TaskError, stage: Option<usize>) -> PyRe
         .into_pyobject(py)
 }
 
+/// Adds a Python item to `batch` (see [`item_bytes`]); a `bytes` is copied
+/// straight from the object, without a buffer of its own.
+fn push_item(batch: &mut wpool::Items, item: &Bound<'_, PyAny>, index: u64) -> PyResult<()> {
+    if let Ok(b) = item.cast::<PyBytes>() {
+        batch.push(b.as_bytes());
+        return Ok(());
+    }
+    if let Ok(s) = item.cast::<PyString>() {
+        batch.push(s.to_cow()?.as_bytes());
+        return Ok(());
+    }
+    batch.push_vec(item_bytes(item, index)?);
+    Ok(())
+}
+
 /// A Python item as bytes: `bytes`, `bytearray`, `memoryview`-like buffers
 /// through `bytes()`, or `str` as UTF-8.
 fn item_bytes(item: &Bound<'_, PyAny>, index: u64) -> PyResult<Vec<u8>> {
@@ -220,7 +235,7 @@ enum Cmd {
     Run {
         ordered: bool,
         chunksize: Option<usize>,
-        input: Receiver<Vec<Vec<u8>>>,
+        input: Receiver<wpool::Items>,
         out: Sender<Out>,
     },
     /// Drop the pool and end (runs not yet started hold senders too, so the
@@ -332,7 +347,7 @@ impl RunView for wpool::ImapUnordered<'_> {
     }
 }
 
-fn run_driver(pool: &mut Pool, snap: &Mutex<Snapshot>, ordered: bool, input: Receiver<Vec<Vec<u8>>>, out: Sender<Out>) {
+fn run_driver(pool: &mut Pool, snap: &Mutex<Snapshot>, ordered: bool, input: Receiver<wpool::Items>, out: Sender<Out>) {
     let workers = pool.workers();
     if ordered {
         drive(&mut (pool.imap_batches(input), 0), &out, snap, workers);
@@ -523,7 +538,7 @@ impl RawPool {
         text: bool,
     ) -> PyResult<RawRun> {
         let iter = items.try_iter()?.unbind();
-        let (input_tx, input_rx) = bounded::<Vec<Vec<u8>>>(2);
+        let (input_tx, input_rx) = bounded::<wpool::Items>(2);
         let (out_tx, out_rx) = crossbeam_channel::unbounded::<Out>();
         // Sent on the first `next_results`: an iterator that is made and
         // never used does not hold the pool.
@@ -580,9 +595,9 @@ struct RunState {
     /// abandoned).
     items: Option<Py<pyo3::types::PyIterator>>,
     /// Batches to the scheduler; dropped when the input ends.
-    input: Option<Sender<Vec<Vec<u8>>>>,
+    input: Option<Sender<wpool::Items>>,
     /// A batch pulled from Python that the scheduler has not taken yet.
-    pending: Option<Vec<Vec<u8>>>,
+    pending: Option<wpool::Items>,
     out: Option<Receiver<Out>>,
     /// Items to pull next time: 1 at first (a first result at once, even
     /// from a slow generator), doubling up to [`MAX_BATCH`].
@@ -615,7 +630,7 @@ impl RunState {
     fn new(
         start: Option<(Sender<Cmd>, Cmd)>,
         items: Py<pyo3::types::PyIterator>,
-        input: Sender<Vec<Vec<u8>>>,
+        input: Sender<wpool::Items>,
         out: Receiver<Out>,
         text: bool,
         indices: bool,
@@ -638,11 +653,11 @@ impl RunState {
     fn pull(&mut self, py: Python<'_>) -> PyResult<()> {
         let Some(iter) = &self.items else { return Ok(()) };
         let mut iter = iter.bind(py).clone();
-        let mut batch = Vec::with_capacity(self.next_batch);
+        let mut batch = wpool::Items::with_capacity(self.next_batch, 16 * self.next_batch);
         while batch.len() < self.next_batch {
             match iter.next() {
                 Some(item) => {
-                    batch.push(item_bytes(&item?, self.pulled)?);
+                    push_item(&mut batch, &item?, self.pulled)?;
                     self.pulled += 1;
                 }
                 None => {
@@ -890,7 +905,7 @@ impl RawPipeline {
         let stages = self.stages.lock().map_err(|_| PyRuntimeError::new_err("lock poisoned"))?.clone();
         let stages = stages.ok_or_else(|| PyValueError::new_err("Pipeline closed"))?;
         let iter = items.try_iter()?.unbind();
-        let (input_tx, input_rx) = bounded::<Vec<Vec<u8>>>(2);
+        let (input_tx, input_rx) = bounded::<wpool::Items>(2);
         let (out_tx, out_rx) = crossbeam_channel::unbounded::<Out>();
         let (ready_tx, ready_rx) = bounded::<Result<(), Error>>(1);
         std::thread::Builder::new()

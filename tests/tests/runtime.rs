@@ -810,7 +810,7 @@ fn items_received_before_the_producer_hung_up_all_run() {
     let (tx, rx) = crossbeam_channel::bounded(1);
     let items: Vec<Vec<u8>> =
         (0..5000).map(|i| if i == 10 { b"poison".to_vec() } else { format!("item {i}").into_bytes() }).collect();
-    tx.send(items.clone()).unwrap();
+    tx.send(wpool::Items::from(items.clone())).unwrap();
     drop(tx);
     let out: Vec<_> = p.imap_batches(rx).map(|r| r.unwrap()).collect();
     assert_eq!(out.len(), items.len());

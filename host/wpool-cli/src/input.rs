@@ -383,33 +383,28 @@ pub enum Keep {
 /// joblog hashes it; `--resume` keeps back the finished ones).
 pub fn feed_batches(
     mut items: Items,
-    tx: &crossbeam_channel::Sender<Vec<Vec<u8>>>,
+    tx: &crossbeam_channel::Sender<wpool::Items>,
     mut keep: impl FnMut(&[u8]) -> Keep,
 ) {
     const BATCH_ITEMS: usize = 1024;
     const BATCH_BYTES: usize = 256 << 10;
-    let mut batch = Vec::new();
-    let mut bytes = 0;
+    // Small items are copied into the batch's one buffer here, so that the
+    // line's buffer is freed by the thread that allocated it (and reused).
+    let mut batch = wpool::Items::new();
     loop {
-        if !batch.is_empty() && (batch.len() >= BATCH_ITEMS || bytes >= BATCH_BYTES || !items.ready()) {
-            if tx.send(std::mem::take(&mut batch)).is_err() {
-                return;
-            }
-            bytes = 0;
+        let full = batch.len() >= BATCH_ITEMS || batch.bytes() >= BATCH_BYTES;
+        if !batch.is_empty() && (full || !items.ready()) && tx.send(std::mem::take(&mut batch)).is_err() {
+            return;
         }
         match items.next() {
             Some(item) => match keep(&item) {
-                Keep::Send => {
-                    bytes += item.len();
-                    batch.push(item);
-                }
+                Keep::Send => batch.push_vec(item),
                 // The consumer may be waiting for an item of the batch
                 // before it gets to this one: the batch goes now.
                 Keep::Skip if !batch.is_empty() => {
                     if tx.send(std::mem::take(&mut batch)).is_err() {
                         return;
                     }
-                    bytes = 0;
                 }
                 Keep::Skip => {}
                 Keep::Stop => {

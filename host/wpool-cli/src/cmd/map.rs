@@ -48,7 +48,7 @@ pub fn run(cmd: MapCmd) -> Result<Exit> {
     // slow producer (a pipe, a terminal, a FIFO without a writer yet) has
     // nothing to say. Items travel in batches, each sent as soon as the next
     // read could wait.
-    let (tx, rx) = crossbeam_channel::bounded::<Vec<Vec<u8>>>(4);
+    let (tx, rx) = crossbeam_channel::bounded::<wpool::Items>(4);
     let mut quarantine = match &cmd.quarantine {
         Some(path) => Some(Quarantine::create(path, if args.null { 0 } else { b'\n' }, args.files, setup.max_item())?),
         None => None,

@@ -17,6 +17,7 @@ use crate::host::rundir::PrivateDir;
 use crate::host::scheduler::{Chunksize, Input, ItemInfo, ItemResult, PoolStats, SchedConfig, Scheduler, WorkerInfo};
 use crate::host::stop::StopSignal;
 use crate::host::supervisor::{Event, WorkerCommand};
+use crate::items::Items;
 use crate::kernel::Kernel;
 use crate::limits::{EngineSettings, Limits};
 use crate::wire::SandboxStatus;
@@ -504,10 +505,12 @@ impl Pool {
         Imap { run: self.run(true, RunInput::Channel(items)) }
     }
 
-    /// Like [`Pool::imap`], with items sent in batches by a producer thread:
-    /// results keep flowing while the channel is empty, and the input ends
-    /// when every sender is dropped. A producer of many small items wakes
-    /// the pool once per batch instead of once per item; send a batch
+    /// Like [`Pool::imap`], with items sent in batches ([`Items`]) by a
+    /// producer thread: results keep flowing while the channel is empty,
+    /// and the input ends when every sender is dropped. A producer of many
+    /// small items wakes the pool once per batch instead of once per item,
+    /// and allocates nothing per item (`Items` keeps small items back to
+    /// back in one buffer, which the pool copies from); send a batch
     /// whenever the producer is about to wait for more input, so that no
     /// item waits behind a slow source (the CLI reads stdin this way).
     ///
@@ -519,13 +522,13 @@ impl Pool {
     /// which a std receiver does not support.
     ///
     /// [crossbeam-channel]: https://docs.rs/crossbeam-channel/0.5
-    pub fn imap_batches(&mut self, batches: Receiver<Vec<Vec<u8>>>) -> Imap<'_> {
+    pub fn imap_batches(&mut self, batches: Receiver<Items>) -> Imap<'_> {
         Imap { run: self.run(true, RunInput::Batches(batches)) }
     }
 
     /// Like [`Pool::imap_unordered`], with items from a channel of batches
     /// (see [`Pool::imap_batches`]).
-    pub fn imap_unordered_batches(&mut self, batches: Receiver<Vec<Vec<u8>>>) -> ImapUnordered<'_> {
+    pub fn imap_unordered_batches(&mut self, batches: Receiver<Items>) -> ImapUnordered<'_> {
         ImapUnordered { run: self.run(false, RunInput::Batches(batches)) }
     }
 
@@ -544,7 +547,7 @@ impl Drop for Pool {
 enum RunInput<'p> {
     Iter(Box<dyn Iterator<Item = Vec<u8>> + 'p>),
     Channel(Receiver<Vec<u8>>),
-    Batches(Receiver<Vec<Vec<u8>>>),
+    Batches(Receiver<Items>),
 }
 
 struct Run<'p> {

@@ -8,13 +8,11 @@
 //! gets back).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 
-use crate::host::supervisor::Shared;
-
+use super::input::Payload;
 use super::{task_error, ItemResult};
 use crate::error::{TaskError, TaskErrorKind, WorkerId};
-use crate::wire::{self, Outcome, WireError, WireKind};
+use crate::wire::{Outcome, WireError, WireKind};
 
 /// An item on its way to a worker, or back in the queue for another try.
 #[derive(Debug)]
@@ -28,44 +26,8 @@ pub(super) struct Pending {
 
 impl Pending {
     /// A fresh input item.
-    pub(super) fn new(index: u64, data: Vec<u8>) -> Pending {
-        Pending { index, data: Payload::new(data), attempts: 0, isolate: false }
-    }
-}
-
-/// An item's bytes. A large one is shared with the frame writer, which
-/// writes it from this buffer (no copy into a frame), while the ledger
-/// keeps it for a retry.
-#[derive(Debug)]
-pub(super) enum Payload {
-    Small(Vec<u8>),
-    Large(Shared),
-}
-
-impl Payload {
-    fn new(data: Vec<u8>) -> Payload {
-        match data.len() >= wire::LARGE {
-            true => Payload::Large(Shared(Arc::new(data))),
-            false => Payload::Small(data),
-        }
-    }
-
-    /// How it goes into [`wire::encode_run`].
-    pub(super) fn as_item(&self) -> Result<&[u8], &Shared> {
-        match self {
-            Payload::Small(data) => Ok(data),
-            Payload::Large(data) => Err(data),
-        }
-    }
-}
-
-impl std::ops::Deref for Payload {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Payload::Small(data) => data,
-            Payload::Large(data) => &data.0,
-        }
+    pub(super) fn new(index: u64, data: Payload) -> Pending {
+        Pending { index, data, attempts: 0, isolate: false }
     }
 }
 
@@ -203,7 +165,7 @@ impl Ledger {
         let mut results = Vec::with_capacity(outcomes.len());
         for (p, outcome) in chunk.items[first..].iter_mut().zip(outcomes) {
             self.bytes -= p.data.len().min(self.bytes);
-            p.data = Payload::Small(Vec::new());
+            p.data = Payload::empty();
             let result = match outcome {
                 Outcome::Ok(bytes) => Ok(bytes),
                 Outcome::Err(e) => Err(from_wire(p.index, e, worker, p.attempts + 1)),
@@ -278,7 +240,7 @@ mod tests {
     const W: WorkerId = WorkerId(1);
 
     fn items(indices: impl IntoIterator<Item = u64>) -> Vec<Pending> {
-        indices.into_iter().map(|i| Pending::new(i, vec![i as u8; 3])).collect()
+        indices.into_iter().map(|i| Pending::new(i, Payload::from_vec(vec![i as u8; 3]))).collect()
     }
 
     fn ok() -> Outcome {

@@ -16,7 +16,6 @@ mod reorder;
 mod sizing;
 mod slots;
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +25,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 pub(crate) use self::input::Input;
 pub use self::sizing::Chunksize;
 
-use self::input::Feed;
+use self::input::{Feed, Stash};
 use self::ledger::{Ledger, Pending};
 use self::policy::RestartPolicy;
 use self::reorder::Reorder;
@@ -387,8 +386,8 @@ impl Scheduler {
         let deadline = self.next_deadline();
         if self.has_room() && self.may_pull() && self.job.feed.wants_source() {
             match input {
-                Input::Channel(rx) => self.wait_with_input(deadline, rx, |s, item| s.push_back(item)),
-                Input::Batches(rx) => self.wait_with_input(deadline, rx, |s, batch| s.extend(batch)),
+                Input::Channel(rx) => self.wait_with_input(deadline, rx, Stash::push),
+                Input::Batches(rx) => self.wait_with_input(deadline, rx, Stash::push_items),
                 Input::Iter(_) => self.wait(deadline),
             }
         } else {
@@ -406,12 +405,7 @@ impl Scheduler {
 
     /// Waits for a worker event or input from `rx`, which `put` adds to the
     /// feed's stash.
-    fn wait_with_input<T>(
-        &mut self,
-        deadline: Option<Instant>,
-        rx: &Receiver<T>,
-        put: impl FnOnce(&mut VecDeque<Vec<u8>>, T),
-    ) {
+    fn wait_with_input<T>(&mut self, deadline: Option<Instant>, rx: &Receiver<T>, put: impl FnOnce(&mut Stash, T)) {
         let mut sel = crossbeam_channel::Select::new();
         let ev = sel.recv(&self.events);
         let inp = sel.recv(rx);
