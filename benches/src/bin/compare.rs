@@ -472,6 +472,21 @@ fn warm_primes(env: &Env, workers: usize, sizes: &Sizes, expected: &str) -> Resu
     let mut pool =
         wpool::Pool::builder(kernel).workers(workers).chunksize(wpool::Chunksize::Fixed(1)).limits(limits).build()?;
     pool.wait_ready()?;
+    // Warm as peers.py warms its pools: trivial items until every worker
+    // has run one (its instance made, the kernel's code paged in).
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..100 {
+        let mut run = pool.imap(vec![b"1000".to_vec(); 4 * workers]);
+        while let Some(r) = run.next_with_info() {
+            seen.extend(r?.1.worker);
+        }
+        if seen.len() >= workers {
+            break;
+        }
+    }
+    if seen.len() < workers {
+        bail!("warm primes: only {} of {workers} workers answered", seen.len());
+    }
     let items = vec![sizes.primes_n.to_string().into_bytes(); sizes.primes_items];
     let started = Instant::now();
     let out = pool.map(items)?;
