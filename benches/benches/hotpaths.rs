@@ -86,6 +86,29 @@ fn per_item(c: &mut Criterion) {
             });
         }
     }
+    // The CLI's and the Python package's path: `wpool::Items` batches of
+    // 1024 from a producer thread, small items back to back.
+    for workers in [1, 2] {
+        let mut p = pool(workers, Chunksize::Auto, limits());
+        g.bench_with_input(BenchmarkId::new("auto_items_channel", format!("{workers}w")), &data, |b, data| {
+            b.iter(|| {
+                let (tx, rx) = crossbeam_channel::bounded(4);
+                let out = std::thread::scope(|s| {
+                    s.spawn(move || {
+                        for chunk in data.chunks(1024) {
+                            let mut batch = wpool::Items::with_capacity(chunk.len(), 8 * chunk.len());
+                            chunk.iter().for_each(|item| batch.push(item));
+                            if tx.send(batch).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    p.imap_batches(rx).count()
+                });
+                assert_eq!(out, data.len());
+            })
+        });
+    }
     g.finish();
 }
 
