@@ -720,6 +720,64 @@ fn r15_chaos_random_worker_kills_lose_and_duplicate_nothing() {
 }
 
 #[test]
+fn r15_chaos_kills_during_large_payloads_lose_and_duplicate_nothing() {
+    // Items and results of 64 KiB and more travel outside the frames'
+    // encoding (written from the buffers the host keeps for retries, read
+    // into their own): workers killed mid-write, mid-read or mid-item must
+    // still lose and duplicate nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng: u64 = 0x9e3779b97f4a7c15;
+    let mut files = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..600 {
+        let len = (60 << 10) + (i * 997) % (200 << 10);
+        let data: Vec<u8> = (0..len)
+            .map(|_| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                b'a' + (rng % 26) as u8
+            })
+            .collect();
+        let path = dir.path().join(format!("{i:04}"));
+        std::fs::write(&path, &data).unwrap();
+        expected.extend(data.to_ascii_uppercase());
+        expected.push(b'\n');
+        files.push(path);
+    }
+    let mut cmd = wpool();
+    cmd.args(["map", "-j", "2", "--chunksize", "4", "--files"]).arg(kernel_path("upper")).args(&files);
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let host = child.id();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killer = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut kills = 0u32;
+            let mut turn = 0usize;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(40));
+                let workers: Vec<u32> = children_of(host).into_iter().filter(|p| alive(*p)).collect();
+                if let Some(&victim) = workers.get(turn % workers.len().max(1)) {
+                    signal(victim, libc::SIGKILL);
+                    kills += 1;
+                    turn += 1;
+                }
+            }
+            kills
+        })
+    };
+    let out = child.wait_with_output().unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let kills = killer.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(kills >= 3, "only {kills} kills happened: the run was too short to mean anything");
+    assert_eq!(out.stdout.len(), expected.len(), "{kills} kills");
+    assert!(out.stdout == expected, "output differs from the reference after {kills} kills");
+}
+
+#[test]
 fn r17_soak_with_instance_recycling_keeps_memory_flat() {
     let limits = Limits { max_items_per_instance: Some(1000), ..Limits::default() };
     let mut p = Pool::builder(kernel("sha256")).workers(2).limits(limits).build().unwrap();
