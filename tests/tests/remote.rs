@@ -131,7 +131,14 @@ fn kill_a_worker_mid_run(
 #[test]
 fn launched_workers_dial_back_and_match_local_output() {
     let kernel = kernel_path("upper");
-    let input: String = (0..500).map(|i| format!("item {i}\n")).collect();
+    // Small items, and every 25th one of 70-260 KiB: those travel outside
+    // the frames' encoding, over the TCP connection too.
+    let input: String = (0..500)
+        .map(|i| match i % 25 {
+            0 => format!("{}\n", "large item ".repeat(6400 + i * 30)),
+            _ => format!("item {i}\n"),
+        })
+        .collect();
     let mut cmd = wpool();
     cmd.args(["map", "-v", "-j", "3", "--launcher", "env", "--listen", "127.0.0.1"]).arg(&kernel);
     let out = run(cmd, input.as_bytes());
