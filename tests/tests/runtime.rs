@@ -677,14 +677,10 @@ fn r04_a_worker_that_stops_answering_is_killed_at_the_hard_deadline() {
     assert!(!p.worker_pids().contains(&stuck));
 }
 
-#[test]
-fn r15_chaos_random_worker_kills_lose_and_duplicate_nothing() {
-    let n = 100_000;
-    let input: String = (0..n).map(|i| format!("chaos item {i}\n")).collect();
-    let expected = input.to_ascii_uppercase();
-    let file = temp_file(input.as_bytes());
-    let mut cmd = wpool();
-    cmd.args(["map", "-j", "2", "--chunksize", "64"]).arg(kernel_path("upper")).arg(file.path());
+/// Runs `cmd` (a `wpool` CLI) while SIGKILLing one of its workers, picked
+/// at random, every `every`; checks that it succeeds after at least three
+/// kills and prints exactly `expected`.
+fn assert_survives_chaos(mut cmd: std::process::Command, every: Duration, expected: &[u8]) {
     cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     let child = cmd.spawn().unwrap();
     let host = child.id();
@@ -695,7 +691,7 @@ fn r15_chaos_random_worker_kills_lose_and_duplicate_nothing() {
             let mut kills = 0u32;
             let mut rng: u64 = 0x2545f4914f6cdd1d;
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(every);
                 let workers: Vec<u32> = children_of(host).into_iter().filter(|p| alive(*p)).collect();
                 if workers.is_empty() {
                     continue;
@@ -714,9 +710,18 @@ fn r15_chaos_random_worker_kills_lose_and_duplicate_nothing() {
     let kills = killer.join().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(kills >= 3, "only {kills} kills happened: the run was too short to mean anything");
-    let got = stdout(&out);
-    assert_eq!(got.len(), expected.len(), "{kills} kills");
-    assert!(got == expected, "output differs from the reference after {kills} kills");
+    assert_eq!(out.stdout.len(), expected.len(), "{kills} kills");
+    assert!(out.stdout == expected, "output differs from the reference after {kills} kills");
+}
+
+#[test]
+fn r15_chaos_random_worker_kills_lose_and_duplicate_nothing() {
+    let n = 100_000;
+    let input: String = (0..n).map(|i| format!("chaos item {i}\n")).collect();
+    let file = temp_file(input.as_bytes());
+    let mut cmd = wpool();
+    cmd.args(["map", "-j", "2", "--chunksize", "64"]).arg(kernel_path("upper")).arg(file.path());
+    assert_survives_chaos(cmd, Duration::from_millis(50), input.to_ascii_uppercase().as_bytes());
 }
 
 #[test]
@@ -726,19 +731,11 @@ fn r15_chaos_kills_during_large_payloads_lose_and_duplicate_nothing() {
     // into their own): workers killed mid-write, mid-read or mid-item must
     // still lose and duplicate nothing.
     let dir = tempfile::tempdir().unwrap();
-    let mut rng: u64 = 0x9e3779b97f4a7c15;
     let mut files = Vec::new();
     let mut expected = Vec::new();
-    for i in 0..600 {
+    for i in 0..600usize {
         let len = (60 << 10) + (i * 997) % (200 << 10);
-        let data: Vec<u8> = (0..len)
-            .map(|_| {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                b'a' + (rng % 26) as u8
-            })
-            .collect();
+        let data: Vec<u8> = (0..len).map(|j| b'a' + ((i * 31 + j * 7 + j / 3) % 26) as u8).collect();
         let path = dir.path().join(format!("{i:04}"));
         std::fs::write(&path, &data).unwrap();
         expected.extend(data.to_ascii_uppercase());
@@ -747,34 +744,7 @@ fn r15_chaos_kills_during_large_payloads_lose_and_duplicate_nothing() {
     }
     let mut cmd = wpool();
     cmd.args(["map", "-j", "2", "--chunksize", "4", "--files"]).arg(kernel_path("upper")).args(&files);
-    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    let child = cmd.spawn().unwrap();
-    let host = child.id();
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let killer = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let mut kills = 0u32;
-            let mut turn = 0usize;
-            while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(40));
-                let workers: Vec<u32> = children_of(host).into_iter().filter(|p| alive(*p)).collect();
-                if let Some(&victim) = workers.get(turn % workers.len().max(1)) {
-                    signal(victim, libc::SIGKILL);
-                    kills += 1;
-                    turn += 1;
-                }
-            }
-            kills
-        })
-    };
-    let out = child.wait_with_output().unwrap();
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
-    let kills = killer.join().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(kills >= 3, "only {kills} kills happened: the run was too short to mean anything");
-    assert_eq!(out.stdout.len(), expected.len(), "{kills} kills");
-    assert!(out.stdout == expected, "output differs from the reference after {kills} kills");
+    assert_survives_chaos(cmd, Duration::from_millis(40), &expected);
 }
 
 #[test]
