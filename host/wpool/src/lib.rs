@@ -51,7 +51,7 @@ pub mod cache;
 mod error;
 mod grants;
 mod host;
-mod items;
+pub mod items;
 mod kernel;
 mod limits;
 mod wasi;
@@ -81,7 +81,7 @@ pub use error::{Crash, Error, ItemIndex, TaskError, TaskErrorKind, WorkerId};
 pub use grants::{DirGrant, Grants};
 pub use host::pool::{Canceller, Imap, ImapUnordered, Pool, PoolBuilder};
 pub use host::scheduler::{Chunksize, ItemInfo, ItemResult};
-pub use items::{IntoIter as ItemsIntoIter, Items};
+pub use items::Items;
 pub use kernel::Kernel;
 pub use limits::Limits;
 

@@ -40,9 +40,10 @@ pub(crate) enum Payload {
     Large(Shared),
 }
 
-/// Bytes an item may have to be kept inline (a `Payload` is then no larger
-/// than with the other two forms alone).
+/// Bytes an item may have to be kept inline (a `Payload` is then 32 bytes).
 const INLINE: usize = 30;
+
+const _: () = assert!(std::mem::size_of::<Payload>() == 32);
 
 impl Payload {
     pub(crate) fn empty() -> Payload {
