@@ -11,6 +11,7 @@
 //! (Ctrl-C). No thread but the caller's ever needs the GIL, so nothing here
 //! can deadlock on it.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -90,33 +91,32 @@ fn task_error<'py>(py: Python<'py>, e: &TaskError, stage: Option<usize>) -> PyRe
         .into_pyobject(py)
 }
 
-/// Adds a Python item to `batch` (see [`item_bytes`]); a `bytes` is copied
-/// straight from the object, without a buffer of its own.
+/// Adds a Python item to `batch`: a `bytes` (or a `str` whose UTF-8 Python
+/// keeps) is copied straight from the object, without a buffer of its own.
 fn push_item(batch: &mut wpool::Items, item: &Bound<'_, PyAny>, index: u64) -> PyResult<()> {
-    if let Ok(b) = item.cast::<PyBytes>() {
-        batch.push(b.as_bytes());
-        return Ok(());
+    match item_bytes(item, index)? {
+        Cow::Borrowed(bytes) => batch.push(bytes),
+        Cow::Owned(bytes) => batch.push_vec(bytes),
     }
-    if let Ok(s) = item.cast::<PyString>() {
-        batch.push(s.to_cow()?.as_bytes());
-        return Ok(());
-    }
-    batch.push_vec(item_bytes(item, index)?);
     Ok(())
 }
 
 /// A Python item as bytes: `bytes`, `bytearray`, `memoryview`-like buffers
-/// through `bytes()`, or `str` as UTF-8.
-fn item_bytes(item: &Bound<'_, PyAny>, index: u64) -> PyResult<Vec<u8>> {
+/// through `bytes()`, or `str` as UTF-8; borrowed from the object where it
+/// holds them.
+fn item_bytes<'a>(item: &'a Bound<'_, PyAny>, index: u64) -> PyResult<Cow<'a, [u8]>> {
     if let Ok(b) = item.cast::<PyBytes>() {
-        return Ok(b.as_bytes().to_vec());
+        return Ok(Cow::Borrowed(b.as_bytes()));
     }
     if let Ok(s) = item.cast::<PyString>() {
-        return Ok(s.to_cow()?.as_bytes().to_vec());
+        return Ok(match s.to_cow()? {
+            Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
+            Cow::Owned(s) => Cow::Owned(s.into_bytes()),
+        });
     }
     if let Ok(v) = item.extract::<Vec<u8>>() {
         if !item.is_instance_of::<pyo3::types::PyList>() && !item.is_instance_of::<PyTuple>() {
-            return Ok(v);
+            return Ok(Cow::Owned(v));
         }
     }
     Err(PyTypeError::new_err(format!(
@@ -978,7 +978,7 @@ fn mapreduce<'py>(
     // Feed the items from this thread (it has the GIL), a bounded channel
     // ahead of the map pool.
     for (index, item) in items.try_iter()?.enumerate() {
-        let mut bytes = item_bytes(&item?, index as u64)?;
+        let mut bytes = item_bytes(&item?, index as u64)?.into_owned();
         loop {
             match py.detach(|| input_tx.send_timeout(bytes, POLL)) {
                 Ok(()) => break,

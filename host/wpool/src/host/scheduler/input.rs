@@ -114,15 +114,17 @@ impl Stash {
     }
 
     fn pop(&mut self) -> Option<Payload> {
-        let front = self.queue.front_mut()?;
-        let item = match front {
-            Received::One(item) => Payload::from_vec(std::mem::take(item)),
-            Received::Many(reader) => match reader.take().expect("an empty reader is not kept") {
-                Taken::Slice(item) => Payload::from_slice(item),
-                Taken::Owned(item) => Payload::from_vec(item),
-            },
+        let (item, used_up) = match self.queue.front_mut()? {
+            Received::One(item) => (Payload::from_vec(std::mem::take(item)), true),
+            Received::Many(reader) => {
+                let item = match reader.take().expect("an empty reader is not kept") {
+                    Taken::Slice(item) => Payload::from_slice(item),
+                    Taken::Owned(item) => Payload::from_vec(item),
+                };
+                (item, reader.is_empty())
+            }
         };
-        if matches!(front, Received::One(_)) || matches!(front, Received::Many(r) if r.is_empty()) {
+        if used_up {
             self.queue.pop_front();
         }
         Some(item)
