@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import wpool
 
-from conftest import kernel
+from conftest import all_pids, kernel
 
 N = 10_000
 
@@ -124,8 +124,7 @@ def test_a_kernel_written_in_python():
 
 def test_close_join_terminate_and_use_after():
     pool = wpool.Pool(kernel("echo"), processes=2)
-    pids = pool.worker_pids()
-    assert len(pids) == 2
+    pids = all_pids(pool)  # asserts there are 2
     assert pool.map(["a"]) == [b"a"]
     with pytest.raises(ValueError, match="close"):
         pool.join()
