@@ -25,7 +25,7 @@ use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 use wpool::mapreduce::MapReduce;
 use wpool::pipeline::Pipeline;
 use wpool::stats::PoolStats;
-use wpool::{Chunksize, Error, ItemIndex, ItemResult, Kernel, Limits, Pool, TaskError, TaskErrorKind};
+use wpool::{Chunksize, Error, ItemIndex, Kernel, Limits, Pool, SharedResult, TaskError, TaskErrorKind};
 
 /// How often a waiting caller wakes up to let Python run signal handlers.
 const POLL: Duration = Duration::from_millis(20);
@@ -224,7 +224,7 @@ enum Out {
     /// Outcomes of items, each with its index in the run's input: what was
     /// ready at once, so that a million fast items are not a million
     /// messages.
-    Items(Vec<(u64, ItemResult)>),
+    Items(Vec<(ItemIndex, SharedResult)>),
     /// An item that a pipeline stage failed.
     Stage(u64, Result<Vec<u8>, wpool::pipeline::StageFailure>),
     /// The run ended with a pool failure.
@@ -315,32 +315,22 @@ struct RawPool {
 
 /// A run of a pool, ordered or not, as the driver reads it.
 trait RunView {
-    fn next_out(&mut self) -> Option<Result<(u64, ItemResult), Error>>;
-    fn has_ready(&self) -> bool;
+    fn next_batch(&mut self, out: &mut Vec<(ItemIndex, SharedResult)>) -> Result<bool, Error>;
     fn snapshot(&self) -> (Vec<u32>, PoolStats);
 }
 
-impl RunView for (wpool::Imap<'_>, u64) {
-    fn next_out(&mut self) -> Option<Result<(u64, ItemResult), Error>> {
-        let r = self.0.next()?;
-        let i = self.1;
-        self.1 += 1;
-        Some(r.map(|r| (i, r)))
-    }
-    fn has_ready(&self) -> bool {
-        self.0.has_ready()
+impl RunView for wpool::Imap<'_> {
+    fn next_batch(&mut self, out: &mut Vec<(ItemIndex, SharedResult)>) -> Result<bool, Error> {
+        wpool::Imap::next_batch(self, out, MAX_RESULTS)
     }
     fn snapshot(&self) -> (Vec<u32>, PoolStats) {
-        (self.0.worker_pids(), self.0.stats())
+        (self.worker_pids(), self.stats())
     }
 }
 
 impl RunView for wpool::ImapUnordered<'_> {
-    fn next_out(&mut self) -> Option<Result<(u64, ItemResult), Error>> {
-        Some(self.next()?.map(|(ItemIndex(i), r)| (i, r)))
-    }
-    fn has_ready(&self) -> bool {
-        wpool::ImapUnordered::has_ready(self)
+    fn next_batch(&mut self, out: &mut Vec<(ItemIndex, SharedResult)>) -> Result<bool, Error> {
+        wpool::ImapUnordered::next_batch(self, out, MAX_RESULTS)
     }
     fn snapshot(&self) -> (Vec<u32>, PoolStats) {
         (self.worker_pids(), self.stats())
@@ -350,7 +340,7 @@ impl RunView for wpool::ImapUnordered<'_> {
 fn run_driver(pool: &mut Pool, snap: &Mutex<Snapshot>, ordered: bool, input: Receiver<wpool::Items>, out: Sender<Out>) {
     let workers = pool.workers();
     if ordered {
-        drive(&mut (pool.imap_batches(input), 0), &out, snap, workers);
+        drive(&mut pool.imap_batches(input), &out, snap, workers);
     } else {
         drive(&mut pool.imap_unordered_batches(input), &out, snap, workers);
     }
@@ -362,32 +352,25 @@ fn run_driver(pool: &mut Pool, snap: &Mutex<Snapshot>, ordered: bool, input: Rec
 /// refreshing the snapshot at most every [`REFRESH`].
 fn drive(run: &mut dyn RunView, out: &Sender<Out>, snap: &Mutex<Snapshot>, workers: usize) {
     let mut last = Instant::now();
-    let mut buf = Vec::new();
-    while let Some(r) = run.next_out() {
-        let failed = match r {
-            Ok(x) => {
-                buf.push(x);
-                None
-            }
-            Err(e) => Some(e),
-        };
-        if buf.len() >= MAX_RESULTS || failed.is_some() || !run.has_ready() {
-            if last.elapsed() >= REFRESH {
-                let (pids, stats) = run.snapshot();
-                store(snap, pids, stats, workers);
-                last = Instant::now();
-            }
-            if !buf.is_empty() && out.send(Out::Items(std::mem::take(&mut buf))).is_err() {
+    loop {
+        let mut batch = Vec::new();
+        let more = run.next_batch(&mut batch);
+        if last.elapsed() >= REFRESH {
+            let (pids, stats) = run.snapshot();
+            store(snap, pids, stats, workers);
+            last = Instant::now();
+        }
+        if !batch.is_empty() && out.send(Out::Items(batch)).is_err() {
+            return;
+        }
+        match more {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                let _ = out.send(Out::Failed(e));
                 return;
             }
         }
-        if let Some(e) = failed {
-            let _ = out.send(Out::Failed(e));
-            return;
-        }
-    }
-    if !buf.is_empty() {
-        let _ = out.send(Out::Items(buf));
     }
 }
 
@@ -824,13 +807,15 @@ impl RawRun {
         match o {
             Out::Failed(e) => Err(pool_failure(&e)),
             Out::Items(items) => {
-                for (i, r) in items {
-                    self.take_one(py, st, i, r.map_err(|e| (e, None)), values, errors, indices)?;
+                for (ItemIndex(i), r) in items {
+                    let r = r.as_deref().map_err(|e| (&**e, None));
+                    self.take_one(py, st, i, r, values, errors, indices)?;
                 }
                 Ok(())
             }
             Out::Stage(i, r) => {
-                self.take_one(py, st, i, r.map_err(|f| (f.error, Some(f.stage))), values, errors, indices)
+                let r = r.as_deref().map_err(|f| (&f.error, Some(f.stage)));
+                self.take_one(py, st, i, r, values, errors, indices)
             }
         }
     }
@@ -841,7 +826,7 @@ impl RawRun {
         py: Python<'py>,
         st: &mut RunState,
         index: u64,
-        result: Result<Vec<u8>, (TaskError, Option<usize>)>,
+        result: Result<&[u8], (&TaskError, Option<usize>)>,
         values: &Bound<'py, PyList>,
         errors: &mut Vec<(usize, Bound<'py, PyTuple>)>,
         indices: &mut Vec<u64>,
@@ -853,13 +838,13 @@ impl RawRun {
         match result {
             Ok(bytes) => {
                 if st.text {
-                    values.append(String::from_utf8_lossy(&bytes))?;
+                    values.append(String::from_utf8_lossy(bytes))?;
                 } else {
-                    values.append(PyBytes::new(py, &bytes))?;
+                    values.append(PyBytes::new(py, bytes))?;
                 }
             }
             Err((e, stage)) => {
-                errors.push((values.len(), task_error(py, &e, stage)?));
+                errors.push((values.len(), task_error(py, e, stage)?));
                 values.append(py.None())?;
             }
         }

@@ -80,3 +80,93 @@ fn cpu_ms(pid: u32) -> u64 {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     ticks * 1000 / hz
 }
+
+/// Items whose results come back in every shape: ok, empty, kernel
+/// errors, traps, and results of 1 MiB (frames of their own).
+fn mixed_items(n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| match i % 50 {
+            7 => format!("err:no {i}").into_bytes(),
+            19 => b"oob".to_vec(),
+            23 => b"result:1".to_vec(),
+            31 => Vec::new(),
+            _ => format!("item {i}").into_bytes(),
+        })
+        .collect()
+}
+
+/// `next_batch` (and `next_shared`) hand out what `map` does, each result
+/// once, at most `max` per call, in input order for `imap`; then `Ok(false)`.
+#[test]
+fn next_batch_hands_out_every_result_once_as_map_does() {
+    let items = mixed_items(3_000);
+    let mut p = Pool::builder(kernel("hostile")).workers(2).build().unwrap();
+    let want: Vec<_> = p.map(items.clone()).unwrap().into_iter().map(|r| r.map_err(|e| e.kind)).collect();
+    assert!(want.iter().any(Result::is_err) && want.iter().any(|r| r.as_ref().is_ok_and(|b| b.len() == 1 << 20)));
+    for max in [1, 7, 10_000] {
+        for ordered in [true, false] {
+            let mut got = Vec::new();
+            let mut batch = Vec::new();
+            let mut calls = 0;
+            if ordered {
+                let mut run = p.imap(items.clone());
+                while run.next_batch(&mut batch, max).unwrap() {
+                    assert!(!batch.is_empty() && batch.len() <= max, "{} results for max {max}", batch.len());
+                    calls += 1;
+                    got.append(&mut batch);
+                }
+                assert!(!run.next_batch(&mut batch, max).unwrap(), "over, it stays over");
+                let indexes: Vec<u64> = got.iter().map(|(i, _)| i.get()).collect();
+                assert!(indexes.iter().copied().eq(0..items.len() as u64), "in input order (max {max})");
+            } else {
+                let mut run = p.imap_unordered(items.clone());
+                while run.next_batch(&mut batch, max).unwrap() {
+                    assert!(!batch.is_empty() && batch.len() <= max);
+                    calls += 1;
+                    got.append(&mut batch);
+                }
+                got.sort_by_key(|(i, _)| i.get());
+            }
+            assert!(calls <= items.len() && (max > 1 || calls == items.len()), "{calls} calls for max {max}");
+            let got: Vec<_> = got.into_iter().map(|(_, r)| r.map(|b| b.to_vec()).map_err(|e| e.kind)).collect();
+            assert_eq!(got.len(), want.len(), "max {max}, ordered {ordered}");
+            assert!(got == want, "results differ from map's (max {max}, ordered {ordered})");
+        }
+    }
+    let mut run = p.imap(items.clone());
+    let mut shared = Vec::new();
+    while let Some(r) = run.next_shared() {
+        let (result, info) = r.unwrap();
+        assert_eq!(info.attempts, 1);
+        shared.push(result.map(wpool::SharedBytes::into_vec).map_err(|e| e.kind));
+    }
+    assert!(shared == want, "next_shared's results differ from map's");
+}
+
+/// A run cancelled while `next_batch` hands out results: what came before
+/// is handed out, then `Err(Cancelled)` once, then `Ok(false)`.
+#[test]
+fn next_batch_ends_a_cancelled_run_with_one_error() {
+    let mut p = Pool::builder(kernel("hostile")).workers(2).build().unwrap();
+    let canceller = p.canceller();
+    let items = (0..200_000).map(|i| format!("item {i}").into_bytes());
+    let mut run = p.imap(items);
+    let mut batch = Vec::new();
+    assert!(run.next_batch(&mut batch, 100).unwrap());
+    canceller.cancel();
+    let mut handed_out = batch.len() as u64;
+    let err = loop {
+        batch.clear();
+        match run.next_batch(&mut batch, 100) {
+            Ok(true) => {
+                assert_eq!(batch[0].0.get(), handed_out, "in order, none lost");
+                handed_out += batch.len() as u64;
+            }
+            Ok(false) => panic!("the run ended without saying it was cancelled"),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, wpool::Error::Cancelled), "{err}");
+    assert!(handed_out < 200_000, "cancelled before the end");
+    assert!(!run.next_batch(&mut batch, 100).unwrap(), "after the error the run is over");
+}

@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
-use wpool::ItemResult;
+use wpool::{ItemResult, SharedResult};
 
 /// Most rows in one transaction.
 const BATCH_ROWS: usize = 4096;
@@ -270,8 +270,8 @@ impl Joblog {
 
     /// Records how item `index` ended; `origin` says where it came from,
     /// `ran` how it ran and where (when the library said).
-    pub fn outcome(&self, index: u64, origin: String, result: &ItemResult, ran: Option<Ran>) {
-        self.record(index, origin, result.as_ref().map(|bytes| Some(&bytes[..])), ran);
+    pub fn outcome(&self, index: u64, origin: String, result: &SharedResult, ran: Option<Ran>) {
+        self.record(index, origin, result.as_ref().map(|bytes| Some(&bytes[..])).map_err(|e| &**e), ran);
     }
 
     /// As [`Joblog::outcome`], for an item whose result is not its own to

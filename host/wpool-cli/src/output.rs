@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
-use wpool::{ItemResult, TaskError, TaskErrorKind};
+use wpool::{SharedBytes, SharedResult, TaskError, TaskErrorKind};
 
 use crate::input::Origins;
 use crate::say;
@@ -72,11 +72,11 @@ impl Printer {
 
     /// Writes one item's outcome; flushes when `idle` (no further result is
     /// ready) so that a downstream pipe sees results as they come.
-    pub fn item(&mut self, index: u64, result: ItemResult, idle: bool) -> io::Result<()> {
+    pub fn item(&mut self, index: u64, result: SharedResult, idle: bool) -> io::Result<()> {
         self.write_item(index, result, idle).map_err(on_stdout)
     }
 
-    fn write_item(&mut self, index: u64, result: ItemResult, idle: bool) -> io::Result<()> {
+    fn write_item(&mut self, index: u64, result: SharedResult, idle: bool) -> io::Result<()> {
         self.items += 1;
         match (&self.format, result) {
             (&Format::Plain { sep, tag, empty_on_error }, result) => {
@@ -84,8 +84,8 @@ impl Printer {
                 let record = match result {
                     Ok(bytes) => Some(bytes),
                     Err(e) => {
-                        self.report(&self.explain(e));
-                        empty_on_error.then(Vec::new)
+                        self.report(&self.explain(*e));
+                        empty_on_error.then(|| SharedBytes::from(Vec::new()))
                     }
                 };
                 if let Some(record) = record {
@@ -106,7 +106,7 @@ impl Printer {
                 self.records += 1;
             }
             (Format::Json, Err(e)) => {
-                let e = self.explain(e);
+                let e = self.explain(*e);
                 let origin = self.origins.lock().unwrap().describe(index);
                 let mut err = serde_json::json!({
                     "origin": origin,

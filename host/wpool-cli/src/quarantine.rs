@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
-use wpool::ItemResult;
+use wpool::SharedResult;
 
 use crate::say;
 
@@ -60,7 +60,7 @@ impl Quarantine {
 
     /// Takes in item `index`'s outcome; `origin` names it (with --files,
     /// that is the record).
-    pub fn outcome(&mut self, index: u64, origin: impl FnOnce() -> String, result: &ItemResult) -> Result<()> {
+    pub fn outcome(&mut self, index: u64, origin: impl FnOnce() -> String, result: &SharedResult) -> Result<()> {
         let bytes = self.kept.as_ref().and_then(|k| k.lock().unwrap().remove(&index));
         if result.is_ok() {
             return Ok(());

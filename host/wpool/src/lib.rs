@@ -54,6 +54,7 @@ mod host;
 pub mod items;
 mod kernel;
 mod limits;
+mod shared;
 mod wasi;
 #[cfg(feature = "test-hooks")]
 #[doc(hidden)]
@@ -80,10 +81,11 @@ pub mod remote {
 pub use error::{Crash, Error, ItemIndex, TaskError, TaskErrorKind, WorkerId};
 pub use grants::{DirGrant, Grants};
 pub use host::pool::{Canceller, Imap, ImapUnordered, Pool, PoolBuilder};
-pub use host::scheduler::{Chunksize, ItemInfo, ItemResult};
+pub use host::scheduler::{Chunksize, ItemInfo, ItemResult, SharedResult};
 pub use items::Items;
 pub use kernel::Kernel;
 pub use limits::Limits;
+pub use shared::SharedBytes;
 
 /// Multi-stage pipelines: items stream through several pools at once.
 pub mod pipeline {

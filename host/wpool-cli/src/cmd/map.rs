@@ -2,7 +2,7 @@
 //! input (or completion) order.
 
 use anyhow::{Context, Result};
-use wpool::Error;
+use wpool::{Error, SharedBytes};
 
 use super::driver::{finish, items, map_kernel, printer, report_end, result_options, Setup, PRINTED_SO_FAR};
 use crate::exit::Exit;
@@ -251,18 +251,18 @@ impl Results<'_, '_> {
 }
 
 impl Iterator for Results<'_, '_> {
-    type Item = Result<(u64, wpool::ItemResult, Option<wpool::ItemInfo>), Error>;
+    type Item = Result<(u64, wpool::SharedResult, Option<wpool::ItemInfo>), Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
         match self {
             Results::Ordered(it, next) => {
-                let r = it.next_with_info()?;
+                let r = it.next_shared()?;
                 let index = *next;
                 *next += 1;
                 Some(r.map(|(result, info)| (index, result, Some(info))))
             }
             Results::Unordered(it) => {
-                Some(it.next_with_info()?.map(|(index, result, info)| (index.get(), result, Some(info))))
+                Some(it.next_shared()?.map(|(index, result, info)| (index.get(), result, Some(info))))
             }
             Results::Resumed { run, plan, next, resume, interrupts, stop } => {
                 if interrupts.received().is_some() {
@@ -274,13 +274,13 @@ impl Iterator for Results<'_, '_> {
                 };
                 match step {
                     Plan::Done(index) => match resume.replay(index) {
-                        Ok(result) => Some(Ok((index, result, None))),
+                        Ok(result) => Some(Ok((index, result.map(SharedBytes::from).map_err(Box::new), None))),
                         Err(e) => {
                             *stop = Some(e.context(format!("--resume: item {index}")));
                             None
                         }
                     },
-                    Plan::Run(index) => Some(run.next_with_info()?.map(|(result, info)| {
+                    Plan::Run(index) => Some(run.next_shared()?.map(|(result, info)| {
                         // The pool numbers only the items it runs.
                         let result = result.map_err(|mut e| {
                             e.index = wpool::ItemIndex(index);

@@ -52,7 +52,7 @@ pub fn run(cmd: MapReduceCmd) -> Result<Exit> {
             return true;
         };
         failed = true;
-        if let Err(err) = printer.item(index.get(), Err(e), false) {
+        if let Err(err) = printer.item(index.get(), Err(Box::new(e)), false) {
             write_error.get_or_insert(err);
             return false;
         }

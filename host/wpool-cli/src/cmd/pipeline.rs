@@ -55,10 +55,10 @@ pub fn run(cmd: PipelineCmd) -> Result<Exit> {
     let mut failed = false;
     let mut write_error = None;
     let outcome = pipeline.run(items, |index, result| {
-        let result = result.map_err(|f| {
+        let result = result.map(wpool::SharedBytes::from).map_err(|f| {
             let mut e = f.error;
             e.message = format!("stage {} ({}): {}", f.stage + 1, names[f.stage], e.message);
-            e
+            Box::new(e)
         });
         failed |= result.is_err();
         if let Some(j) = &joblog {

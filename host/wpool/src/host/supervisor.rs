@@ -23,8 +23,10 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::error::Crash;
 use crate::host::process::{kill, reap};
 use crate::host::transport::{Link, Started, Transport};
+use crate::shared::SharedBytes;
 use crate::wire::{
-    self, frame_cap, FrameError, Hello, OutFrame, Outcome, WorkerMsg, DIAL_ARG, HANDSHAKE_FRAME_CAP, WORKER_ARG,
+    self, frame_cap, FrameError, Hello, Incoming, OutFrame, ResultsAt, WireError, WorkerMsg, DIAL_ARG,
+    HANDSHAKE_FRAME_CAP, WORKER_ARG,
 };
 
 /// A frame for a worker, its large items shared with the ledger.
@@ -118,11 +120,33 @@ pub(crate) enum Event {
     /// The process could not be started.
     SpawnFailed { slot: usize, gen: u64, error: std::io::Error },
     /// A well-formed frame arrived.
-    Msg { slot: usize, gen: u64, msg: WorkerMsg },
+    Msg { slot: usize, gen: u64, msg: FromWorker },
     /// The process is gone and reaped.
     Exited { slot: usize, gen: u64, end: WorkerEnd },
     /// Someone asked the current run to stop.
     Wake,
+}
+
+/// A worker's message as the host reads it.
+#[derive(Debug)]
+pub(crate) enum FromWorker {
+    /// [`WorkerMsg::Results`] (or a [`WorkerMsg::LargeResult`] and its
+    /// bytes), each result's bytes left in the buffer they were read into.
+    Results(Results),
+    /// Any other message.
+    Msg(WorkerMsg),
+}
+
+/// Outcomes of items `offset..offset + outcomes.len()` of `chunk`; see
+/// [`WorkerMsg::Results`].
+#[derive(Debug)]
+pub(crate) struct Results {
+    pub chunk: u64,
+    pub offset: u32,
+    pub outcomes: Vec<Result<SharedBytes, WireError>>,
+    pub busy_ns: u64,
+    pub batched: u32,
+    pub fallbacks: u32,
 }
 
 /// How a worker process ended, as seen from the host.
@@ -361,15 +385,26 @@ pub(super) fn read_frames(session: &Session, from: impl Read) -> Option<String> 
             Err(e) => return Some(e.to_string()),
         }
         first = false;
-        let msg = match wire::decode::<WorkerMsg>(&buf) {
-            Ok(WorkerMsg::LargeResult { chunk, offset, len, busy_ns, batched, fallbacks }) => {
+        let msg = match wire::decode_worker_msg(&buf) {
+            Ok(Incoming::Results(r)) => {
+                // The results keep the frame; the next one gets a buffer
+                // of its own.
+                let frame = Arc::new(std::mem::take(&mut buf));
+                let outcomes = (r.outcomes.into_iter())
+                    .map(|o| o.map(|(start, len)| SharedBytes::span(&frame, start, len)))
+                    .collect();
+                let ResultsAt { chunk, offset, busy_ns, batched, fallbacks, .. } = r;
+                FromWorker::Results(Results { chunk, offset, outcomes, busy_ns, batched, fallbacks })
+            }
+            Ok(Incoming::Msg(WorkerMsg::LargeResult { chunk, offset, len, busy_ns, batched, fallbacks })) => {
                 let data = match read_large_result(&mut from, session.cap, len) {
                     Ok(data) => data,
                     Err(violation) => return Some(violation),
                 };
-                WorkerMsg::Results { chunk, offset, outcomes: vec![Outcome::Ok(data)], busy_ns, batched, fallbacks }
+                let outcomes = vec![Ok(SharedBytes::from(data))];
+                FromWorker::Results(Results { chunk, offset, outcomes, busy_ns, batched, fallbacks })
             }
-            Ok(msg) => msg,
+            Ok(Incoming::Msg(msg)) => FromWorker::Msg(msg),
             Err(e) => return Some(e.to_string()),
         };
         if session.events.send(Event::Msg { slot: session.slot, gen: session.gen, msg }).is_err() {

@@ -435,6 +435,71 @@ pub fn decode<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, FrameError
     }
 }
 
+/// What the host makes of a worker's frame: [`WorkerMsg::Results`] read in
+/// place ([`ResultsAt`]), any other message as sent.
+#[derive(Debug, PartialEq)]
+pub enum Incoming {
+    Results(ResultsAt),
+    Msg(WorkerMsg),
+}
+
+/// A [`WorkerMsg::Results`] whose `Ok` outcomes are left in the frame: each
+/// is the span `(start, len)` of the payload holding its bytes, so that the
+/// host need not allocate a buffer per result.
+#[derive(Debug, PartialEq)]
+pub struct ResultsAt {
+    pub chunk: u64,
+    pub offset: u32,
+    pub outcomes: Vec<Result<(usize, usize), WireError>>,
+    pub busy_ns: u64,
+    pub batched: u32,
+    pub fallbacks: u32,
+}
+
+/// Decodes a worker's payload read by [`read_frame`]: what
+/// `decode::<WorkerMsg>` accepts, and only that, with `Results` as
+/// [`ResultsAt`] (a unit test holds the two decoders equal, on arbitrary
+/// bytes too).
+pub fn decode_worker_msg(payload: &[u8]) -> Result<Incoming, FrameError> {
+    match take::<u32>(&mut &payload[..]) {
+        Ok(1) => decode_results(payload).map(Incoming::Results), // WorkerMsg::Results
+        _ => decode(payload).map(Incoming::Msg),
+    }
+}
+
+fn decode_results(payload: &[u8]) -> Result<ResultsAt, FrameError> {
+    let rest = &mut &payload[..];
+    take::<u32>(rest)?;
+    let chunk = take(rest)?;
+    let offset = take(rest)?;
+    let n = take::<usize>(rest)?;
+    // Each outcome takes two bytes at least: a hostile count allocates no
+    // more than the frame could hold.
+    let mut outcomes = Vec::with_capacity(n.min(rest.len() / 2));
+    for _ in 0..n {
+        outcomes.push(match take::<u32>(rest)? {
+            0 => {
+                let bytes: &serde_bytes::Bytes = take(rest)?;
+                Ok((bytes.as_ptr() as usize - payload.as_ptr() as usize, bytes.len()))
+            }
+            1 => Err(take::<WireError>(rest)?),
+            v => return Err(FrameError::Malformed(format!("unknown outcome variant {v}"))),
+        });
+    }
+    let msg = ResultsAt { chunk, offset, outcomes, busy_ns: take(rest)?, batched: take(rest)?, fallbacks: take(rest)? };
+    match rest.len() {
+        0 => Ok(msg),
+        trailing => Err(FrameError::Malformed(format!("{trailing} trailing bytes"))),
+    }
+}
+
+/// One postcard value off the front of `rest`.
+fn take<'a, T: Deserialize<'a>>(rest: &mut &'a [u8]) -> Result<T, FrameError> {
+    let (v, tail) = postcard::take_from_bytes::<T>(rest).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    *rest = tail;
+    Ok(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,6 +534,48 @@ mod tests {
         let mut payload = Vec::new();
         read_frame(&mut &buf[..], 1 << 20, &mut payload).unwrap();
         assert_eq!(decode::<HostMsg>(&payload).unwrap(), run);
+    }
+
+    /// What [`decode_worker_msg`] read, with each span's bytes copied out:
+    /// comparable with what [`decode`] reads.
+    fn read_in_place(payload: &[u8]) -> Result<WorkerMsg, FrameError> {
+        Ok(match decode_worker_msg(payload)? {
+            Incoming::Msg(msg) => msg,
+            Incoming::Results(r) => WorkerMsg::Results {
+                chunk: r.chunk,
+                offset: r.offset,
+                outcomes: (r.outcomes.into_iter())
+                    .map(|o| match o {
+                        Ok((start, len)) => Outcome::Ok(payload[start..start + len].to_vec()),
+                        Err(e) => Outcome::Err(e),
+                    })
+                    .collect(),
+                busy_ns: r.busy_ns,
+                batched: r.batched,
+                fallbacks: r.fallbacks,
+            },
+        })
+    }
+
+    /// The two decoders agree on `payload`: the same message, or both refuse.
+    fn decoders_agree(payload: &[u8]) -> Result<(), TestCaseError> {
+        match (decode::<WorkerMsg>(payload), read_in_place(payload)) {
+            (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+            (Err(_), Err(_)) => {}
+            (a, b) => prop_assert!(false, "serde: {a:?}; in place: {b:?}"),
+        }
+        Ok(())
+    }
+
+    fn any_outcome() -> impl Strategy<Value = Outcome> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..300).prop_map(Outcome::Ok),
+            (any::<i32>(), ".{0,20}", proptest::collection::vec(any::<u8>(), 0..20)).prop_map(
+                |(code, message, stderr)| {
+                    Outcome::Err(WireError { kind: WireKind::KernelExit(code), message, stderr })
+                }
+            ),
+        ]
     }
 
     // P2: a 4 GiB announcement is refused before any allocation.
@@ -532,6 +639,34 @@ mod tests {
         fn p8_arbitrary_payloads_never_panic(payload in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode::<WorkerMsg>(&payload);
             let _ = decode::<HostMsg>(&payload);
+            decoders_agree(&payload)?;
+        }
+
+        // The in-place reading of results accepts exactly what postcard
+        // does and reads the same message: whole frames, frames cut short
+        // or with a byte changed, and arbitrary bytes after the variant.
+        #[test]
+        fn results_read_in_place_are_the_results_sent(
+            chunk in any::<u64>(),
+            offset in any::<u32>(),
+            outcomes in proptest::collection::vec(any_outcome(), 0..20),
+            counters in any::<(u64, u32, u32)>(),
+            cut in any::<prop::sample::Index>(),
+            flip in any::<(prop::sample::Index, u8)>(),
+            tail in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let (busy_ns, batched, fallbacks) = counters;
+            let msg = WorkerMsg::Results { chunk, offset, outcomes, busy_ns, batched, fallbacks };
+            let mut frame = Vec::new();
+            encode(&msg, &mut frame);
+            let payload = &frame[4..];
+            prop_assert_eq!(read_in_place(payload).unwrap(), msg);
+            decoders_agree(&payload[..cut.index(payload.len())])?;
+            let mut changed = payload.to_vec();
+            let at = flip.0.index(changed.len());
+            changed[at] ^= flip.1;
+            decoders_agree(&changed)?;
+            decoders_agree(&[&[1][..], &tail].concat())?;
         }
     }
 }

@@ -10,9 +10,10 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::input::Payload;
-use super::{task_error, ItemResult};
+use super::{task_error, SharedResult};
 use crate::error::{TaskError, TaskErrorKind, WorkerId};
-use crate::wire::{Outcome, WireError, WireKind};
+use crate::shared::SharedBytes;
+use crate::wire::{WireError, WireKind};
 
 /// An item on its way to a worker, or back in the queue for another try.
 #[derive(Debug)]
@@ -42,7 +43,7 @@ struct Chunk {
 #[derive(Debug)]
 pub(super) struct Answer {
     /// Each answered item: index, result, attempts (this one included).
-    pub(super) results: Vec<(u64, ItemResult, u32)>,
+    pub(super) results: Vec<(u64, SharedResult, u32)>,
     /// The chunk is fully answered and left the ledger.
     pub(super) complete: bool,
 }
@@ -146,7 +147,7 @@ impl Ledger {
         &mut self,
         id: u64,
         offset: u32,
-        outcomes: Vec<Outcome>,
+        outcomes: Vec<Result<SharedBytes, WireError>>,
         worker: WorkerId,
     ) -> Result<Answer, String> {
         let Some(chunk) = self.chunks.get_mut(&id) else {
@@ -166,10 +167,7 @@ impl Ledger {
         for (p, outcome) in chunk.items[first..].iter_mut().zip(outcomes) {
             self.bytes -= p.data.len().min(self.bytes);
             p.data = Payload::empty();
-            let result = match outcome {
-                Outcome::Ok(bytes) => Ok(bytes),
-                Outcome::Err(e) => Err(from_wire(p.index, e, worker, p.attempts + 1)),
-            };
+            let result = outcome.map_err(|e| Box::new(from_wire(p.index, e, worker, p.attempts + 1)));
             results.push((p.index, result, p.attempts + 1));
         }
         let complete = chunk.received == chunk.items.len();
@@ -243,8 +241,8 @@ mod tests {
         indices.into_iter().map(|i| Pending::new(i, Payload::from_vec(vec![i as u8; 3]))).collect()
     }
 
-    fn ok() -> Outcome {
-        Outcome::Ok(b"r".to_vec())
+    fn ok() -> Result<SharedBytes, WireError> {
+        Ok(SharedBytes::from(b"r".to_vec()))
     }
 
     fn retry_order(l: &Ledger) -> Vec<u64> {
@@ -335,7 +333,7 @@ mod tests {
         let (retry, _) = l.take_retries(100, usize::MAX).unwrap();
         let (id, _) = l.open(retry);
         let err = WireError { kind: WireKind::Trap, message: "boom".into(), stderr: b"e".to_vec() };
-        let a = l.answer(id, 0, vec![Outcome::Err(err)], W).unwrap();
+        let a = l.answer(id, 0, vec![Err(err)], W).unwrap();
         assert!(a.complete);
         let (index, result, attempts) = &a.results[0];
         let e = result.as_ref().unwrap_err();

@@ -33,12 +33,21 @@ use self::sizing::{Sizer, MAX_BUFFERED_BYTES};
 use self::slots::{Deadlines, KillReason, Slot, SlotState};
 use crate::error::{Error, ItemIndex, TaskError, TaskErrorKind, WorkerId};
 use crate::host::rundir::PrivateDir;
-use crate::host::supervisor::{Event, Frame, Spawner, WorkerCommand, WorkerEnd};
+use crate::host::supervisor::{Event, Frame, FromWorker, Spawner, WorkerCommand, WorkerEnd};
+use crate::shared::SharedBytes;
 use crate::wire::SandboxStatus;
-use crate::wire::{self, Hello, HostMsg, Outcome, WorkerMsg, BATCH_BYTES, PROTOCOL_VERSION};
+use crate::wire::{self, Hello, HostMsg, WireError, WorkerMsg, BATCH_BYTES, PROTOCOL_VERSION};
 
 /// The result of one item.
 pub type ItemResult = Result<Vec<u8>, TaskError>;
+
+/// The result of one item, its bytes left in the buffer they arrived in
+/// (see [`crate::Imap::next_shared`]). 16 bytes: errors, which are rare,
+/// are boxed, so that the reorder window and a batch of results hold
+/// little per item.
+pub type SharedResult = Result<SharedBytes, Box<TaskError>>;
+
+const _: () = assert!(std::mem::size_of::<SharedResult>() == 16);
 
 /// How an item ran, beside its result (see [`crate::Imap::next_with_info`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,13 +279,44 @@ impl Scheduler {
 
     /// Produces the next result of the run, pulling input as workers free up.
     /// `None` when the run is complete.
-    pub(crate) fn next(&mut self, mut input: Input<'_>) -> Option<Result<(ItemIndex, ItemResult, ItemInfo), Error>> {
+    pub(crate) fn next(&mut self, input: Input<'_>) -> Option<Result<(ItemIndex, SharedResult, ItemInfo), Error>> {
+        if let Err(e) = self.ready(input)? {
+            return Some(Err(e));
+        }
+        let (index, result, info) = self.job.reorder.pop_ready().expect("a result is ready");
+        Some(Ok((ItemIndex(index), result, info)))
+    }
+
+    /// Waits as [`Scheduler::next`] does, then moves the next result and
+    /// every further one ready, `max` at most, into `out`: `Ok(false)` once
+    /// the run is over.
+    pub(crate) fn next_batch(
+        &mut self,
+        input: Input<'_>,
+        out: &mut Vec<(ItemIndex, SharedResult)>,
+        max: usize,
+    ) -> Result<bool, Error> {
+        match self.ready(input) {
+            None => return Ok(false),
+            Some(Err(e)) => return Err(e),
+            Some(Ok(())) => {}
+        }
+        for _ in 0..max.max(1) {
+            let Some((index, result, _)) = self.job.reorder.pop_ready() else { break };
+            out.push((ItemIndex(index), result));
+        }
+        Ok(true)
+    }
+
+    /// Runs the job until a result is ready to hand out (`Ok`), the run
+    /// failed (`Err`, once) or it is over (`None`).
+    fn ready(&mut self, mut input: Input<'_>) -> Option<Result<(), Error>> {
         loop {
             if self.job.finished {
                 return None;
             }
-            if let Some((index, result, info)) = self.job.reorder.pop_ready() {
-                return Some(Ok((ItemIndex(index), result, info)));
+            if self.job.reorder.has_ready() {
+                return Some(Ok(()));
             }
             if self.cancelled.load(Ordering::SeqCst) && self.job.fatal.is_none() {
                 // Results that already reached the host are the caller's:
@@ -364,7 +404,11 @@ impl Scheduler {
             let Some((index, data)) = self.job.feed.next(input) else { break };
             if data.len() > self.max_item {
                 let info = ItemInfo { worker: None, attempts: 0, kernel_time: None, arrived: Instant::now() };
-                self.job.reorder.complete(index, Err(input::too_large(index, data.len(), self.max_item)), info);
+                self.job.reorder.complete(
+                    index,
+                    Err(Box::new(input::too_large(index, data.len(), self.max_item))),
+                    info,
+                );
                 continue;
             }
             bytes += data.len();
@@ -455,9 +499,9 @@ impl Scheduler {
         }
     }
 
-    fn on_msg(&mut self, slot: usize, msg: WorkerMsg) {
+    fn on_msg(&mut self, slot: usize, msg: FromWorker) {
         match (self.slots[slot].state, msg) {
-            (SlotState::Starting(_), WorkerMsg::Ready { version, pid, node, sandbox })
+            (SlotState::Starting(_), FromWorker::Msg(WorkerMsg::Ready { version, pid, node, sandbox }))
                 if version == PROTOCOL_VERSION =>
             {
                 if self.cfg.require_sandbox && !sandbox.is_complete() {
@@ -471,18 +515,20 @@ impl Scheduler {
                 self.slots[slot].state = SlotState::Ready;
                 self.policy.started();
             }
-            (SlotState::Starting(_), WorkerMsg::InitFailed { message }) => {
+            (SlotState::Starting(_), FromWorker::Msg(WorkerMsg::InitFailed { message })) => {
                 self.slots[slot].kill(KillReason::Abandoned);
                 self.job.fatal.get_or_insert(Error::InitFailed { kernel: self.cfg.kernel.clone(), message });
             }
-            (SlotState::Starting(_), WorkerMsg::Failed { message }) => self.policy.failed_to_start(message),
+            (SlotState::Starting(_), FromWorker::Msg(WorkerMsg::Failed { message })) => {
+                self.policy.failed_to_start(message)
+            }
             // Late results of a worker being killed (after an abandoned run):
             // nobody wants them.
-            (SlotState::Ready, WorkerMsg::Results { .. }) if self.slots[slot].killed.is_some() => {}
-            (SlotState::Ready, WorkerMsg::Results { chunk, offset, outcomes, busy_ns, batched, fallbacks }) => {
-                self.stats.batched_items += u64::from(batched).min(outcomes.len() as u64);
-                self.stats.batch_fallbacks += u64::from(fallbacks);
-                if let Err(violation) = self.on_results(slot, chunk, offset, outcomes, busy_ns) {
+            (SlotState::Ready, FromWorker::Results(_)) if self.slots[slot].killed.is_some() => {}
+            (SlotState::Ready, FromWorker::Results(r)) => {
+                self.stats.batched_items += u64::from(r.batched).min(r.outcomes.len() as u64);
+                self.stats.batch_fallbacks += u64::from(r.fallbacks);
+                if let Err(violation) = self.on_results(slot, r.chunk, r.offset, r.outcomes, r.busy_ns) {
                     self.slots[slot].reject(violation);
                 }
             }
@@ -497,7 +543,7 @@ impl Scheduler {
         slot: usize,
         id: u64,
         offset: u32,
-        outcomes: Vec<Outcome>,
+        outcomes: Vec<Result<SharedBytes, WireError>>,
         busy_ns: u64,
     ) -> Result<(), String> {
         if self.slots[slot].queue.front() != Some(&id) {
@@ -536,7 +582,7 @@ impl Scheduler {
             let e = death.item_error(b.index, b.attempts, worker);
             let info =
                 ItemInfo { worker: Some(worker), attempts: b.attempts, kernel_time: None, arrived: Instant::now() };
-            self.job.reorder.complete(b.index, Err(e), info);
+            self.job.reorder.complete(b.index, Err(Box::new(e)), info);
         }
         if self.job.fatal.is_none() {
             self.respawn(slot);
@@ -629,14 +675,14 @@ impl Scheduler {
     }
 }
 
-fn msg_name(msg: &WorkerMsg) -> &'static str {
+fn msg_name(msg: &FromWorker) -> &'static str {
     match msg {
-        WorkerMsg::Ready { .. } => "Ready",
-        WorkerMsg::Results { .. } => "Results",
-        WorkerMsg::Failed { .. } => "Failed",
-        WorkerMsg::InitFailed { .. } => "InitFailed",
-        // The frame reader joins it with its bytes into `Results`.
-        WorkerMsg::LargeResult { .. } => "LargeResult",
+        FromWorker::Msg(WorkerMsg::Ready { .. }) => "Ready",
+        FromWorker::Results(_) => "Results",
+        FromWorker::Msg(WorkerMsg::Failed { .. }) => "Failed",
+        FromWorker::Msg(WorkerMsg::InitFailed { .. }) => "InitFailed",
+        // The frame reader reads these as `FromWorker::Results`.
+        FromWorker::Msg(WorkerMsg::Results { .. } | WorkerMsg::LargeResult { .. }) => "Results",
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 
-use super::{ItemInfo, ItemResult};
+use super::{ItemInfo, SharedResult};
 
 /// Finished items, waiting to be handed out.
 #[derive(Debug)]
@@ -15,9 +15,9 @@ pub(super) struct Reorder {
     ordered: bool,
     /// Ordered: slot `i` holds the result of item `next + i` once it is
     /// known; bounded by the window.
-    waiting: VecDeque<Option<(ItemResult, ItemInfo)>>,
+    waiting: VecDeque<Option<(SharedResult, ItemInfo)>>,
     /// Unordered: results in completion order.
-    done: VecDeque<(u64, ItemResult, ItemInfo)>,
+    done: VecDeque<(u64, SharedResult, ItemInfo)>,
     /// The index of the next result handed out (ordered runs).
     next: u64,
     /// Bytes of successful results held.
@@ -31,7 +31,7 @@ impl Reorder {
 
     /// Takes in the result of item `index`, which must not have been handed
     /// out already.
-    pub(super) fn complete(&mut self, index: u64, result: ItemResult, info: ItemInfo) {
+    pub(super) fn complete(&mut self, index: u64, result: SharedResult, info: ItemInfo) {
         if let Ok(bytes) = &result {
             self.bytes += bytes.len();
         }
@@ -56,7 +56,7 @@ impl Reorder {
     }
 
     /// The next result with its item index, if its turn has come.
-    pub(super) fn pop_ready(&mut self) -> Option<(u64, ItemResult, ItemInfo)> {
+    pub(super) fn pop_ready(&mut self) -> Option<(u64, SharedResult, ItemInfo)> {
         let (index, result, info) = if self.ordered {
             let (r, info) = self.waiting.front_mut()?.take()?;
             self.waiting.pop_front();
@@ -88,19 +88,19 @@ mod tests {
     use super::*;
     use crate::error::{ItemIndex, TaskError, TaskErrorKind};
 
-    fn ok(s: &str) -> ItemResult {
-        Ok(s.as_bytes().to_vec())
+    fn ok(s: &str) -> SharedResult {
+        Ok(s.as_bytes().to_vec().into())
     }
 
-    fn failed(index: u64) -> ItemResult {
-        Err(TaskError {
+    fn failed(index: u64) -> SharedResult {
+        Err(Box::new(TaskError {
             index: ItemIndex(index),
             kind: TaskErrorKind::Timeout,
             message: String::new(),
             worker: None,
             attempts: 1,
             stderr: Vec::new(),
-        })
+        }))
     }
 
     fn info() -> ItemInfo {
@@ -120,7 +120,7 @@ mod tests {
         assert!(r.pop_ready().is_none());
         r.complete(0, ok("a"), info());
         assert!(r.has_ready());
-        assert_eq!(r.pop_ready().unwrap().1.unwrap(), b"a");
+        assert_eq!(&r.pop_ready().unwrap().1.unwrap()[..], b"a");
         assert_eq!(drain(&mut r), [1, 2]);
         assert!(!r.has_ready());
     }
