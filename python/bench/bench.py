@@ -62,6 +62,18 @@ def pi_sieve(n):
     return sum(sieve)
 
 
+def warm(pool, workers):
+    """Warm as peers.py warms its pools, as far as the API shows workers:
+    every worker process started, then items of about a millisecond each,
+    one per chunk, four per worker, so that each worker runs some."""
+    deadline = time.monotonic() + 30
+    while len(pool.worker_pids()) < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError("only %d of %d workers started" % (len(pool.worker_pids()), workers))
+        time.sleep(0.005)
+    pool.map([b"30000"] * (4 * workers), chunksize=1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -98,7 +110,7 @@ def main():
     per_jobs = {}
     for j in (1, jobs):
         with wpool.Pool(k("primes"), j, timeout=30.0) as pool:
-            pool.map([b"1000"] * j)
+            warm(pool, j)
 
             per_jobs[j], _ = timed(s["primes_reps"], lambda: pool.map(items, chunksize=1), equal_to([want] * len(items)))
             emit("primes-scaling", "seconds", "s", per_jobs[j], jobs=j, n=s["primes_n"], items=len(items))
