@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use crossbeam_channel::Receiver;
 use wpool::protocol::{self, HostMsg, Outcome, WorkerMsg};
 use wpool::{Chunksize, Limits, Pool};
 
@@ -57,6 +58,8 @@ fn frames(c: &mut Criterion) {
     protocol::encode(&results, &mut buf);
     let payload = buf[4..].to_vec();
     g.bench_function("decode_results_1024x8B", |b| b.iter(|| protocol::decode::<WorkerMsg>(&payload).unwrap()));
+    // As the host reads them: each result a span of the frame.
+    g.bench_function("decode_results_in_place_1024x8B", |b| b.iter(|| protocol::decode_worker_msg(&payload).unwrap()));
     g.finish();
 }
 
@@ -87,29 +90,51 @@ fn per_item(c: &mut Criterion) {
         }
     }
     // The CLI's and the Python package's path: `wpool::Items` batches of
-    // 1024 from a producer thread, small items back to back.
+    // 1024 from a producer thread, small items back to back; results one by
+    // one (each its own `Vec`), or every ready one at once with their bytes
+    // where they arrived (`next_batch`, as the Python package takes them).
     for workers in [1, 2] {
         let mut p = pool(workers, Chunksize::Auto, limits());
         g.bench_with_input(BenchmarkId::new("auto_items_channel", format!("{workers}w")), &data, |b, data| {
             b.iter(|| {
-                let (tx, rx) = crossbeam_channel::bounded(4);
-                let out = std::thread::scope(|s| {
-                    s.spawn(move || {
-                        for chunk in data.chunks(1024) {
-                            let mut batch = wpool::Items::with_capacity(chunk.len(), 8 * chunk.len());
-                            chunk.iter().for_each(|item| batch.push(item));
-                            if tx.send(batch).is_err() {
-                                return;
-                            }
-                        }
-                    });
-                    p.imap_batches(rx).count()
+                let out = with_items_from_a_thread(data, |rx| p.imap_batches(rx).count());
+                assert_eq!(out, data.len());
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("auto_items_next_batch", format!("{workers}w")), &data, |b, data| {
+            b.iter(|| {
+                let out = with_items_from_a_thread(data, |rx| {
+                    let mut run = p.imap_batches(rx);
+                    let (mut batch, mut n) = (Vec::new(), 0);
+                    while run.next_batch(&mut batch, 8192).unwrap() {
+                        n += batch.len();
+                        batch.clear();
+                    }
+                    n
                 });
                 assert_eq!(out, data.len());
             })
         });
     }
     g.finish();
+}
+
+/// Runs `consume` on a channel that a producer thread fills with `data` in
+/// `wpool::Items` batches of 1024.
+fn with_items_from_a_thread<T>(data: &[Vec<u8>], consume: impl FnOnce(Receiver<wpool::Items>) -> T) -> T {
+    let (tx, rx) = crossbeam_channel::bounded(4);
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            for chunk in data.chunks(1024) {
+                let mut batch = wpool::Items::with_capacity(chunk.len(), 8 * chunk.len());
+                chunk.iter().for_each(|item| batch.push(item));
+                if tx.send(batch).is_err() {
+                    return;
+                }
+            }
+        });
+        consume(rx)
+    })
 }
 
 fn bulk(c: &mut Criterion) {
