@@ -55,6 +55,7 @@ pub(super) fn kill(child: &Mutex<Child>) {
 /// (a launcher's helpers) is killed, before the reap frees the pid.
 pub(super) fn reap(child: &Mutex<Child>) -> ExitStatus {
     let grace = Instant::now() + Duration::from_secs(2);
+    let exit = ExitFd::open(child);
     loop {
         {
             let mut c = child.lock().unwrap_or_else(|p| p.into_inner());
@@ -76,6 +77,37 @@ pub(super) fn reap(child: &Mutex<Child>) -> ExitStatus {
                 let _ = c.kill();
             }
         }
-        thread::sleep(Duration::from_millis(1));
+        match &exit {
+            // Past the grace the process was just killed: it is gone soon.
+            Some(fd) => fd.wait(grace.saturating_duration_since(Instant::now()).max(Duration::from_millis(10))),
+            None => thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
+
+/// A pidfd of a child: readable once it has exited, so that reaping waits
+/// for the exit instead of polling for it (a millisecond's poll was most
+/// of a short run's shutdown). `None` where the kernel has no pidfds
+/// (before Linux 5.3): [`reap`] polls then.
+struct ExitFd(std::os::fd::OwnedFd);
+
+impl ExitFd {
+    fn open(child: &Mutex<Child>) -> Option<ExitFd> {
+        use std::os::fd::FromRawFd;
+        // Under the lock, as every use of the pid: not reaped, not reused.
+        let c = child.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, c.id() as libc::pid_t, 0) };
+        // SAFETY: a non-negative result is a fresh descriptor, ours alone.
+        (fd >= 0).then(|| ExitFd(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }))
+    }
+
+    /// Returns once the process exited, or after `timeout` (or a signal).
+    fn wait(&self, timeout: Duration) {
+        use std::os::fd::AsRawFd;
+        let mut p = libc::pollfd { fd: self.0.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut p, 1, ms) };
     }
 }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStderr, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -290,7 +290,8 @@ pub(crate) struct Session {
     pub(super) child: Arc<Mutex<Child>>,
     /// The tail of the process's stderr (and a launcher's stdout).
     pub(super) tail: Arc<Mutex<VecDeque<u8>>>,
-    stderr_thread: thread::JoinHandle<()>,
+    /// Disconnected once the thread draining the worker's stderr is done.
+    stderr_done: Receiver<()>,
     events: Sender<Event>,
 }
 
@@ -435,19 +436,21 @@ impl Session {
         events: &Sender<Event>,
     ) -> std::io::Result<Session> {
         let tail = Arc::new(Mutex::new(VecDeque::<u8>::new()));
-        let stderr_thread = {
+        let (done, stderr_done) = crossbeam_channel::bounded::<()>(0);
+        {
             let tail = Arc::clone(&tail);
-            thread::Builder::new()
-                .name(format!("wpool-w{}-stderr", req.slot + 1))
-                .spawn(move || drain_into_tail(stderr, &tail))?
-        };
+            thread::Builder::new().name(format!("wpool-w{}-stderr", req.slot + 1)).spawn(move || {
+                let _done = done;
+                drain_into_tail(stderr, &tail)
+            })?;
+        }
         Ok(Session {
             slot: req.slot,
             gen: req.gen,
             cap: frame_cap(req.hello.settings.limits.max_item_size),
             child,
             tail,
-            stderr_thread,
+            stderr_done,
             events: events.clone(),
         })
     }
@@ -464,11 +467,9 @@ impl Session {
             kill(&self.child);
         }
         let status = reap(&self.child);
-        // Give the stderr drain a moment to see EOF so the tail is complete.
-        let deadline = Instant::now() + Duration::from_millis(200);
-        while !self.stderr_thread.is_finished() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(2));
-        }
+        // Give the stderr drain a moment to see EOF so the tail is complete
+        // (a process it left behind may hold the pipe open).
+        let _ = self.stderr_done.recv_timeout(Duration::from_millis(200));
         let stderr = {
             let t = self.tail.lock().unwrap_or_else(|p| p.into_inner());
             String::from_utf8_lossy(&t.iter().copied().collect::<Vec<u8>>()).trim_end().to_string()
