@@ -235,8 +235,8 @@ fn lock_down(hello: &Hello, runtime: &Runtime) -> (SandboxStatus, Option<Ticker>
 }
 
 /// Starts the wasm thread, which runs `init` (on the first instance) before
-/// anything else and says how it went: a failing `init` stops the run.
-/// Returns where `Run` frames go.
+/// anything else and says how it went: a failing `init` stops the run
+/// (without `init`, returns at once). Returns where `Run` frames go.
 fn start_wasm_thread(
     runtime: Runtime,
     hello: &Hello,
@@ -262,6 +262,12 @@ fn start_wasm_thread(
             }
         })
         .map_err(|source| WorkerError::Spawn { what: "wasm thread", source })?;
+    if !has_init {
+        // Nothing to wait for: `Run` frames queue until the thread runs
+        // (waiting for a thread just started cost a start-up up to half a
+        // millisecond on a busy machine).
+        return Ok(tx);
+    }
     match prepared.recv() {
         Ok(Ok(())) => Ok(tx),
         Ok(Err(message)) => {
