@@ -85,6 +85,27 @@ fn r03_infinite_loop_times_out_and_the_worker_survives() {
     assert!(elapsed < Duration::from_millis(1100), "fired late (no epoch tick?): {elapsed:?}");
 }
 
+/// A timeout never stops an item before it. The epoch ticker runs on for up
+/// to a tick after the worker goes idle: an item that arrives meanwhile
+/// starts anywhere between two ticks, and that first part-tick must not
+/// count. Each item here arrives a little later after the previous one, and
+/// the worker's own measure of its time in the kernel (`kernel_time`, exact
+/// for an item that came back alone) is at least the timeout.
+#[test]
+fn r03_a_timeout_never_fires_before_its_time() {
+    let timeout = Duration::from_millis(50);
+    let limits = Limits { timeout: Some(timeout), ..Limits::default() };
+    let mut p = pool_with("hostile", 1, limits);
+    for pause_us in [0, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 4500] {
+        std::thread::sleep(Duration::from_micros(pause_us));
+        let mut it = p.imap(["spin"]);
+        let (result, info) = it.next_with_info().unwrap().unwrap();
+        assert_eq!(result.unwrap_err().kind, TaskErrorKind::Timeout);
+        let ran = info.kernel_time.expect("the worker measured it");
+        assert!(ran >= timeout, "stopped after {ran:?}, before its {timeout:?} timeout (pause {pause_us} µs)");
+    }
+}
+
 #[test]
 fn r05_memory_bomb_is_memory_limit_and_the_worker_survives() {
     let limits = Limits { memory: Some(64 << 20), ..Limits::default() };

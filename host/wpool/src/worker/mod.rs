@@ -369,7 +369,10 @@ fn load(hello: &Hello, node_cache: Option<&ArtifactCache>) -> Result<Runtime, Wo
         }
     };
     let ticks = |t: Duration| (t.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64).max(1);
-    let timeout = hello.settings.limits.timeout.map(ticks);
+    // The first tick of an item comes anywhere from 0 to one tick after it
+    // starts: one tick more, so that no item is stopped before its timeout
+    // (it is stopped within a tick after it, plus the ticker's lateness).
+    let timeout = hello.settings.limits.timeout.map(|t| ticks(t) + 1);
     Runtime::new(
         engine,
         &component,
