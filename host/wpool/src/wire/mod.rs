@@ -204,7 +204,7 @@ pub enum WorkerMsg {
     /// follow as the next frame's payload, unencoded: a big result goes out
     /// from the buffer wasmtime lifted it into (a vectored write) and the
     /// host reads it straight into its own buffer, without a copy into or
-    /// out of a frame. Results of [`LARGE_RESULT`] bytes or more travel so.
+    /// out of a frame. Results of [`LARGE`] bytes or more travel so.
     /// The host's frame reader turns the pair into `Results`.
     LargeResult { chunk: u64, offset: u32, len: u32, busy_ns: u64, batched: u32, fallbacks: u32 },
 }
@@ -461,15 +461,17 @@ pub struct ResultsAt {
 /// [`ResultsAt`] (a unit test holds the two decoders equal, on arbitrary
 /// bytes too).
 pub fn decode_worker_msg(payload: &[u8]) -> Result<Incoming, FrameError> {
-    match take::<u32>(&mut &payload[..]) {
-        Ok(1) => decode_results(payload).map(Incoming::Results), // WorkerMsg::Results
+    let mut rest = payload;
+    match take::<u32>(&mut rest) {
+        Ok(1) => decode_results(payload, rest).map(Incoming::Results), // WorkerMsg::Results
         _ => decode(payload).map(Incoming::Msg),
     }
 }
 
-fn decode_results(payload: &[u8]) -> Result<ResultsAt, FrameError> {
-    let rest = &mut &payload[..];
-    take::<u32>(rest)?;
+/// The fields of a `Results` whose variant index `payload` began with;
+/// `rest` is what follows it.
+fn decode_results<'a>(payload: &'a [u8], mut rest: &'a [u8]) -> Result<ResultsAt, FrameError> {
+    let rest = &mut rest;
     let chunk = take(rest)?;
     let offset = take(rest)?;
     let n = take::<usize>(rest)?;
@@ -578,7 +580,6 @@ mod tests {
         ]
     }
 
-    // P2: a 4 GiB announcement is refused before any allocation.
     #[test]
     fn run_frames_with_large_items_written_apart_are_the_encoded_frames() {
         let big = vec![7u8; LARGE + 300];
@@ -599,6 +600,7 @@ mod tests {
         }
     }
 
+    // P2: a 4 GiB announcement is refused before any allocation.
     #[test]
     fn p2_huge_length_prefix_is_rejected_before_allocation() {
         let bytes = u32::MAX.to_le_bytes();
