@@ -32,7 +32,16 @@ fn main() -> ExitCode {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
     }
     widen_pipes();
-    exit::status(cmd::run(flags::Cli::parse().command))
+    let command = flags::Cli::parse().command;
+    if let flags::Command::Map(map) = &command {
+        if map.run.launcher.is_none() && !map.run.slurm {
+            // The process that forks the local workers starts now, its
+            // start-up overlapping the kernel's and the inputs' (best
+            // effort: the pool starts its own if this one failed).
+            let _ = wpool::prestart();
+        }
+    }
+    exit::status(cmd::run(command))
 }
 
 /// When stdin or stdout is a pipe, makes it hold 1 MiB (the unprivileged

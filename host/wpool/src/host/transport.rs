@@ -9,11 +9,12 @@
 //! [`Link`] that cuts a launched worker off. Spawning, reaping and turning
 //! frames into events are the supervisor's.
 
+use std::fs::File;
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{ChildStdin, ChildStdout, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -106,6 +107,15 @@ impl Transport {
     }
 }
 
+impl Transport {
+    /// The opening of a local worker forked by the pool's zygote (which
+    /// set up its environment, directory and process group as
+    /// [`Transport::prepare`] does for an `exec`).
+    pub(crate) fn forked(&self) -> Opening {
+        Opening::Pipes
+    }
+}
+
 impl Opening {
     /// The worker did not start: its connection is no longer expected.
     pub(crate) fn abandon(self) {
@@ -117,13 +127,7 @@ impl Opening {
     /// Starts the threads that carry the frames of a started worker, the
     /// `Hello` first. Returns where frames for the worker go and, for a
     /// launched worker, its link.
-    pub(crate) fn start(
-        self,
-        session: Session,
-        stdin: ChildStdin,
-        stdout: ChildStdout,
-        hello: &Hello,
-    ) -> std::io::Result<Started> {
+    pub(crate) fn start(self, session: Session, stdin: File, stdout: File, hello: &Hello) -> std::io::Result<Started> {
         let (frames_tx, frames_rx) = crossbeam_channel::unbounded::<Frame>();
         let link = match self {
             Opening::Pipes => {
@@ -192,8 +196,8 @@ impl Drop for WidePipe {
 /// waits for the worker's connection and then reads its frames.
 fn start_dial_back(
     session: Session,
-    mut stdin: ChildStdin,
-    stdout: ChildStdout,
+    mut stdin: File,
+    stdout: File,
     hello: &Hello,
     frames: Receiver<Frame>,
     expected: Expected,
