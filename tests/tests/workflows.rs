@@ -1,7 +1,7 @@
 //! The seed workflows beyond a single map: an initializer with broadcast
 //! configuration, and read-only data shared by every instance.
 
-use wpool::{Error, Pool};
+use wpool::{Chunksize, Error, Pool};
 use wpool_tests::*;
 
 const TABLE: &[u8] = b"cat\tchat\ndog\tchien\n";
@@ -462,4 +462,22 @@ fn bench_and_map_refuse_bad_worker_lists_naming_them() {
     let o = run(c, b"");
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("no items"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_large_init_configuration_reaches_every_worker_whole() {
+    // A `Hello` this large does not fit the pipe a forked worker starts
+    // with: it is written as the first frame instead, once the worker reads.
+    let mut table = TABLE.to_vec();
+    for i in 0..40_000 {
+        table.extend_from_slice(format!("filler{i}\tvalue{i}\n").as_bytes());
+    }
+    assert!(table.len() > 512 << 10);
+    let mut p = Pool::builder(kernel("dict")).workers(2).chunksize(Chunksize::Fixed(1)).init(table).build().unwrap();
+    let items: Vec<&str> = std::iter::repeat_n(["the cat", "filler39999"], 20).flatten().collect();
+    for (i, r) in p.map(items).unwrap().into_iter().enumerate() {
+        let want: &[u8] = if i % 2 == 0 { b"the chat" } else { b"value39999" };
+        assert_eq!(r.as_deref().unwrap(), want, "item {i}");
+    }
+    assert_eq!(p.worker_pids().len(), 2);
 }

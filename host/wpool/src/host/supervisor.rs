@@ -23,7 +23,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::Crash;
 use crate::host::process::{kill, reap, Proc};
-use crate::host::transport::{Link, Started, Transport};
+use crate::host::transport::{hello_frame, Link, Started, Transport};
 use crate::host::zygote::{Pipes, Zygote};
 use crate::shared::SharedBytes;
 use crate::wire::{
@@ -44,6 +44,10 @@ impl AsRef<[u8]> for Shared {
         &self.0
     }
 }
+
+/// A `Hello` frame up to this size is written into a new worker's pipe
+/// before it runs: an empty pipe takes 64 KiB without blocking.
+const HELLO_IN_PIPE: usize = 32 << 10;
 
 /// Bytes of a worker's own stderr kept for error messages.
 const WORKER_STDERR_TAIL: usize = 4096;
@@ -310,8 +314,13 @@ fn spawn_one(
 ) -> std::io::Result<WorkerProc> {
     if let Some(zygote) = zygotes.get(command) {
         let pipes = Pipes::new()?;
+        // The `Hello` goes into the empty pipe now, so that the worker
+        // finds it there as it starts (unless it is big: then it would
+        // block until the worker reads, and goes with the other frames).
+        let hello = hello_frame(&req.hello);
+        let hello_written = hello.len() <= HELLO_IN_PIPE && write_all(&pipes.to_worker, &hello).is_ok();
         match zygote.fork(&command.cwd, pipes.theirs()) {
-            Ok(pid) => return forked(pid, pipes, transport, req, events),
+            Ok(pid) => return forked(pid, pipes, hello_written, transport, req, events),
             // Dead or stuck: this worker is exec'd, the next asks a new one.
             Err(_) => zygotes.failed(),
         }
@@ -336,11 +345,24 @@ fn spawn_one(
     Ok(WorkerProc { slot: req.slot, gen: req.gen, pid, frames: Some(frames), child, link })
 }
 
+/// `write_all` on a borrowed fd.
+fn write_all(fd: &std::os::fd::OwnedFd, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        match rustix::io::write(fd, bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// The session of a local worker the pool's zygote just forked on these
 /// pipes.
 fn forked(
     pid: u32,
     pipes: Pipes,
+    hello_written: bool,
     transport: &Transport,
     req: &SpawnRequest,
     events: &Sender<Event>,
@@ -349,7 +371,7 @@ fn forked(
     drop(theirs);
     let child = Arc::new(Mutex::new(Proc::Forked { pid, status: None }));
     let session = Session::start(req, Arc::clone(&child), File::from(stderr), events)?;
-    let opening = transport.forked();
+    let opening = transport.forked(hello_written);
     let Started { frames, link } =
         opening.start(session, File::from(to_worker), File::from(from_worker), &req.hello)?;
     Ok(WorkerProc { slot: req.slot, gen: req.gen, pid, frames: Some(frames), child, link })

@@ -20,31 +20,25 @@ use crate::wire::ZYGOTE_ARG;
 /// on (it answers at once; this only guards against one that hangs).
 const ANSWER_TIMEOUT_S: i64 = 5;
 
-/// A running zygote and the socket to ask it for workers.
+/// A zygote and the socket to ask it for workers.
 pub(crate) struct Zygote {
     sock: OwnedFd,
-    process: Child,
+    process: Process,
+}
+
+/// The zygote process, or the thread spawning it (see [`prestart`]).
+enum Process {
+    Spawned(Child),
+    Spawning(crossbeam_channel::Receiver<std::io::Result<Child>>),
 }
 
 impl Zygote {
-    /// Starts `program` as a zygote: no environment, `/` as its directory
-    /// (each worker moves to the one it is given), its own process group.
-    /// The zygote and the workers it forks die with the calling thread.
+    /// Starts `program` as a zygote. The zygote and the workers it forks die
+    /// with the calling thread.
     pub(crate) fn start(program: &Path) -> std::io::Result<Zygote> {
-        use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
-        let (sock, theirs) = socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?;
-        let process = Command::new(program)
-            .arg0("wpool-zygote")
-            .arg(ZYGOTE_ARG)
-            .arg(std::process::id().to_string())
-            .env_clear()
-            .current_dir("/")
-            .process_group(0)
-            .stdin(Stdio::from(theirs))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        Ok(Zygote { sock, process })
+        let (sock, theirs) = socket_pair()?;
+        let process = command(program, theirs).spawn()?;
+        Ok(Zygote { sock, process: Process::Spawned(process) })
     }
 
     /// Forks a worker in directory `cwd` (absolute) whose stdin, stdout and
@@ -80,14 +74,51 @@ impl Zygote {
     }
 }
 
-/// A zygote started early by [`prestart`], until a pool adopts it.
+/// The zygote command: `program` with no environment, `/` as its
+/// directory (each worker moves to the one it is given), its own process
+/// group, `sock` as its stdin.
+fn command(program: &Path, sock: OwnedFd) -> Command {
+    let mut c = Command::new(program);
+    c.arg0("wpool-zygote")
+        .arg(ZYGOTE_ARG)
+        .arg(std::process::id().to_string())
+        .env_clear()
+        .current_dir("/")
+        .process_group(0)
+        .stdin(Stdio::from(sock))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
+fn socket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+    Ok(socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?)
+}
+
+/// The zygote [`prestart`] started, until a pool adopts it.
 static EARLY: std::sync::Mutex<Option<Zygote>> = std::sync::Mutex::new(None);
 
-/// Starts this program's zygote now (see [`crate::prestart`]).
+/// Starts this program's zygote now (see [`crate::prestart`]), from a
+/// thread of its own: the caller goes on at once instead of waiting for a
+/// core behind the `exec` it started (the parent of a `vfork` resumes on the
+/// core where its child runs), and requests can be queued on the socket
+/// before the zygote runs. The zygote and the workers it forks die when
+/// the thread that started it ends, so that thread lives as long as the
+/// process, parked.
 pub(crate) fn prestart() -> std::io::Result<()> {
     let mut early = EARLY.lock().unwrap_or_else(|p| p.into_inner());
     if early.is_none() {
-        *early = Some(Zygote::start(Path::new("/proc/self/exe"))?);
+        let (sock, theirs) = socket_pair()?;
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::Builder::new().name("wpool-zygote".into()).spawn(move || {
+            let _ = tx.send(command(Path::new("/proc/self/exe"), theirs).spawn());
+            drop(tx);
+            loop {
+                std::thread::park();
+            }
+        })?;
+        *early = Some(Zygote { sock, process: Process::Spawning(rx) });
     }
     Ok(())
 }
@@ -100,8 +131,18 @@ pub(crate) fn take_early() -> Option<Zygote> {
 impl Drop for Zygote {
     /// The workers it forked are not its children: killing it touches none.
     fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
+        if let Process::Spawning(rx) = &self.process {
+            match rx.recv_timeout(std::time::Duration::from_secs(5)) {
+                Ok(Ok(child)) => self.process = Process::Spawned(child),
+                // Never spawned; or so late that it finds its socket closed
+                // and exits.
+                _ => return,
+            }
+        }
+        if let Process::Spawned(child) = &mut self.process {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
