@@ -65,7 +65,8 @@ fn artifact_of(kernel: &str) -> (String, u64) {
     assert_eq!(names.len(), 1, "{names:?}");
     let size = |p: PathBuf| std::fs::metadata(p).unwrap().len();
     let key = names[0].trim_end_matches(".cwasm");
-    let bytes = size(scratch.path().join(&names[0])) + size(scratch.path().join(format!("{key}.blake3")));
+    let bytes =
+        ["cwasm", "blake3", "checked"].iter().map(|ext| size(scratch.path().join(format!("{key}.{ext}")))).sum();
     (names[0].clone(), bytes)
 }
 
@@ -114,6 +115,7 @@ fn eviction_over_the_cap_removes_the_least_recently_used() {
     expected.sort();
     assert_eq!(artifacts(cache.path()), expected, "echo ({echo}) was the least recently used");
     assert!(!cache.path().join(echo.replace(".cwasm", ".blake3")).exists());
+    assert!(!cache.path().join(echo.replace(".cwasm", ".checked")).exists());
 
     // A cap below one artifact keeps just the one written last.
     map_one(cache.path(), "echo", "a", Some("1"));
@@ -228,19 +230,22 @@ fn eight_concurrent_runs_on_an_empty_cache_agree_and_leave_one_whole_artifact() 
         assert_eq!(o.stdout, outs[0].stdout);
     }
     assert_eq!(String::from_utf8_lossy(&outs[0].stdout).lines().count(), 200);
-    // One artifact with its digest, nothing half-written beside them.
+    // One artifact with its digest and the record of its check, nothing
+    // half-written beside them.
     let mut files: Vec<String> = std::fs::read_dir(cache.path())
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     files.sort();
-    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(files.len(), 3, "{files:?}");
     let (name, bytes) = artifact_of("sha256");
     assert_eq!(artifacts(cache.path()), std::slice::from_ref(&name));
     let key = name.trim_end_matches(".cwasm");
-    let on_disk = std::fs::metadata(cache.path().join(&name)).unwrap().len()
-        + std::fs::metadata(cache.path().join(format!("{key}.blake3"))).unwrap().len();
+    let on_disk: u64 = ["cwasm", "blake3", "checked"]
+        .iter()
+        .map(|ext| std::fs::metadata(cache.path().join(format!("{key}.{ext}"))).unwrap().len())
+        .sum();
     assert_eq!(on_disk, bytes, "the artifact is whole");
     // And it loads: a ninth run uses it as it is.
     let first = String::from_utf8_lossy(&outs[0].stdout).lines().next().unwrap().to_string();
@@ -298,5 +303,50 @@ fn an_unusable_cache_directory_compiles_in_memory_with_one_warning() {
         assert_eq!(warnings.len(), 1, "one line: {err}");
         assert!(warnings[0].contains("cannot write") && warnings[0].contains(reason), "{err}");
         assert_eq!(left, "", "nothing half-written left in the cache: {err}");
+    }
+}
+
+#[test]
+fn a_cached_kernel_keeps_its_check_beside_its_digest_and_loads_alike() {
+    use wpool::Kernel;
+    // A map kernel, one with `init`, a reducer.
+    for name in ["upper", "dict", "sum"] {
+        let cache = tempfile::tempdir().unwrap();
+        let bytes = std::fs::read(kernel_path(name)).unwrap();
+        let load = || Kernel::from_bytes_with_cache(name, bytes.clone(), cache.path()).unwrap();
+        let first = load();
+        let key = artifacts(cache.path())[0].trim_end_matches(".cwasm").to_string();
+        let digest = std::fs::read_to_string(cache.path().join(format!("{key}.blake3"))).unwrap();
+        let record_path = cache.path().join(format!("{key}.checked"));
+        let record = std::fs::read_to_string(&record_path).unwrap();
+        let lines: Vec<&str> = record.lines().collect();
+        assert_eq!(lines[0], digest.trim(), "the artifact's digest first: {record}");
+        assert!(lines[1].starts_with("checked wpool "), "{record}");
+        assert_eq!(lines[2], format!("init {}", u8::from(first.has_init())), "{record}");
+        assert_eq!(lines[3], format!("reducer {}", u8::from(first.is_reducer())), "{record}");
+        assert!(lines.iter().any(|l| l.starts_with("export ")), "{record}");
+        // Loaded from the record: the same kernel as checked.
+        let second = load();
+        assert_eq!(second.info(), first.info(), "{name}");
+        assert_eq!((second.has_init(), second.is_reducer()), (first.has_init(), first.is_reducer()), "{name}");
+        // A record of another version, of another artifact or a cut one is
+        // not used: the kernel is checked again and the record rewritten.
+        let init = format!("init {}", u8::from(first.has_init()));
+        let wrong_init = format!("init {}", u8::from(!first.has_init()));
+        for stale in [
+            record.replacen("checked wpool ", "checked wpool 0.0.0-", 1).replacen(&init, &wrong_init, 1),
+            record.replacen(&lines[0][..8], "00000000", 1).replacen(&init, &wrong_init, 1),
+            lines[..4].join("\n") + "\n",
+        ] {
+            std::fs::write(&record_path, &stale).unwrap();
+            let third = load();
+            assert_eq!((third.has_init(), third.info()), (first.has_init(), first.info()), "{name}");
+            assert_eq!(std::fs::read_to_string(&record_path).unwrap(), record, "{name}: rewritten");
+        }
+        assert_eq!(artifacts(cache.path()).len(), 1);
+        if name == "upper" {
+            // A run loads it from the record; its workers map the artifact.
+            assert_eq!(map_one(cache.path(), "upper", "abc", None), "ABC\n");
+        }
     }
 }

@@ -4,7 +4,8 @@
 //! Compiling, naming and verifying artifacts belong to `kernel`; this module
 //! only counts, ages and removes them. An artifact is `KEY.cwasm` plus its
 //! recorded digest `KEY.blake3` (BLAKE3: SHA-256 made checking a 35 MB
-//! artifact the largest part of a warm start). Its modification time is its last use: a
+//! artifact the largest part of a warm start) and what checking its kernel
+//! found, `KEY.checked`. Its modification time is its last use: a
 //! cache hit touches it, so eviction removes the least recently used first.
 //!
 //! An artifact a running wpool process has used is held with a shared
@@ -34,6 +35,11 @@ pub const MAX_ENV: &str = "WPOOL_CACHE_MAX";
 
 const ARTIFACT_EXT: &str = "cwasm";
 pub(crate) const DIGEST_EXT: &str = "blake3";
+/// What checking the kernel found (see `kernel::Checked`).
+pub(crate) const CHECKED_EXT: &str = "checked";
+
+/// The files that belong to an artifact, removed before it.
+const SIDECARS: [&str; 2] = [DIGEST_EXT, CHECKED_EXT];
 
 /// The directory of precompiled artifacts that kernels are loaded from.
 ///
@@ -205,7 +211,6 @@ pub(crate) fn evict(dir: &Path, max_bytes: u64, written: &Path) {
 
 struct Entry {
     artifact: PathBuf,
-    digest: PathBuf,
     bytes: u64,
     used: SystemTime,
 }
@@ -224,10 +229,10 @@ fn entries(dir: &Path) -> Result<Vec<Entry>, Error> {
         if !meta.is_file() {
             continue;
         }
-        let digest = artifact.with_extension(DIGEST_EXT);
-        let digest_bytes = fs::symlink_metadata(&digest).map(|m| m.len()).unwrap_or(0);
+        let sidecar_bytes: u64 =
+            SIDECARS.iter().map(|ext| fs::symlink_metadata(artifact.with_extension(ext)).map_or(0, |m| m.len())).sum();
         let used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-        entries.push(Entry { artifact, digest, bytes: meta.len() + digest_bytes, used });
+        entries.push(Entry { artifact, bytes: meta.len() + sidecar_bytes, used });
     }
     Ok(entries)
 }
@@ -247,7 +252,8 @@ fn remove_unless_in_use(entry: &Entry) -> io::Result<bool> {
         return if e.kind() == io::ErrorKind::WouldBlock { Ok(false) } else { Err(e) };
     }
     // The digest first: an artifact without one is a miss, never trusted.
-    for path in [&entry.digest, &entry.artifact] {
+    let sidecars = SIDECARS.map(|ext| entry.artifact.with_extension(ext));
+    for path in sidecars.iter().chain([&entry.artifact]) {
         match fs::remove_file(path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -257,13 +263,14 @@ fn remove_unless_in_use(entry: &Entry) -> io::Result<bool> {
     Ok(true)
 }
 
-/// Digests whose artifact is gone (a writer interrupted between the two
-/// files, or an artifact removed by hand).
+/// Digests and records whose artifact is gone (a writer interrupted
+/// between the files, or an artifact removed by hand).
 fn remove_orphan_digests(dir: &Path) {
     let Ok(list) = fs::read_dir(dir) else { return };
     for item in list.flatten() {
         let path = item.path();
-        if path.extension().is_some_and(|e| e == DIGEST_EXT) && !path.with_extension(ARTIFACT_EXT).exists() {
+        let sidecar = path.extension().is_some_and(|e| SIDECARS.iter().any(|s| e == *s));
+        if sidecar && !path.with_extension(ARTIFACT_EXT).exists() {
             let _ = fs::remove_file(&path);
         }
     }

@@ -156,11 +156,23 @@ impl Kernel {
     }
 
     fn new(name: String, bytes: Arc<[u8]>, cache: ArtifactCache) -> Result<Kernel, Error> {
-        // Validating needs a compiled component; keep its artifact so that a
-        // pool with default codegen settings need not load it again.
-        let (default_artifact, component, engine) = cache.get_or_compile(&name, &bytes, &EngineSettings::default())?;
-        let info = describe(&engine, &component, bytes.len());
-        let shape = check_contract(&name, &engine, &component)?;
+        // Validating needs a compiled component, unless this artifact was
+        // checked before (what the check found is kept beside its digest);
+        // keep the artifact so that a pool with default codegen settings
+        // need not load it again.
+        let settings = EngineSettings::default();
+        let (default_artifact, loaded, engine) = cache.get_or_compile(&name, &bytes, &settings, Want::Checked)?;
+        let checked = match loaded {
+            Loaded::Checked(checked) => checked,
+            Loaded::Component(component) => {
+                let KernelInfo { imports, exports, .. } = describe(&engine, &component, bytes.len());
+                let checked = Checked { shape: check_contract(&name, &engine, &component)?, imports, exports };
+                cache.record_checked(&default_artifact, &checked);
+                checked
+            }
+        };
+        let Checked { shape, imports, exports } = checked;
+        let info = KernelInfo { size: bytes.len(), format: "component", imports, exports };
         Ok(Kernel { name, bytes, info, cache, default_artifact, has_init: shape.init, reducer: shape.reducer })
     }
 
@@ -214,7 +226,7 @@ impl Kernel {
         if settings.codegen_key() == EngineSettings::default().codegen_key() && kept {
             return Ok(self.default_artifact.clone());
         }
-        self.cache.get_or_compile(&self.name, &self.bytes, settings).map(|(a, _, _)| a)
+        self.cache.get_or_compile(&self.name, &self.bytes, settings, Want::Component).map(|(a, _, _)| a)
     }
 
     /// Describes a kernel file and says whether it would be accepted. Errors
@@ -225,14 +237,16 @@ impl Kernel {
         let name = path.display().to_string();
         let mut info = KernelInfo { size: bytes.len(), format: format_of(&bytes), imports: vec![], exports: vec![] };
         let cache = ArtifactCache::for_kernel(None)?;
-        let (worlds, rejection) = match cache.get_or_compile(&name, &bytes, &EngineSettings::default()) {
-            Ok((_, component, engine)) => {
+        let (worlds, rejection) = match cache.get_or_compile(&name, &bytes, &EngineSettings::default(), Want::Component)
+        {
+            Ok((_, Loaded::Component(component), engine)) => {
                 info = describe(&engine, &component, bytes.len());
                 match check_contract(&name, &engine, &component) {
                     Ok(shape) => (shape.worlds(has_map_batch(&engine, &component)), None),
                     Err(e) => (vec![], Some(e)),
                 }
             }
+            Ok((_, Loaded::Checked(_), _)) => unreachable!("a component was asked for"),
             Err(e) => (vec![], Some(e)),
         };
         Ok(Inspection { info, worlds, rejection })
@@ -363,7 +377,7 @@ fn check_export(
 }
 
 /// What kind of kernel a component is.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Shape {
     init: bool,
     reducer: bool,
@@ -389,6 +403,83 @@ impl Shape {
         }
         worlds.push(World::Kernel);
         worlds
+    }
+}
+
+/// What a cache lookup is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// The component itself.
+    Component,
+    /// What checking it finds: a [`Checked`] record kept beside the
+    /// artifact's digest saves deserializing it.
+    Checked,
+}
+
+/// A cache hit or a compile: the component, or the record of its check.
+enum Loaded {
+    Component(Component),
+    Checked(Checked),
+}
+
+/// What checking a kernel found: its shape and what `describe` lists. Kept
+/// beside its artifact as `KEY.checked` (in the private cache, as trusted
+/// as the artifact; its first line is the digest of the artifact it was
+/// found for), so that loading a cached kernel again needs neither
+/// deserializing nor checking it in the host (about 0.5 ms). Versions of
+/// wpool without it ignore the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Checked {
+    shape: Shape,
+    imports: Vec<String>,
+    exports: Vec<String>,
+}
+
+impl Checked {
+    /// Names the code that made a record: a record of another version of
+    /// wpool (whose checks may differ) is checked again. Bump it when
+    /// `check_contract` or `describe` change what they report.
+    const TAG: &'static str = concat!("checked wpool ", env!("CARGO_PKG_VERSION"), " 1");
+
+    /// The record of the check of the artifact with `digest`; `None` if a
+    /// name cannot be kept on a line.
+    fn encode(&self, digest: &[u8; 32]) -> Option<String> {
+        let (init, reducer) = (u8::from(self.shape.init), u8::from(self.shape.reducer));
+        let mut out = format!("{}\n{}\ninit {init}\nreducer {reducer}\n", hex::encode(digest), Self::TAG);
+        for (kind, items) in [("import", &self.imports), ("export", &self.exports)] {
+            for item in items {
+                if item.contains(['\n', '\r']) {
+                    return None;
+                }
+                let _ = writeln!(out, "{kind} {item}");
+            }
+        }
+        Some(out)
+    }
+
+    /// The record, if it is whole, of this version and of the artifact
+    /// with `digest`.
+    fn decode(record: &str, digest: &[u8; 32]) -> Option<Checked> {
+        let mut lines = record.lines();
+        if lines.next()? != hex::encode(digest) || lines.next()? != Self::TAG {
+            return None;
+        }
+        let flag = |line: Option<&str>, name: &str| match line?.strip_prefix(name)? {
+            " 0" => Some(false),
+            " 1" => Some(true),
+            _ => None,
+        };
+        let shape = Shape { init: flag(lines.next(), "init")?, reducer: flag(lines.next(), "reducer")? };
+        let (mut imports, mut exports) = (Vec::new(), Vec::new());
+        for line in lines {
+            match line.split_once(' ') {
+                Some(("import", item)) if exports.is_empty() => imports.push(item.to_string()),
+                Some(("export", item)) => exports.push(item.to_string()),
+                _ => return None,
+            }
+        }
+        // Every kernel exports `map` or `reduce`: no exports is a cut record.
+        (!exports.is_empty()).then_some(Checked { shape, imports, exports })
     }
 }
 
@@ -738,12 +829,28 @@ impl ArtifactCache {
         name: &str,
         bytes: &[u8],
         settings: &EngineSettings,
-    ) -> Result<(Artifact, Component, Engine), Error> {
+        want: Want,
+    ) -> Result<(Artifact, Loaded, Engine), Error> {
         check_header(name, bytes)?;
         let engine = Engine::new(&settings.wasmtime_config())
             .map_err(|e| Error::InvalidKernel { kernel: name.into(), message: format!("engine: {e:#}") })?;
-        let (artifact, component) = self.lookup_or_compile(&engine, name, bytes, settings)?;
-        Ok((artifact, component, engine))
+        let (artifact, loaded) = self.lookup_or_compile(&engine, name, bytes, settings, want)?;
+        Ok((artifact, loaded, engine))
+    }
+
+    /// Keeps what checking the kernel of `artifact` found beside its
+    /// digest, for the next load to skip deserializing and checking it.
+    /// Best effort: without it, the next load checks again.
+    fn record_checked(&self, artifact: &Artifact, checked: &Checked) {
+        if self.unusable().is_some() {
+            return;
+        }
+        if let Some(record) = checked.encode(&artifact.digest) {
+            if self.write_atomic(&artifact.path.with_extension(cache::CHECKED_EXT), record.as_bytes()).is_ok() {
+                // It counts against the cap too.
+                cache::evict(&self.dir, self.max_bytes, &artifact.path);
+            }
+        }
     }
 
     /// The kernel compiled for `engine`, from this cache or compiled and
@@ -756,7 +863,10 @@ impl ArtifactCache {
         bytes: &[u8],
         settings: &EngineSettings,
     ) -> Result<Component, Error> {
-        self.lookup_or_compile(engine, name, bytes, settings).map(|(_, c)| c)
+        match self.lookup_or_compile(engine, name, bytes, settings, Want::Component)? {
+            (_, Loaded::Component(component)) => Ok(component),
+            (_, Loaded::Checked(_)) => unreachable!("a component was asked for"),
+        }
     }
 
     fn lookup_or_compile(
@@ -765,12 +875,13 @@ impl ArtifactCache {
         name: &str,
         bytes: &[u8],
         settings: &EngineSettings,
-    ) -> Result<(Artifact, Component), Error> {
+        want: Want,
+    ) -> Result<(Artifact, Loaded), Error> {
         let key = cache_key(engine, bytes, settings);
         let path = self.dir.join(format!("{key}.cwasm"));
         let sum_path = self.dir.join(format!("{key}.{}", cache::DIGEST_EXT));
         let in_memory = self.unusable().is_some();
-        if let Some(hit) = (!in_memory).then(|| self.load(engine, &path, &sum_path)).flatten() {
+        if let Some(hit) = (!in_memory).then(|| self.load(engine, &path, &sum_path, want)).flatten() {
             return Ok(hit);
         }
         let component = Component::new(engine, bytes)
@@ -782,7 +893,7 @@ impl ArtifactCache {
         let sealed = seal(&serialized).ok().map(Arc::new);
         if !in_memory {
             match self.store(&path, &sum_path, &serialized, &digest) {
-                Ok(()) => return Ok((Artifact { path, digest, sealed }, component)),
+                Ok(()) => return Ok((Artifact { path, digest, sealed }, Loaded::Component(component))),
                 // A full disk, a read-only directory: local workers can map
                 // the sealed copy, so the run goes on without the cache.
                 Err(e) if sealed.is_some() => self.mark_unusable(without_path(&e, &self.dir)),
@@ -796,7 +907,7 @@ impl ArtifactCache {
                 message: format!("{why}, and the artifact cannot be kept in sealed memory either"),
             });
         }
-        Ok((Artifact { path, digest, sealed }, component))
+        Ok((Artifact { path, digest, sealed }, Loaded::Component(component)))
     }
 
     /// Writes an artifact and its digest, and evicts over the cap.
@@ -819,37 +930,52 @@ impl ArtifactCache {
     /// else (missing, truncated, tampered) is a miss and gets recompiled.
     /// The file is copied into a sealed memfd (in the kernel, no copy
     /// through this process) and the digest is checked on the sealed copy:
-    /// exactly the bytes that this process and the workers map.
-    fn load(&self, engine: &Engine, path: &Path, sum_path: &Path) -> Option<(Artifact, Component)> {
+    /// exactly the bytes that this process and the workers map. With
+    /// [`Want::Checked`] and a record of the check of this very artifact
+    /// (`KEY.checked`), the artifact is not deserialized here: the workers
+    /// do.
+    fn load(&self, engine: &Engine, path: &Path, sum_path: &Path, want: Want) -> Option<(Artifact, Loaded)> {
         let mut file = cache::hold(path)?;
         let recorded = fs::read_to_string(sum_path).ok()?;
         let recorded = recorded.trim();
-        let (digest, component, sealed) = match seal_copy(&mut file) {
+        let checked = match want {
+            Want::Checked => fs::read_to_string(path.with_extension(cache::CHECKED_EXT)).ok(),
+            Want::Component => None,
+        };
+        let (digest, loaded, sealed) = match seal_copy(&mut file) {
             Ok(sealed) => {
                 let digest = digest_of(&sealed).ok()?;
                 if hex::encode(digest) != recorded {
                     return None;
                 }
-                // SAFETY: these bytes were written by wpool into this user's
-                // private (0700, owner-checked) cache on this machine and
-                // match the digest recorded then; the memfd is sealed, so
-                // they cannot change; wasmtime also checks the artifact's
-                // engine compatibility header. Nothing here came over the
-                // network.
-                match unsafe { deserialize_sealed(engine, &sealed) } {
-                    Ok(component) => (digest, component, Some(Arc::new(sealed))),
-                    // A memfd that cannot be mapped executable here.
-                    Err(_) => (digest, self.deserialize_checked(engine, path, recorded)?.1, None),
+                match checked.and_then(|record| Checked::decode(&record, &digest)) {
+                    // Workers map it, or read the file where a memfd cannot
+                    // be mapped executable.
+                    Some(checked) => (digest, Loaded::Checked(checked), Some(Arc::new(sealed))),
+                    // SAFETY: these bytes were written by wpool into this
+                    // user's private (0700, owner-checked) cache on this
+                    // machine and match the digest recorded then; the memfd
+                    // is sealed, so they cannot change; wasmtime also checks
+                    // the artifact's engine compatibility header. Nothing
+                    // here came over the network.
+                    None => match unsafe { deserialize_sealed(engine, &sealed) } {
+                        Ok(component) => (digest, Loaded::Component(component), Some(Arc::new(sealed))),
+                        // A memfd that cannot be mapped executable here.
+                        Err(_) => {
+                            let (digest, component) = self.deserialize_checked(engine, path, recorded)?;
+                            (digest, Loaded::Component(component), None)
+                        }
+                    },
                 }
             }
             // No memfds here.
             Err(_) => {
                 let (digest, component) = self.deserialize_checked(engine, path, recorded)?;
-                (digest, component, None)
+                (digest, Loaded::Component(component), None)
             }
         };
         cache::touch(&file);
-        Some((Artifact { path: path.to_path_buf(), digest, sealed }, component))
+        Some((Artifact { path: path.to_path_buf(), digest, sealed }, loaded))
     }
 
     /// The artifact at `path` read into memory, checked against `recorded`
