@@ -1,7 +1,6 @@
 //! The zygote: a process a pool starts once (an `exec` of the worker
-//! binary, with a worker's environment: none, a private empty directory,
-//! its own process group), that forks every local worker of that pool on
-//! request. Forking a small single-threaded process costs a fraction of an
+//! binary with no environment, `/` as its directory and its own process
+//! group), that forks every local worker of that pool on request. Forking a small single-threaded process costs a fraction of an
 //! `exec` of this binary, which maps, relocates and faults in a hundred
 //! megabytes of code before `main`; each forked worker then runs exactly
 //! the code of an exec'd one, from [`super::main`] on: it dies with its
@@ -95,7 +94,10 @@ fn receive(sock: BorrowedFd<'_>) -> std::io::Result<Option<(std::ffi::CString, O
     }))
 }
 
-/// `fork`, but the child's parent is this process's parent (the host).
+/// `fork`, but the child's parent is this process's parent (the host). If
+/// the host gives up on an answer (after a few seconds) or the zygote dies
+/// before it answers, a child it forked finds its pipes closed by the host
+/// and exits.
 fn fork_as_sibling() -> std::io::Result<libc::pid_t> {
     // SAFETY: a fork-like clone (no shared memory, the child continues on a
     // copy of this stack) of a single-threaded process. glibc's `fork`
