@@ -350,3 +350,29 @@ fn a_cached_kernel_keeps_its_check_beside_its_digest_and_loads_alike() {
         }
     }
 }
+
+#[test]
+fn bash_completes_a_subcommands_flags_and_nested_subcommands() {
+    // Subcommands build their arguments only when used: the script must
+    // still hold every one of them, and `help`'s nested subcommands.
+    let o = run(with_args(wpool(), &["completions", "bash"]), b"");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let script = temp_file(&o.stdout);
+    let complete = |words: &str| {
+        let n = words.split(' ').count() - 1;
+        let check = Command::new("bash")
+            .arg("-c")
+            .arg(format!(r#"source "$1" && COMP_WORDS=({words}) COMP_CWORD={n} && _wpool wpool "${{COMP_WORDS[{n}]}}" "${{COMP_WORDS[{}]}}" && echo "${{COMPREPLY[@]}}""#, n - 1))
+            .arg("bash")
+            .arg(script.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(check.status.success(), "{words}: {}", String::from_utf8_lossy(&check.stderr));
+        String::from_utf8_lossy(&check.stdout).trim().to_string()
+    };
+    assert_eq!(complete("wpool map --time"), "--timeout");
+    assert_eq!(complete("wpool pipeline --jobs-per"), "--jobs-per-stage");
+    assert!(complete("wpool cache c").split(' ').any(|w| w == "clean"));
+    assert!(complete("wpool help cache c").split(' ').any(|w| w == "clean"), "{}", complete("wpool help cache c"));
+}

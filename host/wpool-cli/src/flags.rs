@@ -15,7 +15,10 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Each subcommand's arguments are built only when it runs (or for help and
+// completions): building all of them cost every run about 0.2 ms.
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub enum Command {
     /// Run a kernel over every item of the inputs, in worker processes.
     ///
