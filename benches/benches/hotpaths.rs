@@ -1,6 +1,9 @@
 //! The hot paths, each on its own: frame encoding and decoding, a chunk's
 //! round trip through a worker, the per-item cost with reused and with fresh
-//! instances (the difference is instantiation), and an end-to-end map.
+//! instances (the difference is instantiation), an end-to-end map, and a
+//! pool's start: loading a cached kernel, and a pool of 1, 2 or 4 workers
+//! built, giving its first result and dropped (thousands of times in a row:
+//! it also catches a start that loses an item).
 //! Timeouts are on everywhere, as a user runs untrusted code.
 
 use std::time::Duration;
@@ -60,6 +63,25 @@ fn frames(c: &mut Criterion) {
     g.bench_function("decode_results_1024x8B", |b| b.iter(|| protocol::decode::<WorkerMsg>(&payload).unwrap()));
     // As the host reads them: each result a span of the frame.
     g.bench_function("decode_results_in_place_1024x8B", |b| b.iter(|| protocol::decode_worker_msg(&payload).unwrap()));
+    g.finish();
+}
+
+fn start(c: &mut Criterion) {
+    let kernel = wpool_benches::kernel("echo");
+    let mut g = c.benchmark_group("start");
+    // Cached (and checked, `KEY.checked`) by the load above: no compile, no
+    // deserialize in this process.
+    g.bench_function("kernel_from_file_cached", |b| {
+        b.iter(|| wpool_benches::kernel("echo"));
+    });
+    for workers in [1, 2, 4] {
+        g.bench_with_input(BenchmarkId::new("pool_to_first_result", format!("{workers}w")), &workers, |b, &w| {
+            b.iter(|| {
+                let mut p = Pool::builder(kernel.clone()).workers(w).limits(limits()).build().expect("pool");
+                assert_eq!(p.map([b"x".to_vec()]).unwrap()[0].as_deref().unwrap(), b"x");
+            })
+        });
+    }
     g.finish();
 }
 
@@ -146,5 +168,5 @@ fn bulk(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, frames, round_trip, per_item, bulk);
+criterion_group!(benches, frames, start, round_trip, per_item, bulk);
 criterion_main!(benches);
