@@ -157,7 +157,8 @@ impl Kernel {
 
     fn new(name: String, bytes: Arc<[u8]>, cache: ArtifactCache) -> Result<Kernel, Error> {
         // Validating needs a compiled component, unless this artifact was
-        // checked before (what the check found is kept beside its digest);
+        // checked before (what the check found is kept beside it,
+        // `KEY.checked`);
         // keep the artifact so that a pool with default codegen settings
         // need not load it again.
         let settings = EngineSettings::default();
@@ -239,14 +240,14 @@ impl Kernel {
         let cache = ArtifactCache::for_kernel(None)?;
         let (worlds, rejection) = match cache.get_or_compile(&name, &bytes, &EngineSettings::default(), Want::Component)
         {
-            Ok((_, Loaded::Component(component), engine)) => {
+            Ok((_, loaded, engine)) => {
+                let component = loaded.into_component();
                 info = describe(&engine, &component, bytes.len());
                 match check_contract(&name, &engine, &component) {
                     Ok(shape) => (shape.worlds(has_map_batch(&engine, &component)), None),
                     Err(e) => (vec![], Some(e)),
                 }
             }
-            Ok((_, Loaded::Checked(_), _)) => unreachable!("a component was asked for"),
             Err(e) => (vec![], Some(e)),
         };
         Ok(Inspection { info, worlds, rejection })
@@ -377,7 +378,7 @@ fn check_export(
 }
 
 /// What kind of kernel a component is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 struct Shape {
     init: bool,
     reducer: bool,
@@ -412,7 +413,7 @@ enum Want {
     /// The component itself.
     Component,
     /// What checking it finds: a [`Checked`] record kept beside the
-    /// artifact's digest saves deserializing it.
+    /// artifact (`KEY.checked`) saves deserializing it.
     Checked,
 }
 
@@ -422,13 +423,24 @@ enum Loaded {
     Checked(Checked),
 }
 
+impl Loaded {
+    /// The component of a lookup with [`Want::Component`], which always
+    /// deserializes or compiles it.
+    fn into_component(self) -> Component {
+        match self {
+            Loaded::Component(component) => component,
+            Loaded::Checked(_) => unreachable!("a component was asked for"),
+        }
+    }
+}
+
 /// What checking a kernel found: its shape and what `describe` lists. Kept
 /// beside its artifact as `KEY.checked` (in the private cache, as trusted
 /// as the artifact; its first line is the digest of the artifact it was
 /// found for), so that loading a cached kernel again needs neither
 /// deserializing nor checking it in the host (about 0.5 ms). Versions of
 /// wpool without it ignore the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 struct Checked {
     shape: Shape,
     imports: Vec<String>,
@@ -838,8 +850,9 @@ impl ArtifactCache {
         Ok((artifact, loaded, engine))
     }
 
-    /// Keeps what checking the kernel of `artifact` found beside its
-    /// digest, for the next load to skip deserializing and checking it.
+    /// Keeps what checking the kernel of `artifact` found beside it
+    /// (`KEY.checked`), for the next load to skip deserializing and
+    /// checking it.
     /// Best effort: without it, the next load checks again.
     fn record_checked(&self, artifact: &Artifact, checked: &Checked) {
         if self.unusable().is_some() {
@@ -863,10 +876,7 @@ impl ArtifactCache {
         bytes: &[u8],
         settings: &EngineSettings,
     ) -> Result<Component, Error> {
-        match self.lookup_or_compile(engine, name, bytes, settings, Want::Component)? {
-            (_, Loaded::Component(component)) => Ok(component),
-            (_, Loaded::Checked(_)) => unreachable!("a component was asked for"),
-        }
+        Ok(self.lookup_or_compile(engine, name, bytes, settings, Want::Component)?.1.into_component())
     }
 
     fn lookup_or_compile(
