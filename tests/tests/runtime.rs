@@ -875,6 +875,30 @@ fn items_received_before_the_producer_hung_up_all_run() {
 }
 
 #[test]
+fn a_worker_ready_before_its_spawn_is_reported_still_gets_its_items() {
+    // The spawning thread reports each worker a second after starting it:
+    // the worker says `Ready` long before. Its items must reach it, first
+    // and after a respawn, instead of being handed to a process the
+    // scheduler does not have yet (lost until their timeout, or for ever
+    // without one). The timeout only turns such a loss into a failure.
+    let limits = Limits { timeout: Some(Duration::from_secs(20)), ..Limits::default() };
+    let mut p = Pool::builder(kernel("hostile"))
+        .workers(1)
+        .limits(limits)
+        .retries(0)
+        .crash_worker_on("poison")
+        .report_spawns_after(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    assert_eq!(p.map(["a"]).unwrap()[0].as_deref().unwrap(), b"a");
+    let e = p.map(["poison"]).unwrap().remove(0).unwrap_err();
+    assert_eq!(e.kind, TaskErrorKind::WorkerCrashed(Crash::Signaled { signal: libc::SIGABRT }), "{e}");
+    // The next item goes to the respawned worker, reported late too.
+    assert_eq!(p.map(["b"]).unwrap()[0].as_deref().unwrap(), b"b");
+    assert_eq!(p.stats().worker_deaths, 1);
+}
+
+#[test]
 fn results_of_fast_items_are_not_held_back_by_a_long_item() {
     // Without a timeout nothing interrupts `spin`. Fast items ahead of it
     // are sent many per write and their results written in batches: the

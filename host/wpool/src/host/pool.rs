@@ -221,6 +221,16 @@ impl PoolBuilder {
         self
     }
 
+    /// Test hook (the `test-hooks` feature): the pool's spawning thread
+    /// reports each worker it started only after `delay`, by which time the
+    /// worker has usually said it is ready.
+    #[cfg(feature = "test-hooks")]
+    pub fn report_spawns_after(mut self, delay: std::time::Duration) -> Self {
+        self.hooks.get_or_insert_with(TestHooks::default).report_spawn_after_ms =
+            u32::try_from(delay.as_millis()).unwrap_or(u32::MAX);
+        self
+    }
+
     /// Starts the workers. Returns once at least one is ready; fails if they
     /// cannot start (with what the last one said).
     pub fn build(self) -> Result<Pool, Error> {

@@ -227,11 +227,21 @@ impl Spawner {
             let transport = Arc::clone(&transport);
             thread::Builder::new().name("wpool-spawner".into()).spawn(move || {
                 for req in rx {
-                    let event = match spawn_one(&command, &transport, &req, &events) {
+                    // The worker's own threads report nothing before the
+                    // scheduler has its process: a worker that is ready
+                    // before `Spawned` is queued would otherwise be handed
+                    // items with nowhere to send them.
+                    let (reported, gate) = crossbeam_channel::bounded::<()>(0);
+                    let event = match spawn_one(&command, &transport, &req, &events, gate) {
                         Ok(proc) => Event::Spawned(proc),
                         Err(error) => Event::SpawnFailed { slot: req.slot, gen: req.gen, error },
                     };
-                    if events.send(event).is_err() {
+                    if let Some(ms) = req.hello.hooks.as_ref().map(|h| h.report_spawn_after_ms).filter(|&ms| ms > 0) {
+                        thread::sleep(Duration::from_millis(ms.into()));
+                    }
+                    let sent = events.send(event);
+                    drop(reported);
+                    if sent.is_err() {
                         return;
                     }
                 }
@@ -293,6 +303,9 @@ pub(crate) struct Session {
     /// Disconnected once the thread draining the worker's stderr is done.
     stderr_done: Receiver<()>,
     events: Sender<Event>,
+    /// Disconnected once the spawner has reported this worker (or its
+    /// failure) to the scheduler: no event of the session goes before.
+    reported: Receiver<()>,
 }
 
 fn spawn_one(
@@ -300,6 +313,7 @@ fn spawn_one(
     transport: &Transport,
     req: &SpawnRequest,
     events: &Sender<Event>,
+    reported: Receiver<()>,
 ) -> std::io::Result<WorkerProc> {
     let mut cmd = command.command(req.slot);
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -316,7 +330,7 @@ fn spawn_one(
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
     let child = Arc::new(Mutex::new(child));
-    let session = Session::start(req, Arc::clone(&child), stderr, events)?;
+    let session = Session::start(req, Arc::clone(&child), stderr, events, reported)?;
     let Started { frames, link } = opening.start(session, stdin, stdout, &req.hello)?;
     Ok(WorkerProc { slot: req.slot, gen: req.gen, pid, frames: Some(frames), child, link })
 }
@@ -376,6 +390,7 @@ pub(super) fn drain_into_tail(mut from: impl Read, tail: &Mutex<VecDeque<u8>>) {
 pub(super) fn read_frames(session: &Session, from: impl Read) -> Option<String> {
     let mut buf = Vec::new();
     let mut first = true;
+    let mut reported = false;
     // Small frames arrive many per read.
     let mut from = std::io::BufReader::with_capacity(64 << 10, from);
     loop {
@@ -408,6 +423,10 @@ pub(super) fn read_frames(session: &Session, from: impl Read) -> Option<String> 
             Ok(Incoming::Msg(msg)) => FromWorker::Msg(msg),
             Err(e) => return Some(e.to_string()),
         };
+        if !reported {
+            session.wait_reported();
+            reported = true;
+        }
         if session.events.send(Event::Msg { slot: session.slot, gen: session.gen, msg }).is_err() {
             return None;
         }
@@ -434,6 +453,7 @@ impl Session {
         child: Arc<Mutex<Child>>,
         stderr: ChildStderr,
         events: &Sender<Event>,
+        reported: Receiver<()>,
     ) -> std::io::Result<Session> {
         let tail = Arc::new(Mutex::new(VecDeque::<u8>::new()));
         let (done, stderr_done) = crossbeam_channel::bounded::<()>(0);
@@ -452,7 +472,14 @@ impl Session {
             tail,
             stderr_done,
             events: events.clone(),
+            reported,
         })
+    }
+
+    /// Returns once the spawner has reported this worker to the scheduler.
+    fn wait_reported(&self) {
+        // Nothing is ever sent: this returns when the spawner drops its end.
+        let _ = self.reported.recv();
     }
 
     /// The name of the worker's thread that does `what`.
@@ -481,6 +508,7 @@ impl Session {
             (None, None) => Some(Crash::Exited { code: -1 }),
         };
         let end = WorkerEnd { crash, violation, stderr, unconnected };
+        self.wait_reported();
         let _ = self.events.send(Event::Exited { slot: self.slot, gen: self.gen, end });
     }
 }

@@ -126,6 +126,10 @@ pub struct TestHooks {
     /// Local workers read the artifact file and check its digest, as when
     /// they cannot open the host's sealed memfd.
     pub file_artifact: bool,
+    /// Host only: the spawning thread waits this many milliseconds after
+    /// starting a worker before it reports the worker to the scheduler, so
+    /// that the worker's first frames are read before that report.
+    pub report_spawn_after_ms: u32,
 }
 
 /// Where a worker gets its kernel's code.
