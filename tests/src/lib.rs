@@ -166,6 +166,24 @@ pub fn children_of(pid: u32) -> Vec<u32> {
     out
 }
 
+/// The worker processes among the direct children of `pid` (its pool's
+/// zygote, also a child, is not one): those whose command line is a
+/// worker's, `wpool-worker --wpool-worker HOST_PID`.
+pub fn workers_of(pid: u32) -> Vec<u32> {
+    children_of(pid).into_iter().filter(|c| cmdline(*c).starts_with(b"wpool-worker\0--wpool-worker\0")).collect()
+}
+
+/// The zygotes among the direct children of `pid`: processes whose command
+/// line is `wpool-zygote --wpool-zygote HOST_PID`.
+pub fn zygotes_of(pid: u32) -> Vec<u32> {
+    children_of(pid).into_iter().filter(|c| cmdline(*c).starts_with(b"wpool-zygote\0--wpool-zygote\0")).collect()
+}
+
+/// A process's command line, NUL-separated (empty once it is gone).
+pub fn cmdline(pid: u32) -> Vec<u8> {
+    std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()
+}
+
 /// The parent pid of `pid`, if it exists (zombies included).
 pub fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

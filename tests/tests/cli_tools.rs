@@ -156,7 +156,7 @@ fn clean_during_a_run_keeps_its_artifact_for_respawned_workers() {
     assert_eq!(listing(cache.path(), "artifacts"), "1");
 
     // The replacement worker loads the kernel from the artifact again.
-    let workers = children_of(child.id());
+    let workers = workers_of(child.id());
     assert_eq!(workers.len(), 1, "{workers:?}");
     signal(workers[0], libc::SIGKILL);
     assert!(eventually(Duration::from_secs(60), || !alive(workers[0])));

@@ -194,7 +194,7 @@ fn r09_worker_sigkilled_mid_item_is_retried() {
     // Every worker is killed 300 ms after it is seen until the run ends (a
     // replacement killed before it got the item costs the item no attempt).
     let me = std::process::id();
-    let others = children_of(me); // the earlier pools' workers: not to be killed
+    let others = workers_of(me); // the earlier pools' workers: not to be killed
     let mut p = Pool::builder(kernel("hostile")).workers(1).retries(1).build().unwrap();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let killer = {
@@ -203,7 +203,7 @@ fn r09_worker_sigkilled_mid_item_is_retried() {
             let mut killed = Vec::new();
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(300));
-                let mut mine = children_of(me).into_iter().filter(|w| !others.contains(w) && !killed.contains(w));
+                let mut mine = workers_of(me).into_iter().filter(|w| !others.contains(w) && !killed.contains(w));
                 if let Some(w) = mine.find(|w| alive(*w)) {
                     signal(w, libc::SIGKILL);
                     killed.push(w);
@@ -298,8 +298,10 @@ fn r12_host_sigkilled_mid_run_leaves_no_orphans() {
     let (mut host, _stdin) =
         spawn_map_with_open_stdin(&["-j", "2", "--chunksize", "1"], &kernel_path("hostile"), &lines);
     let host_pid = host.id();
-    assert!(eventually(Duration::from_secs(30), || children_of(host_pid).iter().filter(|p| alive(**p)).count() == 2));
+    assert!(eventually(Duration::from_secs(30), || workers_of(host_pid).iter().filter(|p| alive(**p)).count() == 2));
+    // Its zygote too: every child of the host.
     let workers = children_of(host_pid);
+    assert_eq!(zygotes_of(host_pid).len(), 1, "{workers:?}");
     signal(host_pid, libc::SIGKILL);
     let _ = host.wait();
     assert!(
@@ -1160,4 +1162,61 @@ fn r13_ctrl_c_mid_stream_flushes_whole_lines_in_order() {
     assert_eq!(counts[1], lines.len() + 1, "results written but not on stdout");
     assert_eq!(counts[0], counts[1], "no item failed: as many items done as results");
     assert!(workers.iter().all(|w| !alive(*w)), "workers terminated");
+}
+
+#[test]
+fn a_killed_zygote_costs_no_item_and_the_pool_starts_another() {
+    let me = std::process::id();
+    let mut p = pool("hostile", 1);
+    p.wait_ready().unwrap();
+    let first = zygotes_of(me);
+    assert_eq!(first.len(), 1);
+    // The zygote dies, then the worker: its replacement cannot be forked
+    // by the dead zygote and is started with `exec` instead.
+    signal(first[0], libc::SIGKILL);
+    let worker = p.worker_pids()[0];
+    signal(worker, libc::SIGKILL);
+    let reaped = |pid: u32| move || !std::path::Path::new(&format!("/proc/{pid}")).exists();
+    assert!(eventually(Duration::from_secs(30), reaped(worker)));
+    let out = p.map(["count", "count"]).unwrap();
+    assert_eq!(out.iter().map(|r| r.as_deref().unwrap().to_vec()).collect::<Vec<_>>(), [b"1".to_vec(), b"2".to_vec()]);
+    let replacement = p.worker_pids()[0];
+    assert_ne!(replacement, worker);
+    assert_eq!(parent_of(replacement), Some(me));
+    // The dead zygote was reaped when its request failed, and no other was
+    // started for this replacement: it was exec'd.
+    assert_eq!(zygotes_of(me), Vec::<u32>::new());
+    // The next replacement comes from a new zygote.
+    signal(replacement, libc::SIGKILL);
+    assert!(eventually(Duration::from_secs(30), reaped(replacement)));
+    let out = p.map(["count"]).unwrap();
+    assert_eq!(out[0].as_deref().unwrap(), b"1");
+    let second = zygotes_of(me);
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_ne!(second[0], first[0]);
+    let stats = p.stats();
+    assert_eq!((stats.spawned, stats.worker_deaths), (3, 2), "{stats:?}");
+}
+
+#[test]
+fn r12_a_host_that_fails_before_its_pool_leaves_no_zygote() {
+    // `wpool map` starts its zygote first thing; a kernel that does not
+    // load ends the run before any pool adopts it.
+    let bad = temp_file(b"not wasm");
+    let mut c = wpool();
+    c.arg("map").arg(bad.path());
+    let child = c.stdin(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let host = child.id();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    let mine = format!("wpool-zygote\0--wpool-zygote\0{host}\0").into_bytes();
+    let left = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+            .filter(|pid| cmdline(*pid) == mine && alive(*pid))
+            .collect::<Vec<_>>()
+    };
+    assert!(eventually(Duration::from_secs(10), || left().is_empty()), "zygotes left: {:?}", left());
 }

@@ -281,3 +281,44 @@ fn s11_a_tampered_artifact_cache_is_detected_and_recompiled() {
         .unwrap_err();
     assert!(err.to_string().contains("must be private"), "{err}");
 }
+
+#[test]
+fn s06_workers_are_forked_by_the_pools_zygote_as_the_hosts_own_children() {
+    let me = std::process::id();
+    let mut p = Pool::builder(kernel("echo")).workers(2).build().unwrap();
+    p.wait_ready().unwrap();
+    // One zygote, started by the pool: no environment, `/` as its
+    // directory, its own process group, its own command line.
+    let zygotes = zygotes_of(me);
+    assert_eq!(zygotes.len(), 1, "children {:?}", children_of(me));
+    let zygote = zygotes[0];
+    assert_eq!(cmdline(zygote), format!("wpool-zygote\0--wpool-zygote\0{me}\0").into_bytes());
+    assert!(std::fs::read(format!("/proc/{zygote}/environ")).unwrap().is_empty());
+    assert_eq!(std::fs::read_link(format!("/proc/{zygote}/cwd")).unwrap(), std::path::Path::new("/"));
+    assert_eq!(process_group(zygote), zygote);
+    // A process forks safely only while it has one thread.
+    assert_eq!(std::fs::read_dir(format!("/proc/{zygote}/task")).unwrap().count(), 1);
+    // Each worker it forked is this process's child (reaped here, its
+    // parent-death signal tied to this process), reads as an exec'd
+    // worker, leads its own group and holds no fd of the zygote's.
+    for pid in p.worker_pids() {
+        assert_ne!(pid, zygote);
+        assert_eq!(parent_of(pid), Some(me));
+        assert_eq!(cmdline(pid), format!("wpool-worker\0--wpool-worker\0{me}\0").into_bytes());
+        assert_eq!(process_group(pid), pid);
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+            let target = std::fs::read_link(fd.path()).unwrap_or_default();
+            assert!(!target.to_string_lossy().starts_with("socket:"), "worker {pid} holds {}", target.display());
+        }
+    }
+    assert_eq!(p.map([b"x".to_vec()]).unwrap()[0].as_deref().unwrap(), b"x");
+    drop(p);
+    // Gone and reaped with the pool.
+    assert!(!std::path::Path::new(&format!("/proc/{zygote}")).exists(), "zygote {zygote} outlived its pool");
+}
+
+fn process_group(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split_whitespace().nth(2).unwrap().parse().unwrap()
+}

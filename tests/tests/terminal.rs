@@ -100,7 +100,7 @@ fn f1_ctrl_c_ends_a_run_waiting_on_a_fifo_without_writer() {
     let (mut child, mut term) = Pty::new().spawn(c);
     let pid = child.id();
     // The pool is up (its worker runs) while the input waits for a writer.
-    assert!(eventually(Duration::from_secs(60), || !children_of(pid).is_empty()), "no worker started");
+    assert!(eventually(Duration::from_secs(60), || !workers_of(pid).is_empty()), "no worker started");
     let workers = children_of(pid);
     term.type_bytes(b"\x03");
     let status = wait_guarded(&mut child, Duration::from_secs(60));
@@ -231,7 +231,7 @@ fn f3_data_file_gets_nothing_beside_it_and_a_private_run_directory() {
     let pid = child.id();
     let mut stdin = child.stdin.take().unwrap();
     std::io::Write::write_all(&mut stdin, b"spin\n").unwrap();
-    assert!(eventually(Duration::from_secs(60), || !children_of(pid).is_empty()));
+    assert!(eventually(Duration::from_secs(60), || !workers_of(pid).is_empty()));
     // Mid-run: beside the user's file, nothing; in TMPDIR, one run directory
     // of this process, private, holding the data.
     assert_eq!(entries(user.path()), vec!["table.txt".to_string()]);
@@ -263,7 +263,7 @@ fn f3_run_directory_of_a_killed_host_is_swept_by_the_next_run() {
         (child, stdin)
     };
     let pid = host.id();
-    assert!(eventually(Duration::from_secs(60), || !children_of(pid).is_empty()));
+    assert!(eventually(Duration::from_secs(60), || !workers_of(pid).is_empty()));
     signal(pid, libc::SIGKILL);
     host.wait().unwrap();
     drop(stdin);

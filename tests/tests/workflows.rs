@@ -466,7 +466,8 @@ fn bench_and_map_refuse_bad_worker_lists_naming_them() {
 
 #[test]
 fn a_large_init_configuration_reaches_every_worker_whole() {
-    // A `Hello` of more than half a megabyte, and every instance gets it.
+    // A `Hello` this large does not fit the pipe a forked worker starts
+    // with: it is written as the first frame instead, once the worker reads.
     let mut table = TABLE.to_vec();
     for i in 0..40_000 {
         table.extend_from_slice(format!("filler{i}\tvalue{i}\n").as_bytes());

@@ -31,8 +31,27 @@ fn main() -> ExitCode {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
     }
+    if maps_locally(std::env::args_os()) {
+        // The process that forks the local workers starts first thing, its
+        // start-up overlapping everything else the host does before its
+        // pool needs it (best effort: the pool starts its own if this one
+        // failed; one not needed after all, as for `map --help`, ends with
+        // the process).
+        let _ = wpool::prestart();
+    }
     widen_pipes();
     exit::status(cmd::run(flags::Cli::parse().command))
+}
+
+/// Whether the command line is `wpool map …` without a launcher: a run
+/// whose pool will have local workers.
+fn maps_locally(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    let args: Vec<std::ffi::OsString> = args.skip(1).collect();
+    args.first().is_some_and(|a| a == "map")
+        && !args.iter().any(|a| {
+            let a = a.as_encoded_bytes();
+            a.starts_with(b"--launcher") || a.starts_with(b"--slurm")
+        })
 }
 
 /// When stdin or stdout is a pipe, makes it hold 1 MiB (the unprivileged

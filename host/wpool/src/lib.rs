@@ -87,6 +87,24 @@ pub use kernel::Kernel;
 pub use limits::Limits;
 pub use shared::SharedBytes;
 
+/// Starts, now, the process that will fork this program's local workers
+/// (the pool's *zygote*), so that its start-up overlaps whatever the
+/// program does before it builds a pool: reading the kernel, opening
+/// inputs. The next pool built in this process with local workers and the
+/// default worker program adopts it; without this call, each pool starts
+/// its own when it is built.
+///
+/// Call it from the thread that will outlive every pool (the main
+/// thread): the zygote, and every worker it forks, get `SIGKILL` when
+/// that thread ends, as workers do when the host dies. A zygote never
+/// adopted ends with the process.
+///
+/// # Errors
+/// The zygote could not be spawned; pools then start their own.
+pub fn prestart() -> std::io::Result<()> {
+    host::zygote::prestart()
+}
+
 /// Multi-stage pipelines: items stream through several pools at once.
 pub mod pipeline {
     pub use crate::host::pipeline::{Pipeline, PipelineResult, StageFailure};
@@ -134,6 +152,22 @@ extern "C" fn worker_entry(argc: libc::c_int, argv: *const *const libc::c_char, 
     }
     // SAFETY: argv entries are NUL-terminated C strings.
     let first = unsafe { std::ffi::CStr::from_ptr(first) };
+    if first.to_bytes() == wire::ZYGOTE_ARG.as_bytes() {
+        // `--wpool-zygote HOST_PID`: a pool's zygote (see `worker::zygote`).
+        // SAFETY: argc >= 2, so argv[2] is a valid C string or NULL.
+        let pid = (argc >= 3).then(|| unsafe { *argv.add(2) }).filter(|p| !p.is_null());
+        // SAFETY: a non-null argv entry is a NUL-terminated C string.
+        let pid = pid.and_then(|p| unsafe { std::ffi::CStr::from_ptr(p) }.to_str().ok()?.parse().ok());
+        match pid {
+            // SAFETY: no other thread exists yet (this runs before `main`),
+            // and argv[0] and argv[1] are this process's own strings.
+            Some(host) => unsafe { worker::zygote::main(host, (*argv).cast_mut(), first.as_ptr().cast_mut()) },
+            None => {
+                eprintln!("{} is for the zygote a wpool host starts, followed by the host's pid", wire::ZYGOTE_ARG);
+                std::process::exit(2)
+            }
+        }
+    }
     if first.to_bytes() == wire::WORKER_ARG.as_bytes() {
         // `--wpool-worker HOST_PID` for a worker the host spawned itself,
         // `--wpool-worker dial` for one started through a launcher.

@@ -17,3 +17,4 @@ pub(crate) mod slurm;
 pub(crate) mod stop;
 pub(crate) mod supervisor;
 pub(crate) mod transport;
+pub(crate) mod zygote;

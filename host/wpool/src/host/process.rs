@@ -2,7 +2,7 @@
 //! the host, without ever touching a pid that may have been reused.
 //!
 //! Owns the rule that makes this safe: every probe, kill and reap of a
-//! child happens under the one lock on its [`Child`], and a process that
+//! child happens under the one lock on its [`Proc`], and a process that
 //! exited but is not reaped keeps its pid (and process group id). Knows
 //! nothing about frames or transports.
 
@@ -12,8 +12,73 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// A child process of the host: one it spawned, or a worker its zygote
+/// forked for it (with `CLONE_PARENT`: the host's child all the same, see
+/// [`crate::host::zygote`]). Each leads its own process group.
+#[derive(Debug)]
+pub(crate) enum Proc {
+    /// Spawned by the host.
+    Spawned(Child),
+    /// Forked by the pool's zygote; `status` once reaped.
+    Forked {
+        /// Its pid.
+        pid: u32,
+        /// How it ended, once reaped.
+        status: Option<ExitStatus>,
+    },
+}
+
+impl Proc {
+    /// Its pid.
+    pub(crate) fn id(&self) -> u32 {
+        match self {
+            Proc::Spawned(c) => c.id(),
+            Proc::Forked { pid, .. } => *pid,
+        }
+    }
+
+    /// SIGKILL, unless already reaped.
+    fn kill(&mut self) {
+        match self {
+            Proc::Spawned(c) => {
+                let _ = c.kill();
+            }
+            // SAFETY: not reaped yet, so the pid is still this process's.
+            Proc::Forked { pid, status: None } => unsafe {
+                libc::kill(*pid as libc::pid_t, libc::SIGKILL);
+            },
+            Proc::Forked { .. } => {}
+        }
+    }
+
+    /// Reaps it, waiting for its exit.
+    fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        match self {
+            Proc::Spawned(c) => c.wait(),
+            Proc::Forked { status: Some(s), .. } => Ok(*s),
+            Proc::Forked { pid, status } => loop {
+                let mut raw = 0;
+                // SAFETY: waitpid on our own child with a valid status pointer.
+                match unsafe { libc::waitpid(*pid as libc::pid_t, &mut raw, 0) } {
+                    -1 if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+                    -1 => return Err(std::io::Error::last_os_error()),
+                    _ => return Ok(*status.insert(ExitStatus::from_raw(raw))),
+                }
+            },
+        }
+    }
+
+    /// How it ended, if it is known to have been reaped.
+    fn reaped(&mut self) -> Option<ExitStatus> {
+        match self {
+            Proc::Spawned(c) => c.try_wait().ok().flatten(),
+            Proc::Forked { status, .. } => *status,
+        }
+    }
+}
+
 /// Whether the process has exited (reaped or not).
-pub(super) fn has_exited(child: &Mutex<Child>) -> bool {
+pub(super) fn has_exited(child: &Mutex<Proc>) -> bool {
     let c = child.lock().unwrap_or_else(|p| p.into_inner());
     probe(c.id()) != Probe::Running
 }
@@ -43,17 +108,17 @@ fn probe(pid: u32) -> Probe {
 /// SIGKILLs the process unless it already exited. Under the lock that
 /// reaping also takes, so the pid cannot have been reused (std's `kill` is
 /// a no-op once it reaped the child).
-pub(super) fn kill(child: &Mutex<Child>) {
+pub(super) fn kill(child: &Mutex<Proc>) {
     let mut c = child.lock().unwrap_or_else(|p| p.into_inner());
     if probe(c.id()) == Probe::Running {
-        let _ = c.kill();
+        c.kill();
     }
 }
 
 /// Waits for the process to exit; one that closed its output but lingers is
 /// killed after a grace period. Then whatever is left of its process group
 /// (a launcher's helpers) is killed, before the reap frees the pid.
-pub(super) fn reap(child: &Mutex<Child>) -> ExitStatus {
+pub(super) fn reap(child: &Mutex<Proc>) -> ExitStatus {
     let grace = Instant::now() + Duration::from_secs(2);
     let exit = ExitFd::open(child);
     loop {
@@ -70,11 +135,11 @@ pub(super) fn reap(child: &Mutex<Child>) -> ExitStatus {
                 }
                 // Reaped behind our back (a program that reaps every child):
                 // the status is lost, and so is the group id.
-                Probe::Gone => return c.try_wait().ok().flatten().unwrap_or_else(|| ExitStatus::from_raw(-1)),
+                Probe::Gone => return c.reaped().unwrap_or_else(|| ExitStatus::from_raw(-1)),
                 Probe::Running => {}
             }
             if Instant::now() >= grace {
-                let _ = c.kill();
+                c.kill();
             }
         }
         match &exit {
@@ -92,7 +157,7 @@ pub(super) fn reap(child: &Mutex<Child>) -> ExitStatus {
 struct ExitFd(std::os::fd::OwnedFd);
 
 impl ExitFd {
-    fn open(child: &Mutex<Child>) -> Option<ExitFd> {
+    fn open(child: &Mutex<Proc>) -> Option<ExitFd> {
         use std::os::fd::FromRawFd;
         // Under the lock, as every use of the pid: not reaped, not reused.
         let c = child.lock().unwrap_or_else(|p| p.into_inner());

@@ -9,11 +9,12 @@
 //! deadlines and restart policy belong to the scheduler.
 
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{Child, ChildStderr, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -21,8 +22,9 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::Crash;
-use crate::host::process::{kill, reap};
-use crate::host::transport::{Link, Started, Transport};
+use crate::host::process::{kill, reap, Proc};
+use crate::host::transport::{hello_frame, Link, Started, Transport};
+use crate::host::zygote::{Pipes, Zygote};
 use crate::shared::SharedBytes;
 use crate::wire::{
     self, frame_cap, FrameError, Hello, Incoming, OutFrame, ResultsAt, WireError, WorkerMsg, DIAL_ARG,
@@ -42,6 +44,10 @@ impl AsRef<[u8]> for Shared {
         &self.0
     }
 }
+
+/// A `Hello` frame up to this size is written into a new worker's pipe
+/// before it runs: an empty pipe takes 64 KiB without blocking.
+const HELLO_IN_PIPE: usize = 32 << 10;
 
 /// Bytes of a worker's own stderr kept for error messages.
 const WORKER_STDERR_TAIL: usize = 4096;
@@ -174,7 +180,7 @@ pub(crate) struct WorkerProc {
     /// The worker's pid, or its launcher's.
     pub pid: u32,
     frames: Option<Sender<Frame>>,
-    child: Arc<Mutex<Child>>,
+    child: Arc<Mutex<Proc>>,
     link: Option<Arc<Link>>,
 }
 
@@ -226,13 +232,17 @@ impl Spawner {
         let thread = {
             let transport = Arc::clone(&transport);
             thread::Builder::new().name("wpool-spawner".into()).spawn(move || {
+                // Local workers are forked by a zygote, started now so that
+                // its `exec` overlaps whatever the pool does before its
+                // first spawn request.
+                let mut zygote = Zygotes::new(&command);
                 for req in rx {
                     // The worker's own threads report nothing before the
                     // scheduler has its process: a worker that is ready
                     // before `Spawned` is queued would otherwise be handed
                     // items with nowhere to send them.
                     let (reported, gate) = crossbeam_channel::bounded::<()>(0);
-                    let event = match spawn_one(&command, &transport, &req, &events, gate) {
+                    let event = match spawn_one(&command, &transport, &mut zygote, &req, &events, gate) {
                         Ok(proc) => Event::Spawned(proc),
                         Err(error) => Event::SpawnFailed { slot: req.slot, gen: req.gen, error },
                     };
@@ -297,7 +307,7 @@ pub(crate) struct Session {
     slot: usize,
     gen: u64,
     cap: usize,
-    pub(super) child: Arc<Mutex<Child>>,
+    pub(super) child: Arc<Mutex<Proc>>,
     /// The tail of the process's stderr (and a launcher's stdout).
     pub(super) tail: Arc<Mutex<VecDeque<u8>>>,
     /// Disconnected once the thread draining the worker's stderr is done.
@@ -311,10 +321,24 @@ pub(crate) struct Session {
 fn spawn_one(
     command: &WorkerCommand,
     transport: &Transport,
+    zygotes: &mut Zygotes,
     req: &SpawnRequest,
     events: &Sender<Event>,
     reported: Receiver<()>,
 ) -> std::io::Result<WorkerProc> {
+    if let Some(zygote) = zygotes.get(command) {
+        let pipes = Pipes::new()?;
+        // The `Hello` goes into the empty pipe now, so that the worker
+        // finds it there as it starts (unless it is big: then it would
+        // block until the worker reads, and goes with the other frames).
+        let hello = hello_frame(&req.hello);
+        let hello_written = hello.len() <= HELLO_IN_PIPE && write_all(&pipes.to_worker, &hello).is_ok();
+        match zygote.fork(&command.cwd, pipes.theirs()) {
+            Ok(pid) => return forked(pid, pipes, hello_written, transport, req, events, reported),
+            // Dead or stuck: this worker is exec'd, the next asks a new one.
+            Err(_) => zygotes.failed(),
+        }
+    }
     let mut cmd = command.command(req.slot);
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let opening = transport.prepare(&mut cmd, &command.cwd)?;
@@ -326,13 +350,87 @@ fn spawn_one(
         }
     };
     let pid = child.id();
-    let stdin = child.stdin.take().expect("piped stdin");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let child = Arc::new(Mutex::new(child));
+    let stdin = File::from(std::os::fd::OwnedFd::from(child.stdin.take().expect("piped stdin")));
+    let stdout = File::from(std::os::fd::OwnedFd::from(child.stdout.take().expect("piped stdout")));
+    let stderr = File::from(std::os::fd::OwnedFd::from(child.stderr.take().expect("piped stderr")));
+    let child = Arc::new(Mutex::new(Proc::Spawned(child)));
     let session = Session::start(req, Arc::clone(&child), stderr, events, reported)?;
     let Started { frames, link } = opening.start(session, stdin, stdout, &req.hello)?;
     Ok(WorkerProc { slot: req.slot, gen: req.gen, pid, frames: Some(frames), child, link })
+}
+
+/// `write_all` on a borrowed fd.
+fn write_all(fd: &std::os::fd::OwnedFd, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        match rustix::io::write(fd, bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The session of a local worker the pool's zygote just forked on these
+/// pipes.
+fn forked(
+    pid: u32,
+    pipes: Pipes,
+    hello_written: bool,
+    transport: &Transport,
+    req: &SpawnRequest,
+    events: &Sender<Event>,
+    reported: Receiver<()>,
+) -> std::io::Result<WorkerProc> {
+    let Pipes { to_worker, from_worker, stderr, theirs } = pipes;
+    drop(theirs);
+    let child = Arc::new(Mutex::new(Proc::Forked { pid, status: None }));
+    let session = Session::start(req, Arc::clone(&child), File::from(stderr), events, reported)?;
+    let opening = transport.forked(hello_written);
+    let Started { frames, link } =
+        opening.start(session, File::from(to_worker), File::from(from_worker), &req.hello)?;
+    Ok(WorkerProc { slot: req.slot, gen: req.gen, pid, frames: Some(frames), child, link })
+}
+
+/// The spawning thread's zygote, for local workers: started with the
+/// thread; after a failure (it died, or never answered) the worker is
+/// spawned with `exec` instead and a new zygote is started for the next,
+/// up to [`Zygotes::MAX_FAILURES`] times in a pool's life.
+struct Zygotes {
+    zygote: Option<Zygote>,
+    failures: u32,
+}
+
+impl Zygotes {
+    const MAX_FAILURES: u32 = 3;
+
+    fn new(command: &WorkerCommand) -> Zygotes {
+        // One the program started early, if it is this pool's program.
+        let early = (!command.is_remote() && command.program.is_none()).then(crate::host::zygote::take_early).flatten();
+        let mut z = Zygotes { zygote: early, failures: 0 };
+        z.get(command);
+        z
+    }
+
+    /// The zygote, started if need be; `None` for launched workers and
+    /// once zygotes failed too often.
+    fn get(&mut self, command: &WorkerCommand) -> Option<&Zygote> {
+        if command.is_remote() || self.failures >= Self::MAX_FAILURES {
+            return None;
+        }
+        if self.zygote.is_none() {
+            match Zygote::start(&command.program_path()) {
+                Ok(z) => self.zygote = Some(z),
+                Err(_) => self.failures += 1,
+            }
+        }
+        self.zygote.as_ref()
+    }
+
+    fn failed(&mut self) {
+        self.zygote = None;
+        self.failures += 1;
+    }
 }
 
 /// Writes queued frames, coalescing small ones that are already waiting into
@@ -450,8 +548,8 @@ impl Session {
     /// tail of its stderr.
     fn start(
         req: &SpawnRequest,
-        child: Arc<Mutex<Child>>,
-        stderr: ChildStderr,
+        child: Arc<Mutex<Proc>>,
+        stderr: File,
         events: &Sender<Event>,
         reported: Receiver<()>,
     ) -> std::io::Result<Session> {

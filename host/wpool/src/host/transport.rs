@@ -9,11 +9,12 @@
 //! [`Link`] that cuts a launched worker off. Spawning, reaping and turning
 //! frames into events are the supervisor's.
 
+use std::fs::File;
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{ChildStdin, ChildStdout, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -40,6 +41,9 @@ pub(crate) enum Transport {
 pub(crate) enum Opening {
     /// Frames go over the pipes to be set up at spawn.
     Pipes,
+    /// Frames go over the pipes of a worker the zygote forked, its `Hello`
+    /// already in the pipe.
+    HelloWritten,
     /// The listener waits for the connection of this worker.
     DialBack(Expected),
 }
@@ -106,6 +110,19 @@ impl Transport {
     }
 }
 
+impl Transport {
+    /// The opening of a local worker forked by the pool's zygote (which
+    /// set up its environment, directory and process group as
+    /// [`Transport::prepare`] does for an `exec`), whose `Hello` the
+    /// spawner may have written into its pipe already.
+    pub(crate) fn forked(&self, hello_written: bool) -> Opening {
+        match hello_written {
+            true => Opening::HelloWritten,
+            false => Opening::Pipes,
+        }
+    }
+}
+
 impl Opening {
     /// The worker did not start: its connection is no longer expected.
     pub(crate) fn abandon(self) {
@@ -117,21 +134,15 @@ impl Opening {
     /// Starts the threads that carry the frames of a started worker, the
     /// `Hello` first. Returns where frames for the worker go and, for a
     /// launched worker, its link.
-    pub(crate) fn start(
-        self,
-        session: Session,
-        stdin: ChildStdin,
-        stdout: ChildStdout,
-        hello: &Hello,
-    ) -> std::io::Result<Started> {
+    pub(crate) fn start(self, session: Session, stdin: File, stdout: File, hello: &Hello) -> std::io::Result<Started> {
         let (frames_tx, frames_rx) = crossbeam_channel::unbounded::<Frame>();
         let link = match self {
-            Opening::Pipes => {
+            Opening::Pipes | Opening::HelloWritten => {
                 let wide_in = WidePipe::try_widen(&stdin);
                 let wide_out = WidePipe::try_widen(&stdout);
-                let mut hello_frame = Vec::new();
-                wire::encode(&HostMsg::Hello(Box::new(hello.clone())), &mut hello_frame);
-                let _ = frames_tx.send(hello_frame.into());
+                if matches!(self, Opening::Pipes) {
+                    let _ = frames_tx.send(hello_frame(hello).into());
+                }
                 thread::Builder::new().name(session.thread_name("write")).spawn(move || {
                     write_frames(stdin, frames_rx);
                     drop(wide_in);
@@ -147,6 +158,13 @@ impl Opening {
         };
         Ok(Started { frames: frames_tx, link })
     }
+}
+
+/// A `Hello`, encoded as a frame.
+pub(crate) fn hello_frame(hello: &Hello) -> Vec<u8> {
+    let mut frame = Vec::new();
+    wire::encode(&HostMsg::Hello(Box::new(hello.clone())), &mut frame);
+    frame
 }
 
 /// Pipes widened by this process that are still open.
@@ -192,8 +210,8 @@ impl Drop for WidePipe {
 /// waits for the worker's connection and then reads its frames.
 fn start_dial_back(
     session: Session,
-    mut stdin: ChildStdin,
-    stdout: ChildStdout,
+    mut stdin: File,
+    stdout: File,
     hello: &Hello,
     frames: Receiver<Frame>,
     expected: Expected,

@@ -36,6 +36,11 @@ pub(crate) const WORKER_ARG: &str = "--wpool-worker";
 /// launcher dial back (see [`dial`]).
 pub(crate) const DIAL_ARG: &str = "dial";
 
+/// The hidden first argument of a pool's zygote (see `worker::zygote`):
+/// `--wpool-zygote HOST_PID`. As long as [`WORKER_ARG`], so that a forked
+/// worker can put its own command line in place of the zygote's.
+pub(crate) const ZYGOTE_ARG: &str = "--wpool-zygote";
+
 /// Bumped on every incompatible change of the frame types.
 pub const PROTOCOL_VERSION: u32 = 8;
 

@@ -34,6 +34,7 @@ pub(crate) mod dial;
 mod outbox;
 pub(crate) mod runtime;
 mod transport;
+pub(crate) mod zygote;
 
 pub(crate) use self::transport::Transport;
 
