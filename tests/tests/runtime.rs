@@ -1167,6 +1167,7 @@ fn r13_ctrl_c_mid_stream_flushes_whole_lines_in_order() {
 #[test]
 fn a_killed_zygote_costs_no_item_and_the_pool_starts_another() {
     let me = std::process::id();
+    wpool::prestart().unwrap();
     let mut p = pool("hostile", 1);
     p.wait_ready().unwrap();
     let first = zygotes_of(me);

@@ -285,10 +285,19 @@ fn s11_a_tampered_artifact_cache_is_detected_and_recompiled() {
 #[test]
 fn s06_workers_are_forked_by_the_pools_zygote_as_the_hosts_own_children() {
     let me = std::process::id();
+    // Without `prestart`, a pool execs its workers: no zygote.
     let mut p = Pool::builder(kernel("echo")).workers(2).build().unwrap();
     p.wait_ready().unwrap();
-    // One zygote, started by the pool: no environment, `/` as its
-    // directory, its own process group, its own command line.
+    assert_eq!(zygotes_of(me), Vec::<u32>::new(), "children {:?}", children_of(me));
+    for pid in p.worker_pids() {
+        assert_eq!(parent_of(pid), Some(me));
+    }
+    drop(p);
+    wpool::prestart().unwrap();
+    let mut p = Pool::builder(kernel("echo")).workers(2).build().unwrap();
+    p.wait_ready().unwrap();
+    // One zygote, started early and adopted by the pool: no environment,
+    // `/` as its directory, its own process group, its own command line.
     let zygotes = zygotes_of(me);
     assert_eq!(zygotes.len(), 1, "children {:?}", children_of(me));
     let zygote = zygotes[0];

@@ -91,16 +91,17 @@ pub use shared::SharedBytes;
 /// (the pool's *zygote*), so that its start-up overlaps whatever the
 /// program does before it builds a pool: reading the kernel, opening
 /// inputs. The next pool built in this process with local workers and the
-/// default worker program adopts it; without this call, each pool starts
-/// its own when it is built.
+/// default worker program adopts it, and forks its workers (and their
+/// replacements) from it instead of `exec`-ing each; without this call,
+/// pools `exec` their workers. `wpool map` calls it first thing.
 ///
-/// Call it from the thread that will outlive every pool (the main
-/// thread): the zygote, and every worker it forks, get `SIGKILL` when
-/// that thread ends, as workers do when the host dies. A zygote never
-/// adopted ends with the process.
+/// The zygote is started from a thread of its own that lives as long as
+/// the process: a zygote never adopted ends with the process, and every
+/// worker it forked gets `SIGKILL` when the process dies, as exec'd
+/// workers do.
 ///
 /// # Errors
-/// The zygote could not be spawned; pools then start their own.
+/// The zygote could not be spawned; pools then `exec` their workers.
 pub fn prestart() -> std::io::Result<()> {
     host::zygote::prestart()
 }

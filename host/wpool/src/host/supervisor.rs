@@ -232,9 +232,8 @@ impl Spawner {
         let thread = {
             let transport = Arc::clone(&transport);
             thread::Builder::new().name("wpool-spawner".into()).spawn(move || {
-                // Local workers are forked by a zygote, started now so that
-                // its `exec` overlaps whatever the pool does before its
-                // first spawn request.
+                // Local workers are forked by the zygote the program
+                // started early, if it did.
                 let mut zygote = Zygotes::new(&command);
                 for req in rx {
                     // The worker's own threads report nothing before the
@@ -392,12 +391,18 @@ fn forked(
     Ok(WorkerProc { slot: req.slot, gen: req.gen, pid, frames: Some(frames), child, link })
 }
 
-/// The spawning thread's zygote, for local workers: started with the
-/// thread; after a failure (it died, or never answered) the worker is
-/// spawned with `exec` instead and a new zygote is started for the next,
-/// up to [`Zygotes::MAX_FAILURES`] times in a pool's life.
+/// The spawning thread's zygote, for local workers, if the program started
+/// one early ([`crate::prestart`]) for this pool to adopt: a zygote the
+/// pool started itself would cost more than it saves (its `exec` and the
+/// first fork one after the other, where `exec`'d workers start side by
+/// side: 2.9 -> 3.4 ms for a pool of one worker built, one item, dropped).
+/// After a failure of the adopted zygote (it died, or never answered) the
+/// worker is spawned with `exec` instead and a new zygote is started for
+/// the next, up to [`Zygotes::MAX_FAILURES`] times in a pool's life.
 struct Zygotes {
     zygote: Option<Zygote>,
+    /// A zygote was adopted: the pool forks its local workers.
+    forks: bool,
     failures: u32,
 }
 
@@ -407,15 +412,13 @@ impl Zygotes {
     fn new(command: &WorkerCommand) -> Zygotes {
         // One the program started early, if it is this pool's program.
         let early = (!command.is_remote() && command.program.is_none()).then(crate::host::zygote::take_early).flatten();
-        let mut z = Zygotes { zygote: early, failures: 0 };
-        z.get(command);
-        z
+        Zygotes { forks: early.is_some(), zygote: early, failures: 0 }
     }
 
-    /// The zygote, started if need be; `None` for launched workers and
-    /// once zygotes failed too often.
+    /// The zygote, started again if need be; `None` for a pool that adopted
+    /// none, for launched workers and once zygotes failed too often.
     fn get(&mut self, command: &WorkerCommand) -> Option<&Zygote> {
-        if command.is_remote() || self.failures >= Self::MAX_FAILURES {
+        if !self.forks || command.is_remote() || self.failures >= Self::MAX_FAILURES {
             return None;
         }
         if self.zygote.is_none() {
