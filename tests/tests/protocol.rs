@@ -85,6 +85,13 @@ fn p03_answers_for_a_chunk_never_given_are_a_violation() {
 }
 
 #[test]
+fn p03_a_chunk_given_back_unasked_is_a_violation() {
+    // `Revoked` answers only the host's `Revoke`: a worker that gives back
+    // a chunk it was not asked for is killed, and its items run elsewhere.
+    assert_a_liar_is_killed("give-back-unasked", "given back unasked");
+}
+
+#[test]
 fn p03_a_large_result_carrying_fewer_bytes_than_announced_is_a_violation() {
     // Results of 64 KiB and more travel as a `LargeResult` frame followed
     // by a frame of their bytes; a worker whose two frames disagree is

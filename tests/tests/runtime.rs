@@ -901,6 +901,31 @@ fn a_worker_ready_before_its_spawn_is_reported_still_gets_its_items() {
 }
 
 #[test]
+fn an_idle_worker_runs_a_long_item_another_worker_holds_but_has_not_started() {
+    // One item per chunk, two chunks per worker, handed out one per worker
+    // first: worker 1 gets the long items 0 and 2 (about 1 s each), worker
+    // 2 a shorter one and a short one and is idle after about 0.3 s. Item 2
+    // must not wait behind item 0: worker 1 gives it back unrun at once,
+    // worker 2 runs it, each item once.
+    let mut p = Pool::builder(kernel("hostile")).workers(2).chunksize(Chunksize::Fixed(1)).build().unwrap();
+    p.wait_ready().unwrap();
+    let items = ["spin:3000:a", "spin:900", "spin:3000:b", "short"];
+    let mut ran = Vec::new();
+    let mut it = p.imap(items);
+    while let Some(next) = it.next_with_info() {
+        let (result, info) = next.unwrap();
+        ran.push((String::from_utf8(result.unwrap().to_vec()).unwrap(), info.worker, info.attempts));
+    }
+    drop(it);
+    let results: Vec<&str> = ran.iter().map(|(r, _, _)| r.as_str()).collect();
+    assert_eq!(results, items);
+    assert_ne!(ran[0].1, ran[2].1, "both long items ran on one worker: {ran:?}");
+    assert_eq!(ran.iter().map(|r| r.2).collect::<Vec<_>>(), [1, 1, 1, 1], "each item ran once: {ran:?}");
+    let stats = p.stats();
+    assert_eq!((stats.reclaimed_chunks, stats.retried_items, stats.worker_deaths), (1, 0, 0), "{stats:?}");
+}
+
+#[test]
 fn results_of_fast_items_are_not_held_back_by_a_long_item() {
     // Without a timeout nothing interrupts `spin`. Fast items ahead of it
     // are sent many per write and their results written in batches: the

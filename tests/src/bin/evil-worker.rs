@@ -11,12 +11,13 @@
 //! | `garbage` | answers a chunk with random bytes |
 //! | `huge-frame` | announces a 4 GiB frame, then stalls |
 //! | `wrong-chunk` | answers for a chunk id it was never given |
+//! | `give-back-unasked` | answers every chunk with `Revoked`, unasked |
 //! | `duplicate` | answers every chunk twice |
 //! | `exit-after-handshake` | sends `Ready`, then exits |
 //! | `no-handshake` | never answers the `Hello` |
 //! | `stderr-flood` | writes 64 MiB to stderr before each answer |
 //! | `large-lie` | answers each item as a `LargeResult` whose bytes are 1000 fewer than announced |
-//! | `fuzz` | answers each chunk in a way drawn from `EVIL_SEED`: honestly, with junk, a frame of junk, a mutated frame, a truncated frame and exit, wrong offsets or counts, a duplicate, another chunk's id, a `LargeResult` honest or lying about its length or cut short, or a crash |
+//! | `fuzz` | answers each chunk in a way drawn from `EVIL_SEED`: honestly, with junk, a frame of junk, a mutated frame, a truncated frame and exit, wrong offsets or counts, a duplicate, another chunk's id, a `Revoked` unasked, a `LargeResult` honest or lying about its length or cut short, or a crash |
 
 use std::io::{Read, Write};
 
@@ -69,7 +70,12 @@ fn main() {
         if protocol::read_frame(&mut input, cap, &mut buf).is_err() {
             return;
         }
-        let Ok(HostMsg::Run { chunk, items }) = protocol::decode::<HostMsg>(&buf) else { return };
+        let (chunk, items) = match protocol::decode::<HostMsg>(&buf) {
+            Ok(HostMsg::Run { chunk, items }) => (chunk, items),
+            // Too late: it runs (answered) every chunk as it comes.
+            Ok(HostMsg::Revoke { .. }) => continue,
+            _ => return,
+        };
         let outcomes: Vec<Outcome> = items.iter().map(|i| Outcome::Ok(i.to_vec())).collect();
         let answer = |chunk| WorkerMsg::Results {
             chunk,
@@ -93,6 +99,9 @@ fn main() {
             }
             "wrong-chunk" => {
                 let _ = protocol::write_frame(&mut output, &answer(chunk + 1000));
+            }
+            "give-back-unasked" => {
+                let _ = protocol::write_frame(&mut output, &WorkerMsg::Revoked { chunk });
             }
             "duplicate" => {
                 let _ = protocol::write_frame(&mut output, &answer(chunk));
@@ -212,9 +221,10 @@ fn fuzz(output: &mut impl Write, seed: &mut u64, chunk: u64, honest: &WorkerMsg)
         }
         10 => {
             let mut f = Vec::new();
-            let msg = match next(seed) % 3 {
+            let msg = match next(seed) % 4 {
                 0 => WorkerMsg::Failed { message: "fuzz".into() },
                 1 => WorkerMsg::InitFailed { message: "fuzz".into() },
+                2 => WorkerMsg::Revoked { chunk: chunk.wrapping_add(next(seed) % 2) },
                 _ => WorkerMsg::Ready {
                     version: PROTOCOL_VERSION,
                     pid: 1,

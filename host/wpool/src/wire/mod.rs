@@ -42,7 +42,7 @@ pub(crate) const DIAL_ARG: &str = "dial";
 pub(crate) const ZYGOTE_ARG: &str = "--wpool-zygote";
 
 /// Bumped on every incompatible change of the frame types.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// The cap on the very first frame (`Hello` / `Ready`), before limits are known.
 pub const HANDSHAKE_FRAME_CAP: usize = 1 << 20;
@@ -92,6 +92,15 @@ pub enum HostMsg<'a> {
     },
     /// Finish and exit.
     Shutdown,
+    /// Give chunk `chunk` back unrun if it has not started: the worker
+    /// answers [`WorkerMsg::Revoked`] at once and never runs it, or runs it
+    /// as if this had not come (its results are the answer). The host asks
+    /// for the last chunk a worker holds when another worker is idle and
+    /// there is nothing else to give it.
+    Revoke {
+        /// A chunk sent to this worker.
+        chunk: u64,
+    },
 }
 
 /// The handshake: everything a worker needs to load the kernel.
@@ -216,6 +225,9 @@ pub enum WorkerMsg {
     /// out of a frame. Results of [`LARGE`] bytes or more travel so.
     /// The host's frame reader turns the pair into `Results`.
     LargeResult { chunk: u64, offset: u32, len: u32, busy_ns: u64, batched: u32, fallbacks: u32 },
+    /// Chunk `chunk`, which the host asked back ([`HostMsg::Revoke`]), was
+    /// not started and never will be: none of its items ran.
+    Revoked { chunk: u64 },
 }
 
 /// How one item ended inside a worker.

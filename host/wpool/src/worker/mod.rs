@@ -192,9 +192,57 @@ fn run(transport: Transport) -> Result<(), WorkerError> {
     };
     let (sandbox, ticker) = lock_down(&hello, &runtime);
     transport.watch()?;
-    let items = start_wasm_thread(runtime, &hello, &output, ticker)?;
+    let revoked = Arc::new(Revocations::default());
+    let items = start_wasm_thread(runtime, &hello, &output, ticker, Arc::clone(&revoked))?;
     send(&output, &WorkerMsg::Ready { version: PROTOCOL_VERSION, pid: std::process::id(), node, sandbox })?;
-    serve(input, frame_cap(hello.settings.limits.max_item_size), &items)
+    serve(input, frame_cap(hello.settings.limits.max_item_size), &items, &revoked, &output)
+}
+
+/// Which chunk the wasm thread took last, and the chunks given back to the
+/// host before it took them ([`HostMsg::Revoke`]). The reader answers a
+/// request at once: `Revoked` if the wasm thread has not taken the chunk
+/// (which it then skips), nothing if it has (its results are the answer).
+/// A worker's chunks come in increasing ids, so "taken" is one number.
+#[derive(Default)]
+struct Revocations {
+    /// The id of the chunk the wasm thread took last.
+    taken: std::sync::atomic::AtomicU64,
+    /// Some chunk was given back: the wasm thread looks under the lock.
+    any: std::sync::atomic::AtomicBool,
+    given_back: Mutex<Vec<u64>>,
+}
+
+impl Revocations {
+    /// The host asks for `chunk` back: whether it is given back (never to
+    /// run here).
+    fn give_back(&self, chunk: u64) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut given = self.given_back.lock().unwrap_or_else(|p| p.into_inner());
+        given.push(chunk);
+        self.any.store(true, SeqCst);
+        // Taken already (or taken as we looked, before seeing `any`): it runs.
+        if self.taken.load(SeqCst) >= chunk {
+            given.pop();
+            return false;
+        }
+        true
+    }
+
+    /// The wasm thread takes `chunk`: whether to skip it, given back.
+    fn take(&self, chunk: u64) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.taken.store(chunk, SeqCst);
+        if !self.any.load(SeqCst) {
+            return false;
+        }
+        let mut given = self.given_back.lock().unwrap_or_else(|p| p.into_inner());
+        let skip = given.contains(&chunk);
+        given.retain(|&c| c > chunk);
+        if given.is_empty() {
+            self.any.store(false, SeqCst);
+        }
+        skip
+    }
 }
 
 /// Reads the host's `Hello`; `None` when the host closed the stream first.
@@ -243,6 +291,7 @@ fn start_wasm_thread(
     hello: &Hello,
     output: &Arc<Mutex<File>>,
     ticker: Option<Ticker>,
+    revoked: Arc<Revocations>,
 ) -> Result<Sender<Vec<u8>>, WorkerError> {
     let (tx, rx) = crossbeam_channel::unbounded::<Vec<u8>>();
     let (prepared_tx, prepared) = crossbeam_channel::bounded::<Result<(), String>>(1);
@@ -259,7 +308,7 @@ fn start_wasm_thread(
             let ok = result.is_ok();
             let _ = prepared_tx.send(result);
             if ok {
-                wasm_loop(runtime, rx, out, crash_on, ticker);
+                wasm_loop(runtime, rx, out, crash_on, ticker, &revoked);
             }
         })
         .map_err(|source| WorkerError::Spawn { what: "wasm thread", source })?;
@@ -281,7 +330,13 @@ fn start_wasm_thread(
 
 /// Reads the host's frames and hands each `Run` to the wasm thread. Ends
 /// the process when the host says so or closes the stream.
-fn serve(input: File, cap: usize, items: &Sender<Vec<u8>>) -> Result<(), WorkerError> {
+fn serve(
+    input: File,
+    cap: usize,
+    items: &Sender<Vec<u8>>,
+    revoked: &Revocations,
+    output: &Mutex<File>,
+) -> Result<(), WorkerError> {
     // Small frames arrive many per read.
     let mut input = std::io::BufReader::with_capacity(64 << 10, input);
     loop {
@@ -295,6 +350,12 @@ fn serve(input: File, cap: usize, items: &Sender<Vec<u8>>) -> Result<(), WorkerE
         }
         match wire::decode::<HostMsg>(&frame) {
             Ok(HostMsg::Run { .. }) => {}
+            Ok(HostMsg::Revoke { chunk }) => {
+                if revoked.give_back(chunk) {
+                    send(output, &WorkerMsg::Revoked { chunk })?;
+                }
+                continue;
+            }
             Ok(HostMsg::Shutdown) => std::process::exit(0),
             Ok(HostMsg::Hello(_)) => return Err(WorkerError::SecondHello),
             Err(e) => return Err(WorkerError::Read(e)),
@@ -475,6 +536,7 @@ fn wasm_loop(
     out: Arc<std::sync::Mutex<File>>,
     crash_on: Option<Vec<u8>>,
     ticker: Option<Ticker>,
+    revoked: &Revocations,
 ) {
     let outbox = Outbox::new(out);
     let max_item = rt.max_item_size();
@@ -503,6 +565,10 @@ fn wasm_loop(
         let Ok(HostMsg::Run { chunk, items }) = wire::decode::<HostMsg>(&payload) else {
             std::process::exit(3);
         };
+        if revoked.take(chunk) {
+            // Given back: the reader told the host.
+            continue;
+        }
         let items: Vec<&[u8]> = items.iter().map(|i| &i[..]).collect();
         // Time spent waiting for this chunk is nobody's kernel time.
         now = Instant::now();

@@ -135,6 +135,25 @@ impl Ledger {
         (id, &chunk.items)
     }
 
+    /// Takes back chunk `id`, which its worker gave back unrun: its items
+    /// go first in the queue, their attempts unchanged (none of them ran).
+    /// Fails, changing nothing, unless the chunk is in flight and nothing
+    /// of it was answered.
+    pub(super) fn reclaim(&mut self, id: u64) -> Result<(), String> {
+        match self.chunks.get(&id) {
+            Some(c) if c.received == 0 => {}
+            Some(_) => return Err(format!("chunk {id} given back after some of its results")),
+            None => return Err(format!("chunk {id} given back, which is not in flight")),
+        }
+        let chunk = self.chunks.remove(&id).expect("checked above");
+        // Counted again in `bytes` when they are sent.
+        self.bytes -= chunk.items.iter().map(|p| p.data.len()).sum::<usize>().min(self.bytes);
+        for p in chunk.items.into_iter().rev() {
+            self.retry.push_front(p);
+        }
+        Ok(())
+    }
+
     /// Items of chunk `id` not answered yet, if it is in flight.
     pub(super) fn unanswered(&self, id: u64) -> Option<usize> {
         self.chunks.get(&id).map(Chunk::unanswered)
@@ -292,6 +311,28 @@ mod tests {
             assert_eq!((retry[0].index, retry[0].attempts), (index, 1));
         }
         assert!(l.take_retries(100, usize::MAX).is_none());
+    }
+
+    #[test]
+    fn a_chunk_given_back_unrun_goes_first_with_its_attempts_unchanged() {
+        let mut l = Ledger::new(2);
+        let (a, _) = l.open(items([0]));
+        let (b, _) = l.open(items([1, 2]));
+        let in_flight = l.bytes();
+        l.reclaim(b).unwrap();
+        assert_eq!(l.bytes(), in_flight - 6, "counted again when sent");
+        assert!(!l.needs_idle_worker(), "it may run beside anything");
+        let (again, alone) = l.take_retries(100, usize::MAX).unwrap();
+        assert!(!alone);
+        assert_eq!(again.iter().map(|p| (p.index, p.attempts)).collect::<Vec<_>>(), [(1, 0), (2, 0)]);
+        // Only a chunk in flight, and only before any of its results.
+        assert!(l.reclaim(b).is_err());
+        l.answer(a, 0, vec![ok()], W).unwrap();
+        let (c, _) = l.open(items([3, 4]));
+        l.answer(c, 0, vec![ok()], W).unwrap();
+        let before = l.bytes();
+        assert!(l.reclaim(c).is_err());
+        assert_eq!((l.bytes(), l.unanswered(c)), (before, Some(1)), "a refused reclaim changes nothing");
     }
 
     #[test]

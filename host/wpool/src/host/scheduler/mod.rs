@@ -154,6 +154,10 @@ pub struct PoolStats {
     /// `map-batch` calls that failed (a trap, a limit, a wrong number of
     /// results) and whose items were run again one by one with `map`.
     pub batch_fallbacks: u64,
+    /// Chunks a worker gave back unrun for an idle one to run: with nothing
+    /// else left to hand out, a worker holding a chunk behind the one it
+    /// runs is asked for it.
+    pub reclaimed_chunks: u64,
 }
 
 /// A worker process as it described itself when it started.
@@ -369,30 +373,58 @@ impl Scheduler {
             && self.job.reorder.admits(self.job.feed.next_index(), self.job.sizer.window())
     }
 
-    /// Fills every ready worker up to `depth` chunks. Items retried alone go
+    /// Fills every ready worker up to `depth` chunks, each idle one first
+    /// (one chunk each before any gets a second). Items retried alone go
     /// only to a worker with nothing else in flight; while one waits for
     /// such a worker, no fresh input is handed out.
     fn dispatch(&mut self, input: &mut Input<'_>) {
         let depth = self.job.sizer.depth();
-        for slot in 0..self.slots.len() {
-            while self.slots[slot].has_room(depth) {
-                if self.ledger.needs_idle_worker() && !self.slots[slot].queue.is_empty() {
-                    break;
-                }
-                let limit = self.job.sizer.chunk_limit();
-                let items = match self.ledger.take_retries(limit, BATCH_BYTES) {
-                    Some((items, alone)) => {
-                        self.slots[slot].exclusive = alone;
-                        items
+        for fill in [1, depth] {
+            for slot in 0..self.slots.len() {
+                while self.slots[slot].has_room(fill) {
+                    if self.ledger.needs_idle_worker() && !self.slots[slot].queue.is_empty() {
+                        break;
                     }
-                    None => self.pull_chunk(input, limit),
-                };
-                if items.is_empty() {
-                    return;
+                    let limit = self.job.sizer.chunk_limit();
+                    let items = match self.ledger.take_retries(limit, BATCH_BYTES) {
+                        Some((items, alone)) => {
+                            self.slots[slot].exclusive = alone;
+                            items
+                        }
+                        None => self.pull_chunk(input, limit),
+                    };
+                    if items.is_empty() {
+                        return self.rebalance();
+                    }
+                    self.send_chunk(slot, items);
                 }
-                self.send_chunk(slot, items);
             }
         }
+        self.rebalance();
+    }
+
+    /// With nothing left to hand out, asks the worker holding the most
+    /// chunks for its last one (not started yet, it will be given back and
+    /// run by an idle worker), one request per idle worker at a time: a
+    /// worker must not sit idle while another holds long work it has not
+    /// started.
+    fn rebalance(&mut self) {
+        let idle = self.slots.iter().filter(|w| w.is_idle()).count();
+        let asked = self.slots.iter().filter(|w| w.revoking.is_some()).count();
+        if idle <= asked {
+            return;
+        }
+        let busiest = (0..self.slots.len())
+            .filter_map(|slot| Some((slot, self.slots[slot].revocable()?)))
+            .max_by_key(|&(slot, _)| self.slots[slot].queue.len());
+        // Whatever the time per item measured so far: items differ, and a
+        // chunk that turns out to be short is at worst run where it was
+        // (the request comes too late) or moved at the cost of a round
+        // trip, at the end of a run or while input is scarce.
+        let Some((slot, chunk)) = busiest else { return };
+        let mut frame = Vec::new();
+        wire::encode(&HostMsg::Revoke { chunk }, &mut frame);
+        self.slots[slot].revoke(chunk, frame.into());
     }
 
     /// Fresh input for one chunk of up to `limit` items. An item over the
@@ -524,7 +556,14 @@ impl Scheduler {
             }
             // Late results of a worker being killed (after an abandoned run):
             // nobody wants them.
-            (SlotState::Ready, FromWorker::Results(_)) if self.slots[slot].killed.is_some() => {}
+            (SlotState::Ready, FromWorker::Results(_) | FromWorker::Msg(WorkerMsg::Revoked { .. }))
+                if self.slots[slot].killed.is_some() => {}
+            (SlotState::Ready, FromWorker::Msg(WorkerMsg::Revoked { chunk })) => {
+                match self.slots[slot].gave_back(chunk).and_then(|()| self.ledger.reclaim(chunk)) {
+                    Ok(()) => self.stats.reclaimed_chunks += 1,
+                    Err(violation) => self.slots[slot].reject(violation),
+                }
+            }
             (SlotState::Ready, FromWorker::Results(r)) => {
                 self.stats.batched_items += u64::from(r.batched).min(r.outcomes.len() as u64);
                 self.stats.batch_fallbacks += u64::from(r.fallbacks);
@@ -681,6 +720,7 @@ fn msg_name(msg: &FromWorker) -> &'static str {
         FromWorker::Results(_) => "Results",
         FromWorker::Msg(WorkerMsg::Failed { .. }) => "Failed",
         FromWorker::Msg(WorkerMsg::InitFailed { .. }) => "InitFailed",
+        FromWorker::Msg(WorkerMsg::Revoked { .. }) => "Revoked",
         // The frame reader reads these as `FromWorker::Results`.
         FromWorker::Msg(WorkerMsg::Results { .. } | WorkerMsg::LargeResult { .. }) => "Results",
     }

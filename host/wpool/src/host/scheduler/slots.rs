@@ -46,6 +46,8 @@ pub(super) struct Slot {
     pub(super) violation: Option<String>,
     /// What its worker said about itself in the handshake.
     pub(super) info: Option<WorkerInfo>,
+    /// The chunk the host asked this worker to give back, unanswered yet.
+    pub(super) revoking: Option<u64>,
 }
 
 impl Slot {
@@ -61,6 +63,7 @@ impl Slot {
             violation: None,
             exclusive: false,
             info: None,
+            revoking: None,
         }
     }
 
@@ -70,6 +73,41 @@ impl Slot {
     /// item alone, below `depth` chunks.
     pub(super) fn has_room(&self, depth: usize) -> bool {
         self.state == SlotState::Ready && self.killed.is_none() && !self.exclusive && self.queue.len() < depth
+    }
+
+    /// Ready and holding nothing: another worker's chunk could run here.
+    pub(super) fn is_idle(&self) -> bool {
+        self.has_room(1)
+    }
+
+    /// The chunk this worker could give back: the last it holds, when it
+    /// holds another before it (running, or next), and it is not already
+    /// asked for one.
+    pub(super) fn revocable(&self) -> Option<u64> {
+        let ok = self.state == SlotState::Ready && self.killed.is_none() && !self.exclusive;
+        (ok && self.revoking.is_none() && self.queue.len() >= 2).then(|| *self.queue.back().expect("two chunks"))
+    }
+
+    /// Asks the worker to give chunk `id` back (see [`Slot::revocable`]).
+    pub(super) fn revoke(&mut self, id: u64, frame: Frame) {
+        if let Some(proc) = &self.proc {
+            proc.send(frame);
+        }
+        self.revoking = Some(id);
+    }
+
+    /// The worker gave back chunk `id`, which it had been asked for.
+    pub(super) fn gave_back(&mut self, id: u64) -> Result<(), String> {
+        if self.revoking != Some(id) || !self.queue.contains(&id) {
+            return Err(format!("chunk {id} given back unasked"));
+        }
+        self.revoking = None;
+        if self.queue.front() == Some(&id) {
+            // What runs next starts its deadline now.
+            self.progress_at = Instant::now();
+        }
+        self.queue.retain(|&c| c != id);
+        Ok(())
     }
 
     /// Alive in any sense: starting, ready, or its process not yet reaped.
@@ -86,6 +124,7 @@ impl Slot {
         self.violation = None;
         self.exclusive = false;
         self.info = None;
+        self.revoking = None;
     }
 
     /// Takes the process of generation `proc.gen` if it is this slot's
@@ -138,6 +177,10 @@ impl Slot {
     /// The oldest chunk made progress; `complete` when it is fully answered.
     pub(super) fn answered(&mut self, complete: bool) {
         self.progress_at = Instant::now();
+        // A chunk being answered was started: it will not be given back.
+        if self.revoking == self.queue.front().copied() {
+            self.revoking = None;
+        }
         if complete {
             self.queue.pop_front();
             self.exclusive = false;
@@ -163,6 +206,7 @@ impl Slot {
         };
         self.state = SlotState::Dead;
         self.proc = None;
+        self.revoking = None;
         let queue = std::mem::take(&mut self.queue);
         let crash = end.crash.clone().unwrap_or(Crash::Exited { code: 0 });
         Death { was, killed, queue, crash, end }
