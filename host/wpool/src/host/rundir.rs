@@ -16,6 +16,10 @@ use std::io;
 #[derive(Debug)]
 struct RunDir {
     path: std::path::PathBuf,
+    /// The sweep of stale run directories, which runs beside the pool's
+    /// start (a `$TMPDIR` may hold thousands of entries); joined before
+    /// this directory goes, so that a run leaves no stale one behind.
+    sweep: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RunDir {
@@ -29,7 +33,13 @@ impl RunDir {
             return Ok(dir);
         }
         let tmp = std::env::temp_dir();
-        sweep_stale_run_dirs(&tmp);
+        let sweep = {
+            let dir = tmp.clone();
+            let spawned =
+                std::thread::Builder::new().name("wpool-sweep".into()).spawn(move || sweep_stale_run_dirs(&dir));
+            // No thread to spare: sweep here.
+            spawned.map_err(|_| sweep_stale_run_dirs(&tmp)).ok()
+        };
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = tmp.join(format!("wpool-{}-{n}-ns{}", std::process::id(), pid_namespace()));
         // A leftover of an earlier process with our pid (pid reuse) is ours
@@ -38,7 +48,7 @@ impl RunDir {
             let _ = std::fs::remove_dir_all(&path);
         }
         std::fs::DirBuilder::new().mode(0o700).create(&path)?;
-        let dir = std::sync::Arc::new(RunDir { path });
+        let dir = std::sync::Arc::new(RunDir { path, sweep });
         *current = std::sync::Arc::downgrade(&dir);
         Ok(dir)
     }
@@ -46,6 +56,9 @@ impl RunDir {
 
 impl Drop for RunDir {
     fn drop(&mut self) {
+        if let Some(sweep) = self.sweep.take() {
+            let _ = sweep.join();
+        }
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
