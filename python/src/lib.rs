@@ -252,8 +252,8 @@ enum Cmd {
 struct Snapshot {
     pids: Vec<u32>,
     /// `(spawned, worker_deaths, retried_items, batched_items,
-    /// batch_fallbacks, workers)`.
-    stats: [u64; 6],
+    /// batch_fallbacks, reclaimed_chunks, workers)`.
+    stats: [u64; 7],
 }
 
 /// How often a running driver refreshes the [`Snapshot`].
@@ -281,7 +281,15 @@ fn idle_refresh(snap: &Mutex<Snapshot>, workers: usize) -> Duration {
 const IDLE_REFRESH: Duration = Duration::from_millis(250);
 
 fn store(snap: &Mutex<Snapshot>, pids: Vec<u32>, s: PoolStats, workers: usize) {
-    let stats = [s.spawned, s.worker_deaths, s.retried_items, s.batched_items, s.batch_fallbacks, workers as u64];
+    let stats = [
+        s.spawned,
+        s.worker_deaths,
+        s.retried_items,
+        s.batched_items,
+        s.batch_fallbacks,
+        s.reclaimed_chunks,
+        workers as u64,
+    ];
     if let Ok(mut g) = snap.lock() {
         *g = Snapshot { pids, stats };
     }
@@ -538,8 +546,8 @@ impl RawPool {
     }
 
     /// Counters: `(spawned, worker_deaths, retried_items, batched_items,
-    /// batch_fallbacks, workers)`, as of the last result.
-    fn stats(&self) -> [u64; 6] {
+    /// batch_fallbacks, reclaimed_chunks, workers)`, as of the last result.
+    fn stats(&self) -> [u64; 7] {
         self.snapshot.lock().map(|g| g.stats).unwrap_or_default()
     }
 

@@ -145,6 +145,7 @@ def test_apply_stats_and_kernel_info():
         s = pool.stats()
         assert s["workers"] == 1 and s["spawned"] == 1 and s["worker_deaths"] == 0
         assert s["batched_items"] > 0  # the SDK kernel's map-batch was used
+        assert s["reclaimed_chunks"] == 0  # one worker: nobody to give a chunk to
     info = wpool.Kernel(kernel("echo")).info()
     assert info.accepted and info.format == "component"
     assert "wpool:kernel/kernel" in info.worlds

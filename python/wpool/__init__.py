@@ -601,9 +601,10 @@ class Pool:
 
     def stats(self) -> Dict[str, int]:
         """Counters over the pool's life: workers spawned, worker deaths,
-        retried items, items run batched, failed batches."""
+        retried items, items run batched, failed batches, and chunks a
+        worker gave back unstarted for an idle one to run."""
         self._check()
-        spawned, deaths, retried, batched, fallbacks, workers = self._raw.stats()
+        spawned, deaths, retried, batched, fallbacks, reclaimed, workers = self._raw.stats()
         return {
             "workers": workers,
             "spawned": spawned,
@@ -611,6 +612,7 @@ class Pool:
             "retried_items": retried,
             "batched_items": batched,
             "batch_fallbacks": fallbacks,
+            "reclaimed_chunks": reclaimed,
         }
 
     def __repr__(self) -> str:

@@ -129,8 +129,14 @@ pub fn report_end(pool: &Pool, args: &RunArgs, label: &str) {
         let s = pool.stats();
         say(format_args!(
             "wpool:{label} {} worker processes started, {} died, {} items retried, {} connections refused, {} items \
-             in batched calls, {} batches run again item by item",
-            s.spawned, s.worker_deaths, s.retried_items, s.rejected_connections, s.batched_items, s.batch_fallbacks
+             in batched calls, {} batches run again item by item, {} chunks given back for an idle worker",
+            s.spawned,
+            s.worker_deaths,
+            s.retried_items,
+            s.rejected_connections,
+            s.batched_items,
+            s.batch_fallbacks,
+            s.reclaimed_chunks
         ));
     }
 }
