@@ -34,9 +34,9 @@ fn main() -> ExitCode {
     if maps_locally(std::env::args_os()) {
         // The process that forks the local workers starts first thing, its
         // start-up overlapping everything else the host does before its
-        // pool needs it (best effort: the pool starts its own if this one
-        // failed; one not needed after all, as for `map --help`, ends with
-        // the process).
+        // pool needs it (best effort: if it cannot start, the pool execs
+        // its workers; one not needed after all, as for `map --help`, ends
+        // with the process).
         let _ = wpool::prestart();
     }
     widen_pipes();

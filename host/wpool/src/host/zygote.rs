@@ -1,9 +1,11 @@
-//! A pool's zygote, from the host's side: started once by the spawning
-//! thread, asked for each local worker (see `worker::zygote` for the
-//! process itself and why). Forking a worker from it instead of
-//! `exec`-ing the binary once per worker is what makes a local pool's
-//! start-up cheap; any failure of the zygote only costs that: the spawner
-//! falls back to `exec`.
+//! A pool's zygote, from the host's side: started early by [`prestart`]
+//! (from a thread that lives as long as the process), adopted by the next
+//! local pool, asked for each of its workers (see `worker::zygote` for the
+//! process itself and why); after a failure the pool's spawning thread
+//! starts another. Forking a worker from it instead of `exec`-ing the
+//! binary once per worker is what makes a local pool's start-up cheap;
+//! any failure of the zygote only costs that: the spawner falls back to
+//! `exec`.
 
 use std::io::IoSlice;
 use std::mem::MaybeUninit;

@@ -1,6 +1,7 @@
-//! The zygote: a process a pool starts once (an `exec` of the worker
+//! The zygote: a process started once for a pool (an `exec` of the worker
 //! binary with no environment, `/` as its directory and its own process
-//! group), that forks every local worker of that pool on request. Forking a small single-threaded process costs a fraction of an
+//! group), that forks every local worker of that pool on request. Forking
+//! a small single-threaded process costs a fraction of an
 //! `exec` of this binary, which maps, relocates and faults in a hundred
 //! megabytes of code before `main`; each forked worker then runs exactly
 //! the code of an exec'd one, from [`super::main`] on: it dies with its
@@ -9,8 +10,10 @@
 //! Workers are forked with `CLONE_PARENT`, so that they are the host's
 //! children, not the zygote's: the host reaps them and sees how they ended
 //! as for a worker it spawned itself, and their parent-death signal fires
-//! with the host's spawning thread (the zygote's own parent). The zygote
-//! holds nothing of theirs and may die without them.
+//! with the host thread that started the zygote (the zygote's own parent:
+//! the thread of `wpool::prestart`, which lives as long as the process, or
+//! the pool's spawning thread for a zygote started again after a failure).
+//! The zygote holds nothing of theirs and may die without them.
 //!
 //! All workers forked by one zygote share its address-space layout (as
 //! Chromium's and Android's zygotes' children do); it is not the host's,
