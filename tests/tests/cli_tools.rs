@@ -230,15 +230,16 @@ fn eight_concurrent_runs_on_an_empty_cache_agree_and_leave_one_whole_artifact() 
         assert_eq!(o.stdout, outs[0].stdout);
     }
     assert_eq!(String::from_utf8_lossy(&outs[0].stdout).lines().count(), 200);
-    // One artifact with its digest and the record of its check, nothing
-    // half-written beside them.
+    // One artifact with its digest, the record of its check and the index
+    // of the kernel file, nothing half-written beside them.
     let mut files: Vec<String> = std::fs::read_dir(cache.path())
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     files.sort();
-    assert_eq!(files.len(), 3, "{files:?}");
+    assert_eq!(files.len(), 4, "{files:?}");
+    assert_eq!(files.iter().filter(|f| f.ends_with(".source")).count(), 1, "{files:?}");
     let (name, bytes) = artifact_of("sha256");
     assert_eq!(artifacts(cache.path()), std::slice::from_ref(&name));
     let key = name.trim_end_matches(".cwasm");
@@ -348,6 +349,88 @@ fn a_cached_kernel_keeps_its_check_beside_its_digest_and_loads_alike() {
             // A run loads it from the record; its workers map the artifact.
             assert_eq!(map_one(cache.path(), "upper", "abc", None), "ABC\n");
         }
+    }
+}
+
+#[test]
+fn a_kernel_file_loaded_before_is_found_by_its_inode_and_times_without_reading_it() {
+    use wpool::{Kernel, Limits, Pool};
+    let cache = tempfile::tempdir().unwrap();
+    // This test's own process: no other test sees the variable.
+    std::env::set_var("WPOOL_CACHE_DIR", cache.path());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("k.wasm");
+    std::fs::copy(kernel_path("upper"), &file).unwrap();
+    let run = |k: &Kernel, limits: Limits, item: &str| {
+        let mut p = Pool::builder(k.clone()).workers(1).limits(limits).build().unwrap();
+        String::from_utf8(p.map([item]).unwrap().remove(0).unwrap().to_vec()).unwrap()
+    };
+    let indexes = || {
+        let mut v: Vec<String> = std::fs::read_dir(cache.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "source"))
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+
+    // A file that changed less than 2 s ago is read and not indexed: it
+    // may still be written, or its file system's times may be coarse.
+    let fresh = Kernel::from_file(&file).unwrap();
+    assert!(fresh.wasm_was_read());
+    assert_eq!(indexes(), Vec::<String>::new());
+    std::thread::sleep(Duration::from_millis(2100));
+
+    // Read, and indexed by the file's inode and times.
+    let first = Kernel::from_file(&file).unwrap();
+    assert!(first.wasm_was_read());
+    let key = artifacts(cache.path())[0].trim_end_matches(".cwasm").to_string();
+    assert_eq!(indexes(), [format!("{key}\n")]);
+    // Found through the index: not read, the same kernel, and it runs.
+    let second = Kernel::from_file(&file).unwrap();
+    assert!(!second.wasm_was_read());
+    assert_eq!((second.info(), second.has_init()), (first.info(), first.has_init()));
+    assert_eq!(run(&second, Limits::default(), "abc"), "ABC");
+    assert!(!second.wasm_was_read(), "local workers get the artifact");
+    // Other codegen settings compile the wasm: read then.
+    let fuel = Limits { fuel: Some(1 << 30), ..Limits::default() };
+    assert_eq!(run(&second, fuel.clone(), "def"), "DEF");
+    assert!(second.wasm_was_read());
+
+    // An index naming an artifact that is gone is a miss: read and
+    // compiled again.
+    for ext in ["cwasm", "blake3", "checked"] {
+        std::fs::remove_file(cache.path().join(format!("{key}.{ext}"))).unwrap();
+    }
+    let again = Kernel::from_file(&file).unwrap();
+    assert!(again.wasm_was_read());
+    assert_eq!(run(&again, Limits::default(), "ghi"), "GHI");
+
+    // New times, the same bytes: read again (and not indexed, too new).
+    let unread = Kernel::from_file(&file).unwrap();
+    assert!(!unread.wasm_was_read());
+    let f = std::fs::File::options().write(true).open(&file).unwrap();
+    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(60)).unwrap();
+    drop(f);
+    assert!(Kernel::from_file(&file).unwrap().wasm_was_read());
+    assert_eq!(indexes(), [format!("{key}\n")]);
+    // Other bytes in the same file: never the old kernel.
+    std::fs::write(&file, std::fs::read(kernel_path("echo")).unwrap()).unwrap();
+    let echo = Kernel::from_file(&file).unwrap();
+    assert!(echo.wasm_was_read());
+    assert_eq!(run(&echo, Limits::default(), "abc"), "abc");
+    // A kernel loaded unread whose file changed since cannot be read for
+    // other settings: an error naming the file, not the other bytes.
+    match Pool::builder(unread).workers(1).limits(fuel).build() {
+        Err(e) => {
+            let cause = std::error::Error::source(&e).map(|c| c.to_string()).unwrap_or_default();
+            assert!(e.to_string().contains("k.wasm"), "{e}");
+            assert!(cause.contains("changed since the kernel was loaded"), "{e}: {cause}");
+        }
+        Ok(_) => panic!("built a pool from a kernel file that changed"),
     }
 }
 

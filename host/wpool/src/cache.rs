@@ -5,7 +5,9 @@
 //! only counts, ages and removes them. An artifact is `KEY.cwasm` plus its
 //! recorded digest `KEY.blake3` (BLAKE3: SHA-256 made checking a 35 MB
 //! artifact the largest part of a warm start) and what checking its kernel
-//! found, `KEY.checked`. Its modification time is its last use: a
+//! found, `KEY.checked`; a kernel file loaded before is found by its inode
+//! and times through `SRC.source`, which holds the key. An artifact's
+//! modification time is its last use: a
 //! cache hit touches it, so eviction removes the least recently used first.
 //!
 //! An artifact a running wpool process has used is held with a shared
@@ -40,6 +42,10 @@ pub(crate) const CHECKED_EXT: &str = "checked";
 
 /// The files that belong to an artifact, removed before it.
 const SIDECARS: [&str; 2] = [DIGEST_EXT, CHECKED_EXT];
+/// An index from a kernel file (its inode and times) to its artifact's
+/// key, `SRC.source` (see `kernel::ArtifactCache::by_source`): a shortcut,
+/// removed by cleaning; one naming an evicted artifact is a miss.
+pub(crate) const SOURCE_EXT: &str = "source";
 
 /// The directory of precompiled artifacts that kernels are loaded from.
 ///
@@ -110,7 +116,8 @@ impl Cache {
     /// Counts the artifacts and their bytes.
     pub fn usage(&self) -> Result<CacheUsage, Error> {
         let entries = entries(&self.dir)?;
-        Ok(CacheUsage { artifacts: entries.len(), bytes: entries.iter().map(|e| e.bytes).sum() })
+        let indexes: u64 = source_indexes(&self.dir).iter().map(|(_, bytes)| bytes).sum();
+        Ok(CacheUsage { artifacts: entries.len(), bytes: entries.iter().map(|e| e.bytes).sum::<u64>() + indexes })
     }
 
     /// Removes every artifact not in use by a running wpool process. A run
@@ -128,6 +135,13 @@ impl Cache {
             }
         }
         remove_orphan_digests(&self.dir);
+        // The indexes of kernel files go too (a shortcut, rebuilt on the
+        // next load of each).
+        for (index, bytes) in source_indexes(&self.dir) {
+            if fs::remove_file(&index).is_ok() {
+                cleaned.bytes += bytes;
+            }
+        }
         Ok(cleaned)
     }
 }
@@ -274,6 +288,16 @@ fn remove_orphan_digests(dir: &Path) {
             let _ = fs::remove_file(&path);
         }
     }
+}
+
+/// The indexes of kernel files (`SRC.source`) and their sizes.
+fn source_indexes(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let Ok(list) = fs::read_dir(dir) else { return Vec::new() };
+    list.flatten()
+        .map(|item| item.path())
+        .filter(|path| path.extension().is_some_and(|e| e == SOURCE_EXT))
+        .filter_map(|path| Some((path.clone(), fs::symlink_metadata(&path).ok().filter(|m| m.is_file())?.len())))
+        .collect()
 }
 
 fn io_err(path: &Path, what: &str, e: io::Error) -> Error {

@@ -45,7 +45,7 @@ const PROVIDED_PACKAGES: [&str; 6] =
 #[derive(Clone)]
 pub struct Kernel {
     name: String,
-    bytes: Arc<[u8]>,
+    wasm: Wasm,
     info: KernelInfo,
     cache: ArtifactCache,
     /// The artifact compiled (or found) while validating, for the default
@@ -57,7 +57,81 @@ pub struct Kernel {
 
 impl std::fmt::Debug for Kernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kernel").field("name", &self.name).field("size", &self.bytes.len()).finish()
+        f.debug_struct("Kernel").field("name", &self.name).field("size", &self.info.size).finish()
+    }
+}
+
+/// A kernel's wasm bytes: read, or known by its file's [`Fingerprint`]
+/// (its artifact found through the cache's index) and read only if they are
+/// needed (a launched worker is sent them; other codegen settings compile
+/// them).
+#[derive(Clone)]
+enum Wasm {
+    Read(Arc<[u8]>),
+    Unread { path: PathBuf, fingerprint: Fingerprint, read: Arc<std::sync::OnceLock<Arc<[u8]>>> },
+}
+
+impl Wasm {
+    fn get(&self) -> Result<Arc<[u8]>, Error> {
+        match self {
+            Wasm::Read(bytes) => Ok(Arc::clone(bytes)),
+            Wasm::Unread { path, fingerprint, read } => {
+                if let Some(bytes) = read.get() {
+                    return Ok(Arc::clone(bytes));
+                }
+                let (bytes, now) = read_kernel(path)?;
+                // Not the file whose artifact was loaded.
+                if now != Some(*fingerprint) {
+                    return Err(Error::KernelRead {
+                        path: path.clone(),
+                        source: io::Error::other("the file changed since the kernel was loaded"),
+                    });
+                }
+                Ok(Arc::clone(read.get_or_init(|| bytes)))
+            }
+        }
+    }
+}
+
+/// What identifies a kernel file's contents without reading them: its
+/// device and inode, its size, and its modification and change times to the
+/// nanosecond. Any write changes the change time, which no process can set
+/// back; a new file on a reused inode has its own. `None` for what is not
+/// a regular file (a pipe, a device): that is read every time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Fingerprint {
+    /// How long ago a file must have last changed for its fingerprint to
+    /// be indexed: a file still being written, or on a file system whose
+    /// times are coarse (FAT's are 2 s), could change again within the
+    /// same timestamp. Once a file is this old, any change gives it newer
+    /// times.
+    const SETTLED: std::time::Duration = std::time::Duration::from_secs(2);
+
+    /// Whether the file last changed at least [`Fingerprint::SETTLED`] ago.
+    fn settled(&self) -> bool {
+        let newest = self.mtime.max(self.ctime);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let newest = std::time::Duration::new(newest.0.max(0) as u64, newest.1.clamp(0, 999_999_999) as u32);
+        now.checked_sub(newest).is_some_and(|age| age >= Fingerprint::SETTLED)
+    }
+
+    fn of(meta: &fs::Metadata) -> Option<Fingerprint> {
+        use std::os::unix::fs::MetadataExt;
+        meta.is_file().then(|| Fingerprint {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        })
     }
 }
 
@@ -134,10 +208,34 @@ impl std::fmt::Display for World {
 
 impl Kernel {
     /// Loads and validates a kernel file, using the default artifact cache.
+    ///
+    /// A file loaded before (the same device, inode, size, modification
+    /// and change times, under the same wasmtime and settings) is not read
+    /// again: the cache's index names its artifact.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Kernel, Error> {
         let path = path.as_ref();
-        let bytes = read_kernel(path)?;
-        Kernel::from_bytes(path.display().to_string(), bytes)
+        let name = path.display().to_string();
+        let cache = ArtifactCache::for_kernel(None)?;
+        let settings = EngineSettings::default();
+        let engine = Engine::new(&settings.wasmtime_config())
+            .map_err(|e| Error::InvalidKernel { kernel: name.clone(), message: format!("engine: {e:#}") })?;
+        let before = fs::metadata(path).ok().as_ref().and_then(Fingerprint::of);
+        if let Some(fingerprint) = before {
+            if let Some((artifact, loaded)) = cache.by_source(&engine, &fingerprint, &settings) {
+                let read = Arc::default();
+                let wasm = Wasm::Unread { path: path.to_path_buf(), fingerprint, read };
+                return Kernel::loaded(name, wasm, fingerprint.size as usize, cache, artifact, loaded, &engine);
+            }
+        }
+        let (bytes, after) = read_kernel(path)?;
+        check_header(&name, &bytes)?;
+        let (artifact, loaded) = cache.lookup_or_compile(&engine, &name, &bytes, &settings, Want::Checked)?;
+        // Unchanged while it was read: these bytes are that file's.
+        if let Some(fingerprint) = after.filter(|fp| after == before && fp.settled()) {
+            cache.record_source(&engine, &fingerprint, &settings, &artifact);
+        }
+        let size = bytes.len();
+        Kernel::loaded(name, Wasm::Read(bytes), size, cache, artifact, loaded, &engine)
     }
 
     /// Validates kernel bytes; `name` is used in messages.
@@ -163,18 +261,43 @@ impl Kernel {
         // need not load it again.
         let settings = EngineSettings::default();
         let (default_artifact, loaded, engine) = cache.get_or_compile(&name, &bytes, &settings, Want::Checked)?;
+        let size = bytes.len();
+        Kernel::loaded(name, Wasm::Read(bytes), size, cache, default_artifact, loaded, &engine)
+    }
+
+    /// The kernel whose artifact for the default settings was found or
+    /// compiled: checked now, unless what checking it found is on record.
+    fn loaded(
+        name: String,
+        wasm: Wasm,
+        size: usize,
+        cache: ArtifactCache,
+        default_artifact: Artifact,
+        loaded: Loaded,
+        engine: &Engine,
+    ) -> Result<Kernel, Error> {
         let checked = match loaded {
             Loaded::Checked(checked) => checked,
             Loaded::Component(component) => {
-                let KernelInfo { imports, exports, .. } = describe(&engine, &component, bytes.len());
-                let checked = Checked { shape: check_contract(&name, &engine, &component)?, imports, exports };
+                let KernelInfo { imports, exports, .. } = describe(engine, &component, size);
+                let checked = Checked { shape: check_contract(&name, engine, &component)?, imports, exports };
                 cache.record_checked(&default_artifact, &checked);
                 checked
             }
         };
         let Checked { shape, imports, exports } = checked;
-        let info = KernelInfo { size: bytes.len(), format: "component", imports, exports };
-        Ok(Kernel { name, bytes, info, cache, default_artifact, has_init: shape.init, reducer: shape.reducer })
+        let info = KernelInfo { size, format: "component", imports, exports };
+        Ok(Kernel { name, wasm, info, cache, default_artifact, has_init: shape.init, reducer: shape.reducer })
+    }
+
+    /// Whether the kernel's wasm bytes were read (test hook: a kernel file
+    /// known to the cache's index is not read).
+    #[cfg(feature = "test-hooks")]
+    pub fn wasm_was_read(&self) -> bool {
+        match &self.wasm {
+            Wasm::Read(_) => true,
+            Wasm::Unread { read, .. } => read.get().is_some(),
+        }
     }
 
     /// Whether the kernel is a reducer (world `reducer`, export `reduce`):
@@ -216,8 +339,8 @@ impl Kernel {
     /// The precompiled artifact for these settings (compiling on a cache
     /// miss). Workers check its digest again before deserializing.
     /// The component's bytes, as a launched worker is sent them.
-    pub(crate) fn wasm(&self) -> Arc<[u8]> {
-        Arc::clone(&self.bytes)
+    pub(crate) fn wasm(&self) -> Result<Arc<[u8]>, Error> {
+        self.wasm.get()
     }
 
     pub(crate) fn artifact(&self, settings: &EngineSettings) -> Result<Artifact, Error> {
@@ -227,14 +350,14 @@ impl Kernel {
         if settings.codegen_key() == EngineSettings::default().codegen_key() && kept {
             return Ok(self.default_artifact.clone());
         }
-        self.cache.get_or_compile(&self.name, &self.bytes, settings, Want::Component).map(|(a, _, _)| a)
+        self.cache.get_or_compile(&self.name, &self.wasm.get()?, settings, Want::Component).map(|(a, _, _)| a)
     }
 
     /// Describes a kernel file and says whether it would be accepted. Errors
     /// only when the file cannot be read.
     pub fn inspect(path: impl AsRef<Path>) -> Result<Inspection, Error> {
         let path = path.as_ref();
-        let bytes = read_kernel(path)?;
+        let (bytes, _) = read_kernel(path)?;
         let name = path.display().to_string();
         let mut info = KernelInfo { size: bytes.len(), format: format_of(&bytes), imports: vec![], exports: vec![] };
         let cache = ArtifactCache::for_kernel(None)?;
@@ -256,8 +379,8 @@ impl Kernel {
 
 /// The kernel file's bytes, read straight into their shared buffer (a
 /// `Vec` turned into an `Arc<[u8]>` would be copied once more: 18 MB for a
-/// Python kernel).
-fn read_kernel(path: &Path) -> Result<Arc<[u8]>, Error> {
+/// Python kernel), and the file's fingerprint once they are read.
+fn read_kernel(path: &Path) -> Result<(Arc<[u8]>, Option<Fingerprint>), Error> {
     let err = |source: io::Error| match source.kind() {
         io::ErrorKind::NotFound => Error::KernelNotFound { path: path.to_path_buf() },
         _ => Error::KernelRead { path: path.to_path_buf(), source },
@@ -271,10 +394,11 @@ fn read_kernel(path: &Path) -> Result<Arc<[u8]>, Error> {
     // A file that grew since `metadata` (or a pipe, a device): read it all.
     let mut rest = Vec::new();
     io::Read::read_to_end(&mut file, &mut rest).map_err(err)?;
+    let fingerprint = file.metadata().ok().as_ref().and_then(Fingerprint::of);
     if rest.is_empty() {
-        return Ok(bytes);
+        return Ok((bytes, fingerprint));
     }
-    Ok([&bytes[..], &rest[..]].concat().into())
+    Ok(([&bytes[..], &rest[..]].concat().into(), fingerprint))
 }
 
 fn format_of(bytes: &[u8]) -> &'static str {
@@ -866,6 +990,62 @@ impl ArtifactCache {
         }
     }
 
+    /// The artifact of the kernel file with this fingerprint, through the
+    /// index written when that file was last read and compiled or found
+    /// here (`SRC.source`, holding the artifact's key; see
+    /// [`ArtifactCache::record_source`]). The artifact is loaded and checked
+    /// as on any hit; `None` when there is no index, or it names an
+    /// artifact that is gone or fails its digest.
+    fn by_source(
+        &self,
+        engine: &Engine,
+        fingerprint: &Fingerprint,
+        settings: &EngineSettings,
+    ) -> Option<(Artifact, Loaded)> {
+        if self.unusable().is_some() {
+            return None;
+        }
+        let index = self.dir.join(format!("{}.{}", source_name(engine, fingerprint, settings), cache::SOURCE_EXT));
+        let key = fs::read_to_string(index).ok()?;
+        let key = key.trim_end();
+        if key.len() != 32 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let path = self.dir.join(format!("{key}.cwasm"));
+        let sum_path = self.dir.join(format!("{key}.{}", cache::DIGEST_EXT));
+        self.load(engine, &path, &sum_path, Want::Checked)
+    }
+
+    /// Records that the kernel file with this fingerprint compiles to
+    /// `artifact`, so that the next load finds it without reading and
+    /// hashing the file. Best effort, and not synced: a lost or cut index
+    /// is a miss.
+    fn record_source(
+        &self,
+        engine: &Engine,
+        fingerprint: &Fingerprint,
+        settings: &EngineSettings,
+        artifact: &Artifact,
+    ) {
+        if self.unusable().is_some() {
+            return;
+        }
+        let Some(key) = artifact.path.file_stem().and_then(|k| k.to_str()) else { return };
+        let index = self.dir.join(format!("{}.{}", source_name(engine, fingerprint, settings), cache::SOURCE_EXT));
+        let tmp = index.with_extension(format!("tmp{}", std::process::id()));
+        let written = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(format!("{key}\n").as_bytes()))
+            .and_then(|()| fs::rename(&tmp, &index));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+    }
+
     /// The kernel compiled for `engine`, from this cache or compiled and
     /// stored: how a launched worker, sent wasm bytes, uses its own
     /// node-private cache.
@@ -1018,19 +1198,42 @@ fn without_path(e: &Error, dir: &Path) -> String {
     }
 }
 
+/// The name of the index of a kernel file (see
+/// [`ArtifactCache::by_source`]): a hash of the file's fingerprint and of
+/// what the artifact's key covers besides the wasm, so that another
+/// wasmtime, target or setting looks for another index.
+fn source_name(engine: &Engine, fingerprint: &Fingerprint, settings: &EngineSettings) -> String {
+    use std::hash::Hash;
+    let mut h = KeyHasher(blake3::Hasher::new());
+    h.0.update(b"wpool-source-v1\0");
+    engine.precompile_compatibility_hash().hash(&mut h);
+    h.0.update(settings.codegen_key().as_bytes());
+    let Fingerprint { dev, ino, size, mtime, ctime } = *fingerprint;
+    for n in [dev, ino, size] {
+        h.0.update(&n.to_le_bytes());
+    }
+    for n in [mtime.0, mtime.1, ctime.0, ctime.1] {
+        h.0.update(&n.to_le_bytes());
+    }
+    hex::encode(h.0.finalize().as_bytes())[..32].to_string()
+}
+
+/// Feeds what a `Hash` implementation writes into BLAKE3.
+struct KeyHasher(blake3::Hasher);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
 /// Hash of the wasm, the engine's compatibility fingerprint (wasmtime
 /// version, target, codegen flags) and our codegen-relevant settings.
 fn cache_key(engine: &Engine, bytes: &[u8], settings: &EngineSettings) -> String {
     use std::hash::Hash;
-    struct KeyHasher(blake3::Hasher);
-    impl std::hash::Hasher for KeyHasher {
-        fn finish(&self) -> u64 {
-            0
-        }
-        fn write(&mut self, bytes: &[u8]) {
-            self.0.update(bytes);
-        }
-    }
     let mut h = KeyHasher(blake3::Hasher::new());
     std::hash::Hasher::write(&mut h, b"wpool-artifact-v2\0");
     engine.precompile_compatibility_hash().hash(&mut h);

@@ -281,7 +281,7 @@ impl PoolBuilder {
         let code = if self.command.is_remote() {
             // Launched workers may run anywhere: they get the wasm and
             // compile it themselves, never a precompiled artifact.
-            let bytes = self.kernel.wasm();
+            let bytes = self.kernel.wasm()?;
             if bytes.len() > crate::wire::MAX_REMOTE_KERNEL {
                 return Err(Error::KernelTooLargeToSend {
                     kernel: self.kernel.name().to_string(),
