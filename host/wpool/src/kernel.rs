@@ -336,13 +336,14 @@ impl Kernel {
             .map(|why| format!("artifact cache {}: {why}; compiling in memory", self.cache.dir.display()))
     }
 
-    /// The precompiled artifact for these settings (compiling on a cache
-    /// miss). Workers check its digest again before deserializing.
-    /// The component's bytes, as a launched worker is sent them.
+    /// The component's bytes, as a launched worker is sent them (read now
+    /// if the kernel was loaded through the cache's index).
     pub(crate) fn wasm(&self) -> Result<Arc<[u8]>, Error> {
         self.wasm.get()
     }
 
+    /// The precompiled artifact for these settings (compiling on a cache
+    /// miss). Workers check its digest again before deserializing.
     pub(crate) fn artifact(&self, settings: &EngineSettings) -> Result<Artifact, Error> {
         // Removed by hand since the kernel was loaded (`wpool cache clean`
         // keeps artifacts in use): compile it again.
