@@ -217,8 +217,7 @@ impl Kernel {
         let name = path.display().to_string();
         let cache = ArtifactCache::for_kernel(None)?;
         let settings = EngineSettings::default();
-        let engine = Engine::new(&settings.wasmtime_config())
-            .map_err(|e| Error::InvalidKernel { kernel: name.clone(), message: format!("engine: {e:#}") })?;
+        let engine = engine_for(&name, &settings)?;
         let before = fs::metadata(path).ok().as_ref().and_then(Fingerprint::of);
         if let Some(fingerprint) = before {
             if let Some((artifact, loaded)) = cache.by_source(&engine, &fingerprint, &settings) {
@@ -969,8 +968,7 @@ impl ArtifactCache {
         want: Want,
     ) -> Result<(Artifact, Loaded, Engine), Error> {
         check_header(name, bytes)?;
-        let engine = Engine::new(&settings.wasmtime_config())
-            .map_err(|e| Error::InvalidKernel { kernel: name.into(), message: format!("engine: {e:#}") })?;
+        let engine = engine_for(name, settings)?;
         let (artifact, loaded) = self.lookup_or_compile(&engine, name, bytes, settings, want)?;
         Ok((artifact, loaded, engine))
     }
@@ -1006,14 +1004,12 @@ impl ArtifactCache {
         if self.unusable().is_some() {
             return None;
         }
-        let index = self.dir.join(format!("{}.{}", source_name(engine, fingerprint, settings), cache::SOURCE_EXT));
-        let key = fs::read_to_string(index).ok()?;
+        let key = fs::read_to_string(self.source_index(engine, fingerprint, settings)).ok()?;
         let key = key.trim_end();
         if key.len() != 32 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
-        let path = self.dir.join(format!("{key}.cwasm"));
-        let sum_path = self.dir.join(format!("{key}.{}", cache::DIGEST_EXT));
+        let (path, sum_path) = self.artifact_paths(key);
         self.load(engine, &path, &sum_path, Want::Checked)
     }
 
@@ -1032,19 +1028,18 @@ impl ArtifactCache {
             return;
         }
         let Some(key) = artifact.path.file_stem().and_then(|k| k.to_str()) else { return };
-        let index = self.dir.join(format!("{}.{}", source_name(engine, fingerprint, settings), cache::SOURCE_EXT));
-        let tmp = index.with_extension(format!("tmp{}", std::process::id()));
-        let written = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(format!("{key}\n").as_bytes()))
-            .and_then(|()| fs::rename(&tmp, &index));
-        if written.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
+        let index = self.source_index(engine, fingerprint, settings);
+        let _ = replace_file(&index, format!("{key}\n").as_bytes(), false);
+    }
+
+    /// `KEY.cwasm` and its digest, `KEY.blake3`.
+    fn artifact_paths(&self, key: &str) -> (PathBuf, PathBuf) {
+        (self.dir.join(format!("{key}.cwasm")), self.dir.join(format!("{key}.{}", cache::DIGEST_EXT)))
+    }
+
+    /// The index of the kernel file with this fingerprint, `SRC.source`.
+    fn source_index(&self, engine: &Engine, fingerprint: &Fingerprint, settings: &EngineSettings) -> PathBuf {
+        self.dir.join(format!("{}.{}", source_name(engine, fingerprint, settings), cache::SOURCE_EXT))
     }
 
     /// The kernel compiled for `engine`, from this cache or compiled and
@@ -1069,8 +1064,7 @@ impl ArtifactCache {
         want: Want,
     ) -> Result<(Artifact, Loaded), Error> {
         let key = cache_key(engine, bytes, settings);
-        let path = self.dir.join(format!("{key}.cwasm"));
-        let sum_path = self.dir.join(format!("{key}.{}", cache::DIGEST_EXT));
+        let (path, sum_path) = self.artifact_paths(&key);
         let in_memory = self.unusable().is_some();
         if let Some(hit) = (!in_memory).then(|| self.load(engine, &path, &sum_path, want)).flatten() {
             return Ok(hit);
@@ -1177,18 +1171,29 @@ impl ArtifactCache {
     }
 
     fn write_atomic(&self, path: &Path, data: &[u8]) -> Result<(), Error> {
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let result = (|| {
-            let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-            f.write_all(data)?;
-            f.sync_data()?;
-            fs::rename(&tmp, path)
-        })();
-        result.map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            Error::Cache { path: path.to_path_buf(), message: format!("cannot write: {e}") }
-        })
+        replace_file(path, data, true)
+            .map_err(|e| Error::Cache { path: path.to_path_buf(), message: format!("cannot write: {e}") })
     }
+}
+
+/// Writes `data` to a temporary file beside `path` (private, this
+/// process's), synced if `sync`, and renames it over `path`: readers see
+/// the old file or the whole new one. The temporary file is removed if
+/// anything fails.
+fn replace_file(path: &Path, data: &[u8], sync: bool) -> io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let result = (|| {
+        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(data)?;
+        if sync {
+            f.sync_data()?;
+        }
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// A cache error's message without the directory (the warning names it).
@@ -1197,6 +1202,12 @@ fn without_path(e: &Error, dir: &Path) -> String {
         Error::Cache { message, .. } => message.clone(),
         other => format!("{other}").replace(&format!("{} ", dir.display()), ""),
     }
+}
+
+/// The engine that compiles kernels under `settings` (and checks them).
+fn engine_for(name: &str, settings: &EngineSettings) -> Result<Engine, Error> {
+    Engine::new(&settings.wasmtime_config())
+        .map_err(|e| Error::InvalidKernel { kernel: name.into(), message: format!("engine: {e:#}") })
 }
 
 /// The name of the index of a kernel file (see

@@ -72,7 +72,13 @@ impl Slot {
     /// seen, and must not be handed the next run's items), not running an
     /// item alone, below `depth` chunks.
     pub(super) fn has_room(&self, depth: usize) -> bool {
-        self.state == SlotState::Ready && self.killed.is_none() && !self.exclusive && self.queue.len() < depth
+        self.shares_work() && self.queue.len() < depth
+    }
+
+    /// Ready, not being killed, not running an item alone: its chunks may
+    /// be added to or taken from.
+    fn shares_work(&self) -> bool {
+        self.state == SlotState::Ready && self.killed.is_none() && !self.exclusive
     }
 
     /// Ready and holding nothing: another worker's chunk could run here.
@@ -84,8 +90,8 @@ impl Slot {
     /// holds another before it (running, or next), and it is not already
     /// asked for one.
     pub(super) fn revocable(&self) -> Option<u64> {
-        let ok = self.state == SlotState::Ready && self.killed.is_none() && !self.exclusive;
-        (ok && self.revoking.is_none() && self.queue.len() >= 2).then(|| *self.queue.back().expect("two chunks"))
+        let asked_already = self.revoking.is_some();
+        (self.shares_work() && !asked_already && self.queue.len() >= 2).then(|| *self.queue.back().expect("two chunks"))
     }
 
     /// Asks the worker to give chunk `id` back (see [`Slot::revocable`]).
