@@ -59,7 +59,16 @@ impl Drop for RunDir {
         if let Some(sweep) = self.sweep.take() {
             let _ = sweep.join();
         }
-        let _ = std::fs::remove_dir_all(&self.path);
+        remove(&self.path);
+    }
+}
+
+/// Removes a directory of ours and what it holds: one `rmdir` when it is
+/// empty, as it nearly always is (`remove_dir_all` opens and lists it
+/// first).
+fn remove(path: &std::path::Path) {
+    if std::fs::remove_dir(path).is_err() {
+        let _ = std::fs::remove_dir_all(path);
     }
 }
 
@@ -111,6 +120,8 @@ fn sweep_stale_run_dirs(tmp: &std::path::Path) {
 #[derive(Debug)]
 pub(crate) struct PrivateDir {
     path: std::path::PathBuf,
+    /// Already removed by [`PrivateDir::remove_if_empty`].
+    removed: bool,
     /// Keeps the run directory alive; declared last, dropped after `path`
     /// is removed.
     run: std::sync::Arc<RunDir>,
@@ -124,17 +135,30 @@ impl PrivateDir {
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = run.path.join(format!("{what}-{n}"));
         std::fs::DirBuilder::new().mode(0o700).create(&path)?;
-        Ok(PrivateDir { path, run })
+        Ok(PrivateDir { path, removed: false, run })
     }
 
     pub(crate) fn path(&self) -> &std::path::Path {
         &self.path
     }
+
+    /// Removes the directory now if it is empty, while processes that have
+    /// it as their working directory may still be exiting (they go on in a
+    /// deleted directory); returns whether it did. One that holds something
+    /// is left for the drop, which removes it with what it holds.
+    pub(crate) fn remove_if_empty(&mut self) -> bool {
+        if !self.removed {
+            self.removed = std::fs::remove_dir(&self.path).is_ok();
+        }
+        self.removed
+    }
 }
 
 impl Drop for PrivateDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+        if !self.removed {
+            remove(&self.path);
+        }
         let _ = &self.run;
     }
 }

@@ -214,11 +214,19 @@ struct SpawnRequest {
     hello: Hello,
 }
 
+/// What the spawning thread is asked to do.
+enum ToSpawner {
+    Spawn(Box<SpawnRequest>),
+    /// The pool is ending: end its zygote now, beside the workers' exits
+    /// (a later worker, if any, is `exec`'d).
+    RetireZygote,
+}
+
 /// The thread that forks every worker of a pool. Workers get
 /// `PR_SET_PDEATHSIG`, which fires when the *forking thread* dies, so that
 /// thread must live exactly as long as the pool: this one does.
 pub(crate) struct Spawner {
-    requests: Option<Sender<SpawnRequest>>,
+    requests: Option<Sender<ToSpawner>>,
     thread: Option<thread::JoinHandle<()>>,
     transport: Arc<Transport>,
 }
@@ -228,14 +236,21 @@ impl Spawner {
     /// socket they dial back to.
     pub(crate) fn start(command: WorkerCommand, events: Sender<Event>) -> std::io::Result<Spawner> {
         let transport = Arc::new(Transport::new(&command)?);
-        let (tx, rx) = crossbeam_channel::unbounded::<SpawnRequest>();
+        let (tx, rx) = crossbeam_channel::unbounded::<ToSpawner>();
         let thread = {
             let transport = Arc::clone(&transport);
             thread::Builder::new().name("wpool-spawner".into()).spawn(move || {
                 // Local workers are forked by the zygote the program
                 // started early, if it did.
                 let mut zygote = Zygotes::new(&command);
-                for req in rx {
+                for msg in rx {
+                    let req = match msg {
+                        ToSpawner::Spawn(req) => req,
+                        ToSpawner::RetireZygote => {
+                            zygote.retire();
+                            continue;
+                        }
+                    };
                     // The worker's own threads report nothing before the
                     // scheduler has its process: a worker that is ready
                     // before `Spawned` is queued would otherwise be handed
@@ -261,7 +276,14 @@ impl Spawner {
 
     pub(crate) fn spawn(&self, slot: usize, gen: u64, hello: Hello) {
         if let Some(tx) = &self.requests {
-            let _ = tx.send(SpawnRequest { slot, gen, hello });
+            let _ = tx.send(ToSpawner::Spawn(Box::new(SpawnRequest { slot, gen, hello })));
+        }
+    }
+
+    /// Ends the pool's zygote, if it has one, on the spawning thread.
+    pub(crate) fn retire_zygote(&self) {
+        if let Some(tx) = &self.requests {
+            let _ = tx.send(ToSpawner::RetireZygote);
         }
     }
 
@@ -433,6 +455,12 @@ impl Zygotes {
     fn failed(&mut self) {
         self.zygote = None;
         self.failures += 1;
+    }
+
+    /// Kills and reaps the zygote; workers spawned after this are `exec`'d.
+    fn retire(&mut self) {
+        self.zygote = None;
+        self.forks = false;
     }
 }
 

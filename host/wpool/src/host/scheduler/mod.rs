@@ -130,8 +130,11 @@ pub(crate) struct Scheduler {
     sandbox: Option<SandboxStatus>,
     /// Shutting down: events only retire workers.
     closing: bool,
-    /// Declared last: removed after the workers are gone.
-    _cwd: PrivateDir,
+    /// The workers' working directory: removed (with the run directory, if
+    /// it was the last thing in it) as the workers are told to exit, when
+    /// it is empty, as it should be; else declared last, removed after the
+    /// workers are gone.
+    cwd: Option<PrivateDir>,
 }
 
 /// Counters over the life of a pool, for monitoring and tests.
@@ -204,7 +207,7 @@ impl Scheduler {
             stats: PoolStats::default(),
             sandbox: None,
             closing: false,
-            _cwd: cwd,
+            cwd: Some(cwd),
         };
         s.respawn_dead();
         while !s.slots.iter().any(|w| w.state == SlotState::Ready) {
@@ -693,6 +696,13 @@ impl Scheduler {
                 p.send(shutdown_frame.clone().into());
                 p.close_input();
             }
+        }
+        // What is left to end goes while the workers exit, not after.
+        if let Some(spawner) = &self.spawner {
+            spawner.retire_zygote();
+        }
+        if self.cwd.as_mut().is_some_and(PrivateDir::remove_if_empty) {
+            self.cwd = None;
         }
         let mut grace_until = Instant::now() + Duration::from_millis(500);
         let hard_until = Instant::now() + Duration::from_secs(10);
