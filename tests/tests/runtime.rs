@@ -770,6 +770,87 @@ fn r15_chaos_kills_during_large_payloads_lose_and_duplicate_nothing() {
     assert_survives_chaos(cmd, Duration::from_millis(40), &expected);
 }
 
+/// Files of 256 KiB and more for `upper`, and what it makes of them, one
+/// record each.
+fn large_upper_inputs(dir: &std::path::Path, n: usize) -> (Vec<std::path::PathBuf>, Vec<u8>) {
+    let mut files = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..n {
+        let len = (256 << 10) + i * 4099;
+        let data: Vec<u8> = (0..len).map(|j| b'a' + ((i * 13 + j * 5 + j / 7) % 26) as u8).collect();
+        let path = dir.join(format!("{i:03}"));
+        std::fs::write(&path, &data).unwrap();
+        expected.extend(data.to_ascii_uppercase());
+        expected.push(b'\n');
+        files.push(path);
+    }
+    (files, expected)
+}
+
+fn first_difference(got: &[u8], expected: &[u8]) -> Option<usize> {
+    got.iter().zip(expected).position(|(a, b)| a != b).or((got.len() != expected.len()).then_some(got.len()))
+}
+
+/// Large items go to the workers' pipes, and large results to a standard
+/// output that is a pipe, by reference (`vmsplice`): each buffer must stay
+/// alive and unchanged until its reader has read it, however long that
+/// takes, while the host frees and reuses memory for the results after it.
+/// A reader that sleeps between reads gets every byte; so does a file.
+#[test]
+fn large_results_read_slowly_from_a_pipe_arrive_intact() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let (files, expected) = large_upper_inputs(dir.path(), 48);
+    let mut cmd = wpool();
+    cmd.args(["map", "-j", "2", "--files"]).arg(kernel_path("upper")).args(&files);
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 100_000];
+    loop {
+        std::thread::sleep(Duration::from_millis(3));
+        match out.read(&mut buf).unwrap() {
+            0 => break,
+            n => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(first_difference(&got, &expected), None, "{} bytes of {}", got.len(), expected.len());
+
+    let file = dir.path().join("out");
+    let mut cmd = wpool();
+    cmd.args(["map", "-j", "2", "--files"]).arg(kernel_path("upper")).args(&files);
+    cmd.stdout(std::fs::File::create(&file).unwrap());
+    assert!(cmd.status().unwrap().success());
+    assert_eq!(first_difference(&std::fs::read(&file).unwrap(), &expected), None);
+}
+
+/// A pipe's reader gone while large results are in it (`| head -c 1`):
+/// the run ends quietly, its workers with it.
+#[test]
+fn large_results_to_a_pipe_closed_early_end_the_run_quietly() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let (files, expected) = large_upper_inputs(dir.path(), 32);
+    let mut cmd = wpool();
+    cmd.args(["map", "-j", "2", "--files"]).arg(kernel_path("upper")).args(&files);
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id();
+    let mut out = child.stdout.take().unwrap();
+    let mut first = vec![0u8; 1000];
+    out.read_exact(&mut first).unwrap();
+    assert_eq!(first, expected[..1000]);
+    let workers = children_of(pid);
+    drop(out);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).is_empty(), "quiet: {}", stderr(&o));
+    assert!(workers.iter().all(|w| !alive(*w)), "workers cleaned up");
+}
+
 #[test]
 fn r17_soak_with_instance_recycling_keeps_memory_flat() {
     let limits = Limits { max_items_per_instance: Some(1000), ..Limits::default() };

@@ -1,11 +1,12 @@
 //! Writing results: plain bytes or JSON Lines on stdout, one line per failed
 //! item on stderr, and the progress bar.
 
-use std::io::{self, BufWriter, Stdout, Write};
+use std::io::{self, BufWriter, Write};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
+use wpool::splice::SplicePipe;
 use wpool::{SharedBytes, SharedResult, TaskError, TaskErrorKind};
 
 use crate::input::Origins;
@@ -21,8 +22,14 @@ pub enum Format {
     Json,
 }
 
+/// Records of this many bytes or more go to a pipe by reference (see
+/// [`SplicePipe`]), not copied.
+const SPLICED: usize = 64 << 10;
+
 pub struct Printer {
-    out: BufWriter<Stdout>,
+    /// Standard output (what a pipe's reader has not read of the spliced
+    /// records is leaked, not freed, when the printer goes).
+    out: BufWriter<SplicePipe<SharedBytes>>,
     format: Format,
     origins: Arc<Mutex<Origins>>,
     progress: Option<ProgressBar>,
@@ -47,7 +54,7 @@ impl Printer {
             bar
         });
         Printer {
-            out: BufWriter::with_capacity(64 << 10, io::stdout()),
+            out: BufWriter::with_capacity(64 << 10, SplicePipe::stdout()),
             format,
             origins,
             progress,
@@ -94,7 +101,12 @@ impl Printer {
                         self.out.write_all(origin.as_bytes())?;
                         self.out.write_all(b"\t")?;
                     }
-                    self.out.write_all(&record)?;
+                    if record.len() >= SPLICED {
+                        self.out.flush()?;
+                        self.out.get_mut().splice(record)?;
+                    } else {
+                        self.out.write_all(&record)?;
+                    }
                     self.out.write_all(&[sep])?;
                     self.records += 1;
                 }

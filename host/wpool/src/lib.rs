@@ -55,6 +55,7 @@ pub mod items;
 mod kernel;
 mod limits;
 mod shared;
+pub mod splice;
 mod wasi;
 #[cfg(feature = "test-hooks")]
 #[doc(hidden)]

@@ -26,6 +26,7 @@ use crate::host::process::{kill, reap, Proc};
 use crate::host::transport::{hello_frame, Link, Started, Transport};
 use crate::host::zygote::{Pipes, Zygote};
 use crate::shared::SharedBytes;
+use crate::splice::SplicePipe;
 use crate::wire::{
     self, frame_cap, FrameError, Hello, Incoming, OutFrame, ResultsAt, WireError, WorkerMsg, DIAL_ARG,
     HANDSHAKE_FRAME_CAP, WORKER_ARG,
@@ -464,9 +465,47 @@ impl Zygotes {
     }
 }
 
+/// Where a worker's frames go: a local worker's pipe, which takes large
+/// payloads by reference ([`SplicePipe`]), or a launched worker's
+/// connection, written with vectored writes.
+pub(super) trait FrameSink {
+    fn write_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+    /// A frame with large payloads, each after the bytes before it.
+    fn write_frame(&mut self, frame: Frame) -> std::io::Result<()>;
+}
+
+/// A connection (or anything else that is not a pipe): every byte copied.
+pub(super) struct Copying<W>(pub(super) W);
+
+impl<W: Write> FrameSink for Copying<W> {
+    fn write_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(bytes)
+    }
+
+    fn write_frame(&mut self, frame: Frame) -> std::io::Result<()> {
+        frame.write_to(&mut self.0)
+    }
+}
+
+impl FrameSink for SplicePipe<Shared> {
+    fn write_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.write_all(bytes)
+    }
+
+    fn write_frame(&mut self, frame: Frame) -> std::io::Result<()> {
+        let mut at = 0;
+        for (pos, payload) in frame.large {
+            self.write_all(&frame.bytes[at..pos])?;
+            self.splice(payload)?;
+            at = pos;
+        }
+        self.write_all(&frame.bytes[at..])
+    }
+}
+
 /// Writes queued frames, coalescing small ones that are already waiting into
 /// one write: with small chunks, one syscall then carries many.
-pub(super) fn write_frames(mut out: impl Write, frames: Receiver<Frame>) {
+pub(super) fn write_frames(mut out: impl FrameSink, frames: Receiver<Frame>) {
     const COALESCE: usize = 256 << 10;
     let mut batch = Vec::new();
     while let Ok(mut frame) = frames.recv() {
@@ -474,7 +513,7 @@ pub(super) fn write_frames(mut out: impl Write, frames: Receiver<Frame>) {
             if frame.len() >= COALESCE || !frame.large.is_empty() {
                 // Large frames go out as they are (after what is batched),
                 // without a copy.
-                if out.write_all(&batch).is_err() || frame.write_to(&mut out).is_err() {
+                if out.write_bytes(&batch).is_err() || out.write_frame(frame).is_err() {
                     return;
                 }
                 batch.clear();
@@ -490,13 +529,14 @@ pub(super) fn write_frames(mut out: impl Write, frames: Receiver<Frame>) {
             }
         }
         if !batch.is_empty() {
-            if out.write_all(&batch).is_err() {
+            if out.write_bytes(&batch).is_err() {
                 return;
             }
             batch.clear();
         }
     }
-    // Dropping the output closes the worker's input: it exits on EOF.
+    // Dropping the output closes the worker's input: it exits on EOF (a
+    // pipe first waits until the worker has read what it references).
 }
 
 pub(super) fn drain_into_tail(mut from: impl Read, tail: &Mutex<VecDeque<u8>>) {

@@ -24,7 +24,8 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::host::listener::Listener;
 use crate::host::process::has_exited;
-use crate::host::supervisor::{drain_into_tail, read_frames, write_frames, Frame, Session, WorkerCommand};
+use crate::host::supervisor::{drain_into_tail, read_frames, write_frames, Copying, Frame, Session, WorkerCommand};
+use crate::splice::SplicePipe;
 use crate::wire::dial::Token;
 use crate::wire::{self, Hello, HostMsg};
 
@@ -144,7 +145,7 @@ impl Opening {
                     let _ = frames_tx.send(hello_frame(hello).into());
                 }
                 thread::Builder::new().name(session.thread_name("write")).spawn(move || {
-                    write_frames(stdin, frames_rx);
+                    write_frames(SplicePipe::new(stdin), frames_rx);
                     drop(wide_in);
                 })?;
                 thread::Builder::new().name(session.thread_name("read")).spawn(move || {
@@ -340,7 +341,7 @@ fn remote_session(
     drop(hello_frame);
     let writer = Arc::clone(&conn);
     let writer_thread = thread::Builder::new().name(session.thread_name("write")).spawn(move || {
-        write_frames(&*writer, frames);
+        write_frames(Copying(&*writer), frames);
         // EOF for the worker: it exits.
         let _ = writer.shutdown(Shutdown::Write);
     });
