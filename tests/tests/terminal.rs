@@ -522,3 +522,39 @@ fn f3_the_sweep_leaves_run_directories_of_other_pid_namespaces_alone() {
     assert!(!here.exists(), "a stale run directory of this namespace is swept");
     assert!(elsewhere.exists(), "another namespace's pid says nothing here: left alone");
 }
+
+/// The capacity of the pipe behind `fd`.
+fn pipe_size(fd: &impl std::os::fd::AsRawFd) -> libc::c_int {
+    // SAFETY: F_GETPIPE_SZ on a descriptor the caller holds.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ) }
+}
+
+/// `producer | wpool map … | consumer`: wpool makes the pipe it writes to
+/// hold 1 MiB (megabytes of results reach the reader in a few rounds) but
+/// leaves the pipe it reads as it is, so that a producer that writes as
+/// fast as it can (`seq`) waits after 64 KiB instead of keeping a core busy
+/// while the pool starts.
+#[test]
+fn stdout_pipe_is_widened_and_stdin_pipe_is_not() {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two descriptors, each then owned once below.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let (stdin_r, mut producer) =
+        unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1])) };
+    let mut c = map_cmd(&["-j", "1"], &kernel_path("echo"));
+    c.stdin(Stdio::from(stdin_r)).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    std::io::Write::write_all(&mut producer, b"first\n").unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "first\n");
+    // Both asked while the run is on, after its first result.
+    let (stdin_size, stdout_size) = (pipe_size(&producer), pipe_size(out.get_ref()));
+    drop(producer);
+    let status = wait_guarded(&mut child, Duration::from_secs(60));
+    assert!(status.success());
+    assert_eq!(stdout_size, 1 << 20, "stdout widened");
+    assert_eq!(stdin_size, 64 << 10, "stdin left at the default");
+}
