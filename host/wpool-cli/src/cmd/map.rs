@@ -64,6 +64,9 @@ pub fn run(cmd: MapCmd) -> Result<Exit> {
     let mut quarantine_error = None;
     let mut results = match &resume {
         _ if cmd.unordered => Results::Unordered(pool.imap_unordered_batches(rx)),
+        None if joblog.is_none() => {
+            Results::Batched { run: pool.imap_batches(rx), taken: Vec::new().into_iter(), ended: false }
+        }
         None => Results::Ordered(pool.imap_batches(rx), 0),
         Some(resume) => Results::Resumed {
             run: pool.imap_batches(rx),
@@ -196,6 +199,16 @@ enum Plan {
 enum Results<'p, 'r> {
     /// In input order: the next result's index.
     Ordered(wpool::Imap<'p>, u64),
+    /// In input order, every result ready taken in one call (one call per
+    /// batch instead of per item), without the items' run information: for
+    /// a run without a joblog.
+    Batched {
+        run: wpool::Imap<'p>,
+        /// The last batch taken, what is left of it.
+        taken: std::vec::IntoIter<(wpool::ItemIndex, wpool::SharedResult)>,
+        /// A pool failure or the end was seen.
+        ended: bool,
+    },
     Unordered(wpool::ImapUnordered<'p>),
     /// `--resume`: in input order, the items the pool runs between those
     /// replayed from the joblog, as the plan says.
@@ -219,6 +232,7 @@ impl Results<'_, '_> {
     fn has_ready(&mut self) -> bool {
         match self {
             Results::Ordered(it, _) => it.has_ready(),
+            Results::Batched { run, taken, .. } => taken.len() > 0 || run.has_ready(),
             Results::Unordered(it) => it.has_ready(),
             Results::Resumed { run, plan, next, .. } => {
                 if next.is_none() {
@@ -236,7 +250,9 @@ impl Results<'_, '_> {
     /// The pool's workers: where they run.
     fn worker_info(&self) -> Vec<wpool::stats::WorkerInfo> {
         match self {
-            Results::Ordered(it, _) | Results::Resumed { run: it, .. } => it.worker_info(),
+            Results::Ordered(it, _) | Results::Resumed { run: it, .. } | Results::Batched { run: it, .. } => {
+                it.worker_info()
+            }
             Results::Unordered(it) => it.worker_info(),
         }
     }
@@ -260,6 +276,29 @@ impl Iterator for Results<'_, '_> {
                 let index = *next;
                 *next += 1;
                 Some(r.map(|(result, info)| (index, result, Some(info))))
+            }
+            Results::Batched { run, taken, ended } => {
+                if let Some((index, result)) = taken.next() {
+                    return Some(Ok((index.get(), result, None)));
+                }
+                if *ended {
+                    return None;
+                }
+                let mut batch = Vec::new();
+                match run.next_batch(&mut batch, 4096) {
+                    Ok(true) => {
+                        *taken = batch.into_iter();
+                        taken.next().map(|(index, result)| Ok((index.get(), result, None)))
+                    }
+                    Ok(false) => {
+                        *ended = true;
+                        None
+                    }
+                    Err(e) => {
+                        *ended = true;
+                        Some(Err(e))
+                    }
+                }
             }
             Results::Unordered(it) => {
                 Some(it.next_shared()?.map(|(index, result, info)| (index.get(), result, Some(info))))
