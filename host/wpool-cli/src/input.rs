@@ -302,7 +302,7 @@ fn read_capped(
             return Ok((any.then_some(item), size));
         }
         any = true;
-        let (take, found) = match sep.and_then(|s| buf.iter().position(|b| *b == s)) {
+        let (take, found) = match sep.and_then(|s| memchr::memchr(s, buf)) {
             Some(pos) => (pos, true),
             None => (buf.len(), false),
         };
