@@ -63,10 +63,15 @@ pub fn run(cmd: MapCmd) -> Result<Exit> {
     let mut failed = false;
     let mut quarantine_error = None;
     let mut results = match &resume {
+        None if joblog.is_none() => Results::Batched {
+            run: match cmd.unordered {
+                true => Box::new(pool.imap_unordered_batches(rx)),
+                false => Box::new(pool.imap_batches(rx)),
+            },
+            taken: Vec::new().into_iter(),
+            ended: false,
+        },
         _ if cmd.unordered => Results::Unordered(pool.imap_unordered_batches(rx)),
-        None if joblog.is_none() => {
-            Results::Batched { run: pool.imap_batches(rx), taken: Vec::new().into_iter(), ended: false }
-        }
         None => Results::Ordered(pool.imap_batches(rx), 0),
         Some(resume) => Results::Resumed {
             run: pool.imap_batches(rx),
@@ -194,16 +199,60 @@ enum Plan {
     Changed(u64),
 }
 
+/// A run whose ready results can be taken several at a time.
+trait Batches {
+    fn next_batch(&mut self, out: &mut Vec<(wpool::ItemIndex, wpool::SharedResult)>, max: usize)
+        -> Result<bool, Error>;
+    fn has_ready(&self) -> bool;
+    fn worker_info(&self) -> Vec<wpool::stats::WorkerInfo>;
+}
+
+impl Batches for wpool::Imap<'_> {
+    fn next_batch(
+        &mut self,
+        out: &mut Vec<(wpool::ItemIndex, wpool::SharedResult)>,
+        max: usize,
+    ) -> Result<bool, Error> {
+        wpool::Imap::next_batch(self, out, max)
+    }
+
+    fn has_ready(&self) -> bool {
+        wpool::Imap::has_ready(self)
+    }
+
+    fn worker_info(&self) -> Vec<wpool::stats::WorkerInfo> {
+        wpool::Imap::worker_info(self)
+    }
+}
+
+impl Batches for wpool::ImapUnordered<'_> {
+    fn next_batch(
+        &mut self,
+        out: &mut Vec<(wpool::ItemIndex, wpool::SharedResult)>,
+        max: usize,
+    ) -> Result<bool, Error> {
+        wpool::ImapUnordered::next_batch(self, out, max)
+    }
+
+    fn has_ready(&self) -> bool {
+        wpool::ImapUnordered::has_ready(self)
+    }
+
+    fn worker_info(&self) -> Vec<wpool::stats::WorkerInfo> {
+        wpool::ImapUnordered::worker_info(self)
+    }
+}
+
 /// The results of a run with their item indices, in input or completion
 /// order, and whether each was replayed from the joblog.
 enum Results<'p, 'r> {
     /// In input order: the next result's index.
     Ordered(wpool::Imap<'p>, u64),
-    /// In input order, every result ready taken in one call (one call per
-    /// batch instead of per item), without the items' run information: for
-    /// a run without a joblog.
+    /// In input or completion order, every result ready taken in one call
+    /// (one call per batch instead of per item), without the items' run
+    /// information: for a run without a joblog.
     Batched {
-        run: wpool::Imap<'p>,
+        run: Box<dyn Batches + 'p>,
         /// The last batch taken, what is left of it.
         taken: std::vec::IntoIter<(wpool::ItemIndex, wpool::SharedResult)>,
         /// A pool failure or the end was seen.
@@ -250,9 +299,8 @@ impl Results<'_, '_> {
     /// The pool's workers: where they run.
     fn worker_info(&self) -> Vec<wpool::stats::WorkerInfo> {
         match self {
-            Results::Ordered(it, _) | Results::Resumed { run: it, .. } | Results::Batched { run: it, .. } => {
-                it.worker_info()
-            }
+            Results::Ordered(it, _) | Results::Resumed { run: it, .. } => it.worker_info(),
+            Results::Batched { run, .. } => run.worker_info(),
             Results::Unordered(it) => it.worker_info(),
         }
     }
