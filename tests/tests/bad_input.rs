@@ -658,3 +658,29 @@ fn fuzz_generated_components_load_or_fail_typed_and_never_break_the_host() {
     eprintln!("fuzz_generated_components: {} cases: {:?}", smith_cases(), counts.borrow());
     assert!(counts.borrow().get("components").copied().unwrap_or(0) > smith_cases() / 4, "{:?}", counts.borrow());
 }
+
+/// `--unordered` (results taken in batches as they come): every result
+/// once, in some order, every failure named on stderr, exit 1.
+#[test]
+fn unordered_output_has_every_result_once_and_every_failure_on_stderr() {
+    let mut input = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..20_000 {
+        if i % 997 == 0 {
+            input.extend_from_slice(format!("err:bad {i}\n").as_bytes());
+        } else {
+            input.extend_from_slice(format!("ok {i}\n").as_bytes());
+            expected.push(format!("ok {i}"));
+        }
+    }
+    let mut c = wpool();
+    c.args(["map", "-j", "2", "--unordered"]).arg(kernel_path("hostile"));
+    let o = run(c, &input);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let mut got: Vec<String> = stdout(&o).lines().map(str::to_string).collect();
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected);
+    let failures = stderr(&o).lines().filter(|l| l.contains(": kernel: bad ")).count();
+    assert_eq!(failures, 21, "{}", stderr(&o));
+}
