@@ -827,6 +827,23 @@ fn large_results_read_slowly_from_a_pipe_arrive_intact() {
     assert_eq!(first_difference(&std::fs::read(&file).unwrap(), &expected), None);
 }
 
+/// A large item goes to its worker's pipe by reference and is held until
+/// the worker has read it; then it is let go of even when nothing else is
+/// sent after it: the host's memory comes back.
+#[test]
+fn a_spliced_item_is_freed_once_read_even_with_nothing_sent_after_it() {
+    let mut p = Pool::builder(kernel("echo")).workers(1).build().unwrap();
+    p.wait_ready().unwrap();
+    let me = std::process::id();
+    let before = rss_kib(me);
+    let out = p.map([vec![7u8; 48 << 20]]).unwrap();
+    assert_eq!(out[0].as_ref().unwrap().len(), 48 << 20);
+    drop(out);
+    let freed = eventually(Duration::from_secs(10), || rss_kib(me) < before + 16 * 1024);
+    assert!(freed, "host RSS {} KiB, {before} KiB before the item", rss_kib(me));
+    drop(p);
+}
+
 /// A pipe's reader gone while large results are in it (`| head -c 1`):
 /// the run ends quietly, its workers with it.
 #[test]

@@ -73,9 +73,8 @@ impl<B: AsRef<[u8]>> SplicePipe<B> {
         SplicePipe { pipe, owned: false, wait_at_drop: false, written: 0, held: VecDeque::new(), copy: false }
     }
 
-    /// Buffers held for the pipe's reader.
-    #[cfg(test)]
-    fn held(&self) -> usize {
+    /// Buffers held until the pipe's reader has read them.
+    pub fn held(&self) -> usize {
         self.held.len()
     }
 
@@ -114,8 +113,10 @@ impl<B: AsRef<[u8]>> SplicePipe<B> {
         Ok(())
     }
 
-    /// Drops the buffers whose bytes the reader has consumed.
-    fn release(&mut self) {
+    /// Lets go of the buffers whose bytes the reader has read. Each write
+    /// and splice does this first; a writer with nothing more to write for
+    /// a while calls it to free what it holds.
+    pub fn release(&mut self) {
         if self.held.is_empty() {
             return;
         }
@@ -146,6 +147,7 @@ impl<B: AsRef<[u8]>> SplicePipe<B> {
 impl<B: AsRef<[u8]>> Write for SplicePipe<B> {
     /// Copies bytes into the pipe.
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.release();
         let n = self.pipe.write(bytes)?;
         self.written += n as u64;
         Ok(n)
@@ -222,6 +224,20 @@ mod tests {
         want.extend_from_slice(&a.0);
         want.extend_from_slice(b"tail");
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_write_lets_go_of_what_was_read() {
+        let (mut r, w) = pipe();
+        let mut out = SplicePipe::new(w);
+        let a = Buf(Arc::new(vec![3u8; 50_000]));
+        out.splice(a.clone()).unwrap();
+        let mut got = vec![0u8; 50_000];
+        r.read_exact(&mut got).unwrap();
+        assert_eq!(out.held(), 1, "nothing asked the pipe yet");
+        out.write_all(b"small").unwrap();
+        assert_eq!(out.held(), 0);
+        assert_eq!(Arc::strong_count(&a.0), 1);
     }
 
     #[test]

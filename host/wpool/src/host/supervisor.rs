@@ -472,6 +472,12 @@ pub(super) trait FrameSink {
     fn write_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()>;
     /// A frame with large payloads, each after the bytes before it.
     fn write_frame(&mut self, frame: Frame) -> std::io::Result<()>;
+    /// Whether it holds payloads for the worker to read.
+    fn holds(&self) -> bool {
+        false
+    }
+    /// Lets go of the payloads the worker has read.
+    fn release(&mut self) {}
 }
 
 /// A connection (or anything else that is not a pipe): every byte copied.
@@ -501,6 +507,14 @@ impl FrameSink for SplicePipe<Shared> {
         }
         self.write_all(&frame.bytes[at..])
     }
+
+    fn holds(&self) -> bool {
+        self.held() > 0
+    }
+
+    fn release(&mut self) {
+        SplicePipe::release(self);
+    }
 }
 
 /// Writes queued frames, coalescing small ones that are already waiting into
@@ -508,7 +522,21 @@ impl FrameSink for SplicePipe<Shared> {
 pub(super) fn write_frames(mut out: impl FrameSink, frames: Receiver<Frame>) {
     const COALESCE: usize = 256 << 10;
     let mut batch = Vec::new();
-    while let Ok(mut frame) = frames.recv() {
+    loop {
+        // Payloads the worker has read are let go of (their memory freed)
+        // even while no frame comes.
+        let next = match out.holds() {
+            true => frames.recv_timeout(Duration::from_millis(10)),
+            false => frames.recv().map_err(|_| crossbeam_channel::RecvTimeoutError::Disconnected),
+        };
+        let mut frame = match next {
+            Ok(frame) => frame,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                out.release();
+                continue;
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        };
         loop {
             if frame.len() >= COALESCE || !frame.large.is_empty() {
                 // Large frames go out as they are (after what is batched),
