@@ -787,6 +787,14 @@ fn large_upper_inputs(dir: &std::path::Path, n: usize) -> (Vec<std::path::PathBu
     (files, expected)
 }
 
+/// `wpool map -j 2 --files upper.wasm FILES…`, its stdout and stderr piped.
+fn upper_over_files(files: &[std::path::PathBuf]) -> std::process::Command {
+    let mut cmd = wpool();
+    cmd.args(["map", "-j", "2", "--files"]).arg(kernel_path("upper")).args(files);
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    cmd
+}
+
 fn first_difference(got: &[u8], expected: &[u8]) -> Option<usize> {
     got.iter().zip(expected).position(|(a, b)| a != b).or((got.len() != expected.len()).then_some(got.len()))
 }
@@ -801,10 +809,7 @@ fn large_results_read_slowly_from_a_pipe_arrive_intact() {
     use std::io::Read;
     let dir = tempfile::tempdir().unwrap();
     let (files, expected) = large_upper_inputs(dir.path(), 48);
-    let mut cmd = wpool();
-    cmd.args(["map", "-j", "2", "--files"]).arg(kernel_path("upper")).args(&files);
-    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
+    let mut child = upper_over_files(&files).spawn().unwrap();
     let mut out = child.stdout.take().unwrap();
     let mut got = Vec::new();
     let mut buf = vec![0u8; 100_000];
@@ -820,8 +825,7 @@ fn large_results_read_slowly_from_a_pipe_arrive_intact() {
     assert_eq!(first_difference(&got, &expected), None, "{} bytes of {}", got.len(), expected.len());
 
     let file = dir.path().join("out");
-    let mut cmd = wpool();
-    cmd.args(["map", "-j", "2", "--files"]).arg(kernel_path("upper")).args(&files);
+    let mut cmd = upper_over_files(&files);
     cmd.stdout(std::fs::File::create(&file).unwrap());
     assert!(cmd.status().unwrap().success());
     assert_eq!(first_difference(&std::fs::read(&file).unwrap(), &expected), None);
@@ -851,10 +855,7 @@ fn large_results_to_a_pipe_closed_early_end_the_run_quietly() {
     use std::io::Read;
     let dir = tempfile::tempdir().unwrap();
     let (files, expected) = large_upper_inputs(dir.path(), 32);
-    let mut cmd = wpool();
-    cmd.args(["map", "-j", "2", "--files"]).arg(kernel_path("upper")).args(&files);
-    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
+    let mut child = upper_over_files(&files).spawn().unwrap();
     let pid = child.id();
     let mut out = child.stdout.take().unwrap();
     let mut first = vec![0u8; 1000];

@@ -207,41 +207,30 @@ trait Batches {
     fn worker_info(&self) -> Vec<wpool::stats::WorkerInfo>;
 }
 
-impl Batches for wpool::Imap<'_> {
-    fn next_batch(
-        &mut self,
-        out: &mut Vec<(wpool::ItemIndex, wpool::SharedResult)>,
-        max: usize,
-    ) -> Result<bool, Error> {
-        wpool::Imap::next_batch(self, out, max)
-    }
+/// Both kinds of run, alike.
+macro_rules! batches {
+    ($run:ty) => {
+        impl Batches for $run {
+            fn next_batch(
+                &mut self,
+                out: &mut Vec<(wpool::ItemIndex, wpool::SharedResult)>,
+                max: usize,
+            ) -> Result<bool, Error> {
+                <$run>::next_batch(self, out, max)
+            }
 
-    fn has_ready(&self) -> bool {
-        wpool::Imap::has_ready(self)
-    }
+            fn has_ready(&self) -> bool {
+                <$run>::has_ready(self)
+            }
 
-    fn worker_info(&self) -> Vec<wpool::stats::WorkerInfo> {
-        wpool::Imap::worker_info(self)
-    }
+            fn worker_info(&self) -> Vec<wpool::stats::WorkerInfo> {
+                <$run>::worker_info(self)
+            }
+        }
+    };
 }
-
-impl Batches for wpool::ImapUnordered<'_> {
-    fn next_batch(
-        &mut self,
-        out: &mut Vec<(wpool::ItemIndex, wpool::SharedResult)>,
-        max: usize,
-    ) -> Result<bool, Error> {
-        wpool::ImapUnordered::next_batch(self, out, max)
-    }
-
-    fn has_ready(&self) -> bool {
-        wpool::ImapUnordered::has_ready(self)
-    }
-
-    fn worker_info(&self) -> Vec<wpool::stats::WorkerInfo> {
-        wpool::ImapUnordered::worker_info(self)
-    }
-}
+batches!(wpool::Imap<'_>);
+batches!(wpool::ImapUnordered<'_>);
 
 /// The results of a run with their item indices, in input or completion
 /// order, and whether each was replayed from the joblog.
