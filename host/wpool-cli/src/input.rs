@@ -215,28 +215,31 @@ impl Items {
     /// Reads up to the separator (exclusive); `None` at end of source. An
     /// item over the cap is kept cut at cap + 1 bytes and its real size
     /// noted for the error message.
-    fn read_record(&mut self, sep: Option<u8>) -> io::Result<Option<Vec<u8>>> {
+    fn read_record(&mut self, sep: Option<u8>, out: &mut Vec<u8>) -> io::Result<bool> {
         let reader = self.current.as_mut().expect("a source is open");
         // The size is the whole source's: it sizes its first read only.
-        let (item, size) = read_capped(reader, sep, self.max_item, self.current_size.take())?;
-        if item.as_ref().is_some_and(|i| i.len() > self.max_item) {
+        let Some(size) = read_capped(reader, sep, self.max_item, self.current_size.take(), out)? else {
+            return Ok(false);
+        };
+        if out.len() > self.max_item {
             self.origins.lock().unwrap().oversized.insert(self.next_index, size);
         }
-        Ok(item)
+        Ok(true)
     }
 
     /// With --files and stdin: the next file named on stdin (one name per
     /// line, or per NUL-terminated record with -0), read whole as one item.
-    fn next_listed_file(&mut self, names_sep: u8) -> Option<Vec<u8>> {
+    fn next_listed_file(&mut self, names_sep: u8, out: &mut Vec<u8>) -> bool {
         let reader = self.current.as_mut().expect("stdin is open");
-        let name = match read_capped(reader, Some(names_sep), 64 << 10, None) {
-            Ok((Some(name), _)) => name,
-            Ok((None, _)) => return None,
+        let mut name = Vec::new();
+        match read_capped(reader, Some(names_sep), 64 << 10, None, &mut name) {
+            Ok(Some(_)) => {}
+            Ok(None) => return false,
             Err(e) => {
                 *self.error.lock().unwrap() = Some(format!("reading file names from stdin: {e}"));
-                return None;
+                return false;
             }
-        };
+        }
         let path = std::path::PathBuf::from(std::ffi::OsString::from_vec(name));
         let listed = self.next_index;
         let (mut file, size_hint) = match File::open(&path) {
@@ -247,123 +250,132 @@ impl Items {
             Err(e) => {
                 *self.error.lock().unwrap() =
                     Some(format!("cannot read input {} (file name {} on stdin): {e}", path.display(), listed + 1));
-                return None;
+                return false;
             }
         };
-        match read_capped(&mut file, None, self.max_item, size_hint) {
-            Ok((item, size)) => {
+        match read_capped(&mut file, None, self.max_item, size_hint, out) {
+            Ok(size) => {
                 let mut origins = self.origins.lock().unwrap();
                 origins.starts.push((self.next_index, path.display().to_string()));
-                let item = item.unwrap_or_default();
-                if item.len() > self.max_item {
-                    origins.oversized.insert(self.next_index, size);
+                if out.len() > self.max_item {
+                    origins.oversized.insert(self.next_index, size.unwrap_or(0));
                 }
                 self.next_index += 1;
-                Some(item)
+                true
             }
             Err(e) => {
                 *self.error.lock().unwrap() = Some(format!("reading input {}: {e}", path.display()));
-                None
+                false
             }
         }
     }
 }
 
-/// Reads up to `sep` (exclusive; to the end with `None`), keeping at most
-/// `max + 1` bytes; also returns the record's whole size. `None` at the end.
-/// A whole source (`sep` `None`) is read straight into the item, sized by
-/// `size_hint` when known: no copy through the reader's buffer, no regrowth.
+/// Reads up to `sep` (exclusive; to the end with `None`) into `out` (its
+/// contents replaced, its room reused), keeping at most `max + 1` bytes;
+/// returns the record's whole size, `None` at the end. A whole source
+/// (`sep` `None`) is read straight into `out`, sized by `size_hint` when
+/// known: no copy through the reader's buffer, no regrowth.
 fn read_capped(
     reader: &mut impl BufRead,
     sep: Option<u8>,
     max: usize,
     size_hint: Option<u64>,
-) -> io::Result<(Option<Vec<u8>>, u64)> {
+    out: &mut Vec<u8>,
+) -> io::Result<Option<u64>> {
     let cap = max + 1;
+    out.clear();
     if sep.is_none() {
         let hint = size_hint.map_or(0, |h| usize::try_from(h).unwrap_or(usize::MAX).min(cap));
         // One byte more than the file: `read_to_end` then sees the end
         // without growing the buffer.
-        let mut item = Vec::with_capacity(hint.saturating_add(1).min(cap));
-        reader.by_ref().take(cap as u64).read_to_end(&mut item)?;
-        let rest = if item.len() == cap { io::copy(reader, &mut io::sink())? } else { 0 };
-        if item.is_empty() {
-            return Ok((None, 0));
+        out.reserve_exact(hint.saturating_add(1).min(cap));
+        reader.by_ref().take(cap as u64).read_to_end(out)?;
+        let rest = if out.len() == cap { io::copy(reader, &mut io::sink())? } else { 0 };
+        if out.is_empty() {
+            return Ok(None);
         }
-        let size = item.len() as u64 + rest;
-        return Ok((Some(item), size));
+        return Ok(Some(out.len() as u64 + rest));
     }
-    let mut item = Vec::new();
     let mut size = 0u64;
     let mut any = false;
     loop {
         let buf = reader.fill_buf()?;
         if buf.is_empty() {
-            return Ok((any.then_some(item), size));
+            return Ok(any.then_some(size));
         }
         any = true;
         let (take, found) = match sep.and_then(|s| memchr::memchr(s, buf)) {
             Some(pos) => (pos, true),
             None => (buf.len(), false),
         };
-        let room = cap.saturating_sub(item.len());
-        item.extend_from_slice(&buf[..take.min(room)]);
+        let room = cap.saturating_sub(out.len());
+        out.extend_from_slice(&buf[..take.min(room)]);
         size += take as u64;
         reader.consume(if found { take + 1 } else { take });
         if found {
-            return Ok((Some(item), size));
+            return Ok(Some(size));
         }
     }
 }
 
-impl Items {}
-
-impl Iterator for Items {
-    type Item = Vec<u8>;
-
-    fn next(&mut self) -> Option<Vec<u8>> {
+impl Items {
+    /// The next item into `out` (its contents replaced; for lines and
+    /// records its room is reused, so that a caller that copies each item
+    /// elsewhere allocates nothing per item); `false` at the end.
+    pub fn next_into(&mut self, out: &mut Vec<u8>) -> bool {
         loop {
             if self.current.is_none() && !self.open_next() {
-                return None;
+                return false;
             }
             if self.split == Split::Files && self.current_is_list {
-                match self.next_listed_file(if self.list_nul { 0 } else { b'\n' }) {
-                    Some(item) => return Some(item),
-                    None if self.error.lock().unwrap().is_some() => return None,
-                    None => {
-                        self.current = None;
-                        continue;
-                    }
+                if self.next_listed_file(if self.list_nul { 0 } else { b'\n' }, out) {
+                    return true;
                 }
+                if self.error.lock().unwrap().is_some() {
+                    return false;
+                }
+                self.current = None;
+                continue;
             }
             let sep = match self.split {
                 Split::Lines => Some(b'\n'),
                 Split::Nul => Some(0),
                 Split::Files => None,
             };
-            match self.read_record(sep) {
-                Ok(Some(item)) => {
+            match self.read_record(sep, out) {
+                Ok(true) => {
                     self.next_index += 1;
                     if self.split == Split::Files {
                         self.current = None;
                     }
-                    return Some(item);
+                    return true;
                 }
-                Ok(None) => {
+                Ok(false) => {
                     if self.split == Split::Files {
                         // An empty file is still one (empty) item.
                         self.current = None;
                         self.next_index += 1;
-                        return Some(Vec::new());
+                        out.clear();
+                        return true;
                     }
                     self.current = None;
                 }
                 Err(e) => {
                     *self.error.lock().unwrap() = Some(format!("reading input {}: {e}", self.current_name));
-                    return None;
+                    return false;
                 }
             }
         }
+    }
+}
+
+impl Iterator for Items {
+    type Item = Vec<u8>;
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        let mut item = Vec::new();
+        self.next_into(&mut item).then_some(item)
     }
 }
 
@@ -388,17 +400,19 @@ pub fn feed_batches(
 ) {
     const BATCH_ITEMS: usize = 1024;
     const BATCH_BYTES: usize = 256 << 10;
-    // Small items are copied into the batch's one buffer here, so that the
-    // line's buffer is freed by the thread that allocated it (and reused).
     let mut batch = wpool::Items::new();
+    // Each item is read into this one buffer: a small one is copied into
+    // the batch's own buffer and this one filled again (no allocation per
+    // line), a large one moves into the batch.
+    let mut item = Vec::new();
     loop {
         let full = batch.len() >= BATCH_ITEMS || batch.bytes() >= BATCH_BYTES;
         if !batch.is_empty() && (full || !items.ready()) && tx.send(std::mem::take(&mut batch)).is_err() {
             return;
         }
-        match items.next() {
-            Some(item) => match keep(&item) {
-                Keep::Send => batch.push_vec(item),
+        match items.next_into(&mut item) {
+            true => match keep(&item) {
+                Keep::Send => batch.push_from(&mut item),
                 // The consumer may be waiting for an item of the batch
                 // before it gets to this one: the batch goes now.
                 Keep::Skip if !batch.is_empty() => {
@@ -414,7 +428,7 @@ pub fn feed_batches(
                     return;
                 }
             },
-            None => {
+            false => {
                 if !batch.is_empty() {
                     let _ = tx.send(batch);
                 }

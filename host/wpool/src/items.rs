@@ -72,6 +72,29 @@ impl Items {
         }
     }
 
+    /// Adds the item in `buffer`: a large one takes the buffer (leaving it
+    /// empty), a small one is copied (leaving the buffer and its room to be
+    /// filled again). A reader that reads each item into one buffer then
+    /// allocates nothing per small item.
+    ///
+    /// ```
+    /// let mut batch = wpool::Items::new();
+    /// let mut buffer = Vec::with_capacity(64);
+    /// for line in ["a", "bc"] {
+    ///     buffer.clear();
+    ///     buffer.extend_from_slice(line.as_bytes());
+    ///     batch.push_from(&mut buffer);
+    /// }
+    /// assert_eq!(batch.len(), 2);
+    /// assert!(buffer.capacity() >= 64, "the room is kept");
+    /// ```
+    pub fn push_from(&mut self, buffer: &mut Vec<u8>) {
+        match buffer.len() >= OWN {
+            true => self.push_vec(std::mem::take(buffer)),
+            false => self.push(buffer),
+        }
+    }
+
     /// How many items.
     pub fn len(&self) -> usize {
         self.slots.len()
