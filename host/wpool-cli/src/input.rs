@@ -212,9 +212,9 @@ impl Items {
         reader.buffer().contains(&sep) || (self.current_is_file && next_is_file)
     }
 
-    /// Reads up to the separator (exclusive); `None` at end of source. An
-    /// item over the cap is kept cut at cap + 1 bytes and its real size
-    /// noted for the error message.
+    /// Reads up to the separator (exclusive) into `out`; `false` at the end
+    /// of the source. An item over the cap is kept cut at cap + 1 bytes and
+    /// its real size noted for the error message.
     fn read_record(&mut self, sep: Option<u8>, out: &mut Vec<u8>) -> io::Result<bool> {
         let reader = self.current.as_mut().expect("a source is open");
         // The size is the whole source's: it sizes its first read only.
