@@ -36,11 +36,10 @@ use std::time::Duration;
 /// ```
 pub struct SplicePipe<B: AsRef<[u8]>> {
     pipe: std::mem::ManuallyDrop<File>,
-    /// Close `pipe` at drop (not standard output's descriptor).
-    owned: bool,
-    /// Wait at drop until the reader consumed the held buffers (else leak
-    /// them).
-    wait_at_drop: bool,
+    /// This process's standard output ([`SplicePipe::stdout`]): its
+    /// descriptor is not closed, and what is unread at drop is leaked, not
+    /// waited for.
+    stdout: bool,
     /// Bytes this writer has put in the pipe.
     written: u64,
     /// Buffers the pipe may still reference, with the stream position just
@@ -56,7 +55,7 @@ impl<B: AsRef<[u8]>> SplicePipe<B> {
     /// until the reader has consumed what the pipe references or is gone.
     pub fn new(pipe: File) -> SplicePipe<B> {
         let pipe = std::mem::ManuallyDrop::new(pipe);
-        SplicePipe { pipe, owned: true, wait_at_drop: true, written: 0, held: VecDeque::new(), copy: false }
+        SplicePipe { pipe, stdout: false, written: 0, held: VecDeque::new(), copy: false }
     }
 
     /// This process's standard output (descriptor 1, left open). Dropping
@@ -68,9 +67,9 @@ impl<B: AsRef<[u8]>> SplicePipe<B> {
     pub fn stdout() -> SplicePipe<B> {
         use std::os::fd::FromRawFd;
         // SAFETY: descriptor 1 is open for the life of the process, and this
-        // `File` never closes it (`owned` is false).
+        // `File` never closes it (see `drop`).
         let pipe = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(libc::STDOUT_FILENO) });
-        SplicePipe { pipe, owned: false, wait_at_drop: false, written: 0, held: VecDeque::new(), copy: false }
+        SplicePipe { pipe, stdout: true, written: 0, held: VecDeque::new(), copy: false }
     }
 
     /// Buffers held until the pipe's reader has read them.
@@ -171,13 +170,13 @@ impl<B: AsRef<[u8]>> Drop for SplicePipe<B> {
             if self.held.is_empty() || self.reader_gone() {
                 break;
             }
-            if !self.wait_at_drop || self.unread().is_none() {
+            if self.stdout || self.unread().is_none() {
                 std::mem::forget(std::mem::take(&mut self.held));
                 break;
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        if self.owned {
+        if !self.stdout {
             // SAFETY: dropped once, here, and not used after.
             unsafe { std::mem::ManuallyDrop::drop(&mut self.pipe) };
         }

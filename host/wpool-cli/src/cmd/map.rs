@@ -69,7 +69,6 @@ pub fn run(cmd: MapCmd) -> Result<Exit> {
                 false => Box::new(pool.imap_batches(rx)),
             },
             taken: Vec::new().into_iter(),
-            ended: false,
         },
         _ if cmd.unordered => Results::Unordered(pool.imap_unordered_batches(rx)),
         None => Results::Ordered(pool.imap_batches(rx), 0),
@@ -244,8 +243,6 @@ enum Results<'p, 'r> {
         run: Box<dyn Batches + 'p>,
         /// The last batch taken, what is left of it.
         taken: std::vec::IntoIter<(wpool::ItemIndex, wpool::SharedResult)>,
-        /// A pool failure or the end was seen.
-        ended: bool,
     },
     Unordered(wpool::ImapUnordered<'p>),
     /// `--resume`: in input order, the items the pool runs between those
@@ -314,27 +311,20 @@ impl Iterator for Results<'_, '_> {
                 *next += 1;
                 Some(r.map(|(result, info)| (index, result, Some(info))))
             }
-            Results::Batched { run, taken, ended } => {
+            Results::Batched { run, taken } => {
                 if let Some((index, result)) = taken.next() {
                     return Some(Ok((index.get(), result, None)));
                 }
-                if *ended {
-                    return None;
-                }
+                // After the end (`Ok(false)`) or a failure the run gives
+                // nothing more, and its caller asks no more.
                 let mut batch = Vec::new();
                 match run.next_batch(&mut batch, 4096) {
                     Ok(true) => {
                         *taken = batch.into_iter();
                         taken.next().map(|(index, result)| Ok((index.get(), result, None)))
                     }
-                    Ok(false) => {
-                        *ended = true;
-                        None
-                    }
-                    Err(e) => {
-                        *ended = true;
-                        Some(Err(e))
-                    }
+                    Ok(false) => None,
+                    Err(e) => Some(Err(e)),
                 }
             }
             Results::Unordered(it) => {
